@@ -1,0 +1,886 @@
+//! The `ScaledApp` API (`scaled.dev/v1alpha1`): spec, status, printer columns and the schema/CEL
+//! rules that make the API server refuse an invalid ScaledApp with a message saying what to fix.
+//!
+//! Every field's doc comment becomes `kubectl explain` text, and every default here is written
+//! into the schema, so what a user reads back with `kubectl get -o yaml` is what the operator uses.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::EnvVar;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Longest ScaledApp name: the longest child, `<name>-shard-63-replica`, must stay within the
+/// 52 characters a StatefulSet name may have (its pods get a 63-character revision label).
+pub const MAX_NAME_LENGTH: usize = 30;
+
+/// Desired state of a ScaledApp: the whole stack of a high-traffic web service.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "scaled.dev",
+    version = "v1alpha1",
+    kind = "ScaledApp",
+    plural = "scaledapps",
+    shortname = "sapp",
+    category = "all",
+    namespaced,
+    status = "ScaledAppStatus",
+    derive = "PartialEq",
+    doc = "A ScaledApp runs a stateless app behind a Service with an L1/L2 cache (in-process and Redis), \
+           sharded Postgres with streaming read replicas, Redis queues drained by worker pools, and \
+           autoscaling rules, all from one resource.",
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "App", type_ = "string", json_path = ".status.app.summary", description = "Ready/desired app pods"),
+    printcolumn(name = "Shards", type_ = "string", json_path = ".status.shardsSummary", description = "Ready/total database shards"),
+    printcolumn(name = "Workers", type_ = "string", json_path = ".status.workersSummary", description = "Ready/total worker pools"),
+    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason", priority = 1),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = Rule::new("size(self.metadata.name) <= 30").message("metadata.name must be at most 30 characters so that every child name (for example <name>-shard-63-replica) fits Kubernetes' limits; choose a shorter name"),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ScaledAppSpec {
+    /// The stateless application: image, replicas, resources and pod settings.
+    #[serde(default)]
+    pub app: AppSpec,
+
+    /// Horizontal autoscaling of the app (HPA autoscaling/v2). Worker pools scale on queue depth,
+    /// configured per pool.
+    #[serde(default)]
+    pub autoscaling: AutoscalingSpec,
+
+    /// Cache layers: L1 in each app process, L2 in Redis (in-cluster or external).
+    #[serde(default)]
+    pub cache: CacheSpec,
+
+    /// Sharded Postgres: per shard one primary and `replicasPerShard` streaming read replicas.
+    #[serde(default)]
+    pub database: DatabaseSpec,
+
+    /// Worker pools draining Redis queues. Each pool is a Deployment running the app image in
+    /// `worker` mode. Defaults to one pool, `default`, draining `email:send` and `analytics:track`.
+    #[serde(default = "default_workers")]
+    #[schemars(length(max = 8))]
+    #[x_kube(
+        merge_strategy = ListMerge::Map(vec!["name".into()]),
+        validation = Rule::new("self.all(pool, self.exists_one(other, other.name == pool.name))").message("worker pool names must be unique; rename the duplicate pool")
+    )]
+    pub workers: Vec<WorkerPoolSpec>,
+
+    /// Per-client rate limiting of the app's rate-limited routes.
+    #[serde(default)]
+    pub rate_limit: RateLimitSpec,
+
+    /// HTTP caching headers for a CDN in front of the app.
+    #[serde(default)]
+    pub cdn: CdnSpec,
+
+    /// Server-side sessions kept in Redis.
+    #[serde(default)]
+    pub sessions: SessionSpec,
+
+    /// When true the operator stops changing this ScaledApp's children (status still reports
+    /// their state and the `Paused` condition says so). Set back to false to resume.
+    #[serde(default)]
+    pub paused: bool,
+
+    /// What happens to data when the ScaledApp is deleted. `Retain` (default) keeps the Postgres
+    /// and Redis volumes (PVCs) and the generated Secrets, so re-creating a ScaledApp with the same
+    /// name finds its data again; `Delete` removes them with everything else.
+    #[serde(default)]
+    pub data_policy: DataPolicy,
+}
+
+/// Whether data outlives the ScaledApp.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DataPolicy {
+    /// Keep PVCs and Secrets after the ScaledApp is deleted.
+    #[default]
+    Retain,
+    /// Delete PVCs and Secrets together with the ScaledApp.
+    Delete,
+}
+
+/// The stateless application Deployment.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AppSpec {
+    /// Container image of the app. The same image runs the workers (`worker` mode) and the
+    /// schema migrations (`migrate` mode).
+    #[serde(default = "default_app_image")]
+    #[schemars(length(min = 1, max = 512))]
+    pub image: String,
+
+    /// Port the app serves HTTP on; the Service exposes it as port 80.
+    #[serde(default = "default_app_port")]
+    #[schemars(range(min = 1024, max = 65535))]
+    pub port: u16,
+
+    /// Port the app serves Prometheus metrics on (`/metrics`), kept apart from user traffic.
+    #[serde(default = "default_metrics_port")]
+    #[schemars(range(min = 1024, max = 65535))]
+    pub metrics_port: u16,
+
+    /// Replica bounds. With autoscaling enabled the HPA moves between them; otherwise the
+    /// Deployment runs `min` replicas.
+    #[serde(default = "default_app_replicas")]
+    pub replicas: ReplicaRange,
+
+    /// CPU and memory for each app container. Requests are required because the CPU target of
+    /// the HPA is a percentage of the CPU request.
+    #[serde(default = "default_app_resources")]
+    pub resources: ResourceSpec,
+
+    /// Extra environment variables for app and worker containers (same format as a Pod's `env`).
+    /// Names starting with `SCALED_` are reserved for the operator.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    #[x_kube(validation = Rule::new("self.all(e, !e.name.startsWith('SCALED_'))").message("env names starting with SCALED_ are reserved for the operator; rename the variable"))]
+    pub env: Vec<EnvVar>,
+
+    /// Extra labels for app and worker pods (the operator's own `app.kubernetes.io/*` labels win).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pod_labels: BTreeMap<String, String>,
+
+    /// Extra annotations for app and worker pods.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pod_annotations: BTreeMap<String, String>,
+}
+
+impl Default for AppSpec {
+    fn default() -> Self {
+        AppSpec {
+            image: default_app_image(),
+            port: default_app_port(),
+            metrics_port: default_metrics_port(),
+            replicas: default_app_replicas(),
+            resources: default_app_resources(),
+            env: Vec::new(),
+            pod_labels: BTreeMap::new(),
+            pod_annotations: BTreeMap::new(),
+        }
+    }
+}
+
+/// Inclusive replica bounds.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[x_kube(validation = Rule::new("self.min <= self.max").message("replicas.min must be less than or equal to replicas.max"))]
+pub struct ReplicaRange {
+    /// Fewest replicas (the HPA's minReplicas).
+    #[schemars(range(min = 1, max = 1000))]
+    pub min: i32,
+    /// Most replicas (the HPA's maxReplicas).
+    #[schemars(range(min = 1, max = 1000))]
+    pub max: i32,
+}
+
+/// Compute resources of one container, as Kubernetes quantities (`500m`, `256Mi`).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct ResourceSpec {
+    /// Guaranteed resources; the scheduler places pods by these and CPU autoscaling is a
+    /// percentage of `requests.cpu`.
+    pub requests: ResourceAmounts,
+    /// Upper bounds; omit a value for no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<ResourceAmounts>,
+}
+
+/// A CPU and a memory quantity.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct ResourceAmounts {
+    /// CPU, for example `250m` or `1`.
+    #[schemars(regex(pattern = r"^([0-9]+m|[0-9]+(\.[0-9]{1,3})?)$"))]
+    pub cpu: String,
+    /// Memory, for example `256Mi` or `1Gi`.
+    #[schemars(regex(pattern = r"^[0-9]+(Ki|Mi|Gi|Ti|k|M|G|T)?$"))]
+    pub memory: String,
+}
+
+/// How the app's HPA scales. The article's rules map onto autoscaling/v2 like this:
+/// "scale up when CPU > 70%" is a Resource metric with averageUtilization 70; "request rate
+/// > 1000/s per instance" is a Pods metric `http_requests_per_second` with averageValue 1000
+/// (needs a custom-metrics adapter such as prometheus-adapter); "response time > 500 ms" is a
+/// Pods metric `http_request_duration_seconds_p95` with averageValue 500m. "Scale down when
+/// CPU < 30% for 5 minutes / request rate < 300/s for 10 minutes" becomes a scale-down
+/// stabilization window: the HPA only scales down to the highest recommendation of the window.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoscalingSpec {
+    /// Whether to create the app HPA. When false the app runs `app.replicas.min` replicas.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Target average CPU utilisation, percent of the CPU request.
+    #[serde(default = "default_cpu_target")]
+    #[schemars(range(min = 10, max = 100))]
+    pub target_cpu_utilization_percent: i32,
+    /// Target requests per second per app pod (Pods metric `http_requests_per_second`).
+    /// Set to 0 to scale on CPU only.
+    #[serde(default = "default_rps_target")]
+    #[schemars(range(min = 0, max = 1000000))]
+    pub target_requests_per_second: i32,
+    /// Target p95 response time in milliseconds per pod (Pods metric
+    /// `http_request_duration_seconds_p95`). Omit to not scale on latency.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 60000))]
+    pub target_response_time_ms: Option<i32>,
+    /// How fast to add pods.
+    #[serde(default = "default_scale_up")]
+    pub scale_up: ScalingRules,
+    /// How fast to remove pods. The default window of 300 s is the article's "CPU below 30% for
+    /// 5 minutes"; use 600 for its "request rate below 300/s for 10 minutes".
+    #[serde(default = "default_scale_down")]
+    pub scale_down: ScalingRules,
+}
+
+impl Default for AutoscalingSpec {
+    fn default() -> Self {
+        AutoscalingSpec {
+            enabled: true,
+            target_cpu_utilization_percent: default_cpu_target(),
+            target_requests_per_second: default_rps_target(),
+            target_response_time_ms: Some(500),
+            scale_up: default_scale_up(),
+            scale_down: default_scale_down(),
+        }
+    }
+}
+
+/// One direction of HPA `behavior`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ScalingRules {
+    /// The HPA acts on the most conservative recommendation of this many past seconds
+    /// (`behavior.*.stabilizationWindowSeconds`).
+    #[schemars(range(min = 0, max = 3600))]
+    pub stabilization_window_seconds: i32,
+    /// At most this percent of the current pods may be added/removed per minute (a `Percent`
+    /// policy with periodSeconds 60).
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_percent_per_minute: i32,
+    /// At most this many pods may be added/removed per minute (a `Pods` policy with periodSeconds
+    /// 60). The HPA uses whichever policy allows the bigger change.
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_pods_per_minute: i32,
+}
+
+/// Cache layers.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!(has(self.redis) && has(self.externalRedis))").message("set either cache.redis (Redis run by the operator) or cache.externalRedis, not both"))]
+pub struct CacheSpec {
+    /// Default time to live of Redis (L2) cache entries, in seconds.
+    #[serde(default = "default_cache_ttl")]
+    #[schemars(range(min = 1, max = 604800))]
+    pub default_ttl_seconds: i32,
+    /// The in-process (L1) cache of each app pod.
+    #[serde(default)]
+    pub l1: L1CacheSpec,
+    /// Redis run by the operator (a StatefulSet). Used when `externalRedis` is not set; omit for
+    /// the defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<RedisSpec>,
+    /// An existing Redis to use instead of running one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_redis: Option<ExternalRedisSpec>,
+}
+
+impl Default for CacheSpec {
+    fn default() -> Self {
+        CacheSpec {
+            default_ttl_seconds: default_cache_ttl(),
+            l1: L1CacheSpec::default(),
+            redis: None,
+            external_redis: None,
+        }
+    }
+}
+
+/// In-process cache; bounded so a hot pod cannot run out of memory, and short-lived because
+/// other pods' writes reach it only by invalidation messages.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct L1CacheSpec {
+    /// Most entries per pod.
+    #[serde(default = "default_l1_entries")]
+    #[schemars(range(min = 1, max = 10000000))]
+    pub max_entries: i64,
+    /// Time to live of an entry, in seconds.
+    #[serde(default = "default_l1_ttl")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub ttl_seconds: i32,
+}
+
+impl Default for L1CacheSpec {
+    fn default() -> Self {
+        L1CacheSpec {
+            max_entries: default_l1_entries(),
+            ttl_seconds: default_l1_ttl(),
+        }
+    }
+}
+
+/// Redis run by the operator.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RedisSpec {
+    /// Redis container image.
+    #[serde(default = "default_redis_image")]
+    #[schemars(length(min = 1, max = 512))]
+    pub image: String,
+    /// Redis `maxmemory` in MiB; the container's memory is set 25% above it for overhead.
+    #[serde(default = "default_redis_memory")]
+    #[schemars(range(min = 16, max = 262144))]
+    pub max_memory_mib: i32,
+    /// What Redis evicts when `maxmemory` is reached.
+    #[serde(default)]
+    pub max_memory_policy: MaxMemoryPolicy,
+    /// Append-only-file persistence on a PVC, so queues and sessions survive a Redis restart.
+    #[serde(default)]
+    pub persistence: RedisPersistence,
+}
+
+impl Default for RedisSpec {
+    fn default() -> Self {
+        RedisSpec {
+            image: default_redis_image(),
+            max_memory_mib: default_redis_memory(),
+            max_memory_policy: MaxMemoryPolicy::default(),
+            persistence: RedisPersistence::default(),
+        }
+    }
+}
+
+/// Redis eviction policies (`maxmemory-policy`).
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum MaxMemoryPolicy {
+    /// Evict any key, least recently used first. Caution: queues and sessions share Redis.
+    AllkeysLru,
+    /// Evict only keys with a TTL (cache entries, sessions), least recently used first; queues
+    /// are never evicted. The default, because queue messages must not be lost.
+    #[default]
+    VolatileLru,
+    /// Evict keys with a TTL, least frequently used first.
+    VolatileLfu,
+    /// Evict any key, least frequently used first.
+    AllkeysLfu,
+    /// Refuse writes when full.
+    Noeviction,
+}
+
+impl MaxMemoryPolicy {
+    /// The value Redis expects.
+    pub fn as_redis(self) -> &'static str {
+        match self {
+            MaxMemoryPolicy::AllkeysLru => "allkeys-lru",
+            MaxMemoryPolicy::VolatileLru => "volatile-lru",
+            MaxMemoryPolicy::VolatileLfu => "volatile-lfu",
+            MaxMemoryPolicy::AllkeysLfu => "allkeys-lfu",
+            MaxMemoryPolicy::Noeviction => "noeviction",
+        }
+    }
+}
+
+/// Redis persistence.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RedisPersistence {
+    /// Write an append-only file (fsync every second) to a PVC.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Volume size.
+    #[serde(default = "default_redis_storage")]
+    #[schemars(regex(pattern = r"^[0-9]+(Mi|Gi|Ti)$"))]
+    pub size: String,
+    /// StorageClass of the volume; the cluster default when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+}
+
+impl Default for RedisPersistence {
+    fn default() -> Self {
+        RedisPersistence {
+            enabled: true,
+            size: default_redis_storage(),
+            storage_class_name: None,
+        }
+    }
+}
+
+/// A Redis the operator does not run.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ExternalRedisSpec {
+    /// `redis://host:port/db` or `rediss://...`, without credentials.
+    #[schemars(regex(pattern = r"^rediss?://[^@\s]+$"))]
+    pub url: String,
+    /// Secret key holding the Redis password; omit when Redis has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_secret_ref: Option<SecretKeyRef>,
+}
+
+/// A key of a Secret in the ScaledApp's namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct SecretKeyRef {
+    /// Secret name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key inside the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+/// Sharded Postgres.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.slots >= self.shards").message("database.slots must be at least database.shards (every shard owns at least one slot)"))]
+#[x_kube(validation = Rule::new("!self.synchronousReplication || self.replicasPerShard >= 1").message("database.synchronousReplication needs replicasPerShard >= 1, or every commit would wait forever"))]
+pub struct DatabaseSpec {
+    /// Postgres container image (official `postgres` image layout).
+    #[serde(default = "default_postgres_image")]
+    #[schemars(length(min = 1, max = 512))]
+    pub image: String,
+    /// Number of shards. Each shard is a primary with its own replicas and owns a share of the
+    /// slots. Cannot be changed after creation until resharding is supported.
+    #[serde(default = "default_shards")]
+    #[schemars(range(min = 1, max = 64))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("database.shards cannot be changed yet: moving data between shards (resharding) is not supported; set it back to its previous value, or create a new ScaledApp"))]
+    pub shards: i32,
+    /// Streaming read replicas per shard (0 for none).
+    #[serde(default = "default_replicas_per_shard")]
+    #[schemars(range(min = 0, max = 8))]
+    pub replicas_per_shard: i32,
+    /// Number of fixed hash slots keys are spread over; slots, not keys, are assigned to shards.
+    /// Immutable: changing it would move almost every key.
+    #[serde(default = "default_slots")]
+    #[schemars(range(min = 1, max = 16384))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("database.slots is immutable (changing it would move almost every key to another shard); set it back to its previous value"))]
+    pub slots: i32,
+    /// Volume of each Postgres pod.
+    #[serde(default)]
+    pub storage: StorageSpec,
+    /// Connection pool of each app and worker pod, per shard primary.
+    #[serde(default)]
+    pub pool: PoolSpec,
+    /// Commit only after one replica has the WAL (`synchronous_standby_names = ANY 1 (*)`):
+    /// no committed write is lost when a primary dies, at the cost of write latency.
+    #[serde(default)]
+    pub synchronous_replication: bool,
+    /// CPU and memory of each Postgres container.
+    #[serde(default = "default_postgres_resources")]
+    pub resources: ResourceSpec,
+}
+
+impl Default for DatabaseSpec {
+    fn default() -> Self {
+        DatabaseSpec {
+            image: default_postgres_image(),
+            shards: default_shards(),
+            replicas_per_shard: default_replicas_per_shard(),
+            slots: default_slots(),
+            storage: StorageSpec::default(),
+            pool: PoolSpec::default(),
+            synchronous_replication: false,
+            resources: default_postgres_resources(),
+        }
+    }
+}
+
+/// A volume claim.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageSpec {
+    /// Size of each volume.
+    #[serde(default = "default_postgres_storage")]
+    #[schemars(regex(pattern = r"^[0-9]+(Mi|Gi|Ti)$"))]
+    pub size: String,
+    /// StorageClass; the cluster default when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+}
+
+impl Default for StorageSpec {
+    fn default() -> Self {
+        StorageSpec {
+            size: default_postgres_storage(),
+            storage_class_name: None,
+        }
+    }
+}
+
+/// Connection pool per pod and shard primary.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolSpec {
+    /// Connections kept open.
+    #[serde(default = "default_pool_size")]
+    #[schemars(range(min = 1, max = 500))]
+    pub size: i32,
+    /// Extra connections allowed under burst load.
+    #[serde(default = "default_pool_overflow")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub max_overflow: i32,
+    /// Milliseconds a request waits for a connection before it is answered 503.
+    #[serde(default = "default_acquire_timeout")]
+    #[schemars(range(min = 10, max = 60000))]
+    pub acquire_timeout_ms: i32,
+}
+
+impl Default for PoolSpec {
+    fn default() -> Self {
+        PoolSpec {
+            size: default_pool_size(),
+            max_overflow: default_pool_overflow(),
+            acquire_timeout_ms: default_acquire_timeout(),
+        }
+    }
+}
+
+/// A pool of workers draining queues.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerPoolSpec {
+    /// Pool name, a DNS label of at most 15 characters; the Deployment is `<app>-worker-<name>`.
+    #[schemars(length(min = 1, max = 15), regex(pattern = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"))]
+    pub name: String,
+    /// Queues (Redis streams) this pool drains, for example `email:send`.
+    #[schemars(
+        length(min = 1, max = 16),
+        inner(length(min = 1, max = 64), regex(pattern = r"^[a-z][a-z0-9_.-]*(:[a-z0-9_.-]+)*$"))
+    )]
+    #[x_kube(merge_strategy = ListMerge::Set)]
+    pub queues: Vec<String>,
+    /// Replica bounds; the pool's HPA moves between them on queue depth.
+    #[serde(default = "default_worker_replicas")]
+    pub replicas: ReplicaRange,
+    /// Messages waiting per worker replica the HPA aims for (External metric
+    /// `scaledapp_queue_depth`, averageValue).
+    #[serde(default = "default_queue_depth")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub target_queue_depth_per_replica: i32,
+    /// Messages each worker processes at once.
+    #[serde(default = "default_concurrency")]
+    #[schemars(range(min = 1, max = 256))]
+    pub concurrency: i32,
+    /// CPU and memory of each worker container.
+    #[serde(default = "default_worker_resources")]
+    pub resources: ResourceSpec,
+}
+
+/// Rate limiting per client (`X-Client-ID`).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RateLimitSpec {
+    /// Requests allowed per client and window.
+    #[serde(default = "default_rate_limit")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub requests: i32,
+    /// Window length in seconds (sliding).
+    #[serde(default = "default_rate_window")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub window_seconds: i32,
+    /// What to do when Redis is unreachable: `FailOpen` lets requests through, `FailClosed`
+    /// answers 503.
+    #[serde(default)]
+    pub failure_mode: RateLimitFailureMode,
+}
+
+impl Default for RateLimitSpec {
+    fn default() -> Self {
+        RateLimitSpec {
+            requests: default_rate_limit(),
+            window_seconds: default_rate_window(),
+            failure_mode: RateLimitFailureMode::default(),
+        }
+    }
+}
+
+/// Rate limiter behaviour without Redis.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RateLimitFailureMode {
+    /// Allow requests.
+    #[default]
+    FailOpen,
+    /// Reject requests with 503.
+    FailClosed,
+}
+
+/// CDN and browser caching of public responses.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct CdnSpec {
+    /// `Cache-Control: public, max-age` of public GET responses, in seconds. Per-user responses
+    /// are always `private, no-store`.
+    #[serde(default = "default_cdn_max_age")]
+    #[schemars(range(min = 0, max = 31536000))]
+    pub max_age_seconds: i32,
+}
+
+impl Default for CdnSpec {
+    fn default() -> Self {
+        CdnSpec {
+            max_age_seconds: default_cdn_max_age(),
+        }
+    }
+}
+
+/// Server-side sessions.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionSpec {
+    /// Session lifetime in seconds, renewed on use.
+    #[serde(default = "default_session_ttl")]
+    #[schemars(range(min = 60, max = 2592000))]
+    pub ttl_seconds: i32,
+    /// Mark the session cookie `Secure` (send over HTTPS only). Turn off only for plain-HTTP
+    /// development.
+    #[serde(default = "default_true")]
+    pub cookie_secure: bool,
+}
+
+impl Default for SessionSpec {
+    fn default() -> Self {
+        SessionSpec {
+            ttl_seconds: default_session_ttl(),
+            cookie_secure: true,
+        }
+    }
+}
+
+/// Observed state, written only by the operator.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ScaledAppStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`, `Progressing`, `Degraded` and `Paused`, each with a reason and a message naming
+    /// what blocks readiness.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+    /// The app Deployment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<WorkloadStatus>,
+    /// Redis (absent when an external Redis is used).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<WorkloadStatus>,
+    /// One entry per shard.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shards: Vec<ShardStatus>,
+    /// `ready/total` shards, for `kubectl get`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shards_summary: Option<String>,
+    /// One entry per worker pool.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub workers: Vec<WorkerPoolStatus>,
+    /// `ready/total` worker pools, for `kubectl get`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workers_summary: Option<String>,
+    /// Endpoints the app is configured with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoints: Option<Endpoints>,
+}
+
+/// Readiness of one Deployment or StatefulSet.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadStatus {
+    /// Name of the Deployment or StatefulSet.
+    pub name: String,
+    /// Replicas wanted.
+    pub desired: i32,
+    /// Replicas ready.
+    pub ready: i32,
+    /// `ready/desired`.
+    pub summary: String,
+}
+
+/// One shard.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ShardStatus {
+    /// Shard number.
+    pub index: i32,
+    /// Slots the shard owns.
+    pub slots: i32,
+    /// The primary StatefulSet.
+    pub primary: WorkloadStatus,
+    /// The replica StatefulSet (absent with `replicasPerShard: 0`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<WorkloadStatus>,
+    /// Slot ranges owned, for example `0-511`.
+    pub slot_ranges: String,
+}
+
+/// One worker pool.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerPoolStatus {
+    /// Pool name.
+    pub pool: String,
+    /// Queues drained.
+    pub queues: Vec<String>,
+    /// The pool's Deployment.
+    pub workload: WorkloadStatus,
+}
+
+/// Where things are.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Endpoints {
+    /// The app Service, `host:port`.
+    pub app: String,
+    /// Redis, `redis://host:port`.
+    pub redis: String,
+    /// Each shard's primary, `host:port`.
+    pub primaries: Vec<String>,
+    /// The ConfigMap holding the app's runtime configuration (shard map and settings).
+    pub config_map: String,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_app_image() -> String {
+    format!("ghcr.io/scaled-dev/scaled-app:{}", env!("CARGO_PKG_VERSION"))
+}
+fn default_app_port() -> u16 {
+    8080
+}
+fn default_metrics_port() -> u16 {
+    9090
+}
+fn default_app_replicas() -> ReplicaRange {
+    ReplicaRange { min: 3, max: 50 }
+}
+fn default_app_resources() -> ResourceSpec {
+    ResourceSpec {
+        requests: ResourceAmounts {
+            cpu: "250m".into(),
+            memory: "256Mi".into(),
+        },
+        limits: Some(ResourceAmounts {
+            cpu: "1".into(),
+            memory: "512Mi".into(),
+        }),
+    }
+}
+fn default_cpu_target() -> i32 {
+    70
+}
+fn default_rps_target() -> i32 {
+    1000
+}
+fn default_scale_up() -> ScalingRules {
+    ScalingRules {
+        stabilization_window_seconds: 0,
+        max_percent_per_minute: 100,
+        max_pods_per_minute: 4,
+    }
+}
+fn default_scale_down() -> ScalingRules {
+    ScalingRules {
+        stabilization_window_seconds: 300,
+        max_percent_per_minute: 10,
+        max_pods_per_minute: 1,
+    }
+}
+fn default_cache_ttl() -> i32 {
+    3600
+}
+fn default_l1_entries() -> i64 {
+    10_000
+}
+fn default_l1_ttl() -> i32 {
+    30
+}
+fn default_redis_image() -> String {
+    "redis:7.4-alpine".into()
+}
+fn default_redis_memory() -> i32 {
+    256
+}
+fn default_redis_storage() -> String {
+    "1Gi".into()
+}
+fn default_postgres_image() -> String {
+    "postgres:17-alpine".into()
+}
+fn default_shards() -> i32 {
+    1
+}
+fn default_replicas_per_shard() -> i32 {
+    2
+}
+fn default_slots() -> i32 {
+    1024
+}
+fn default_postgres_storage() -> String {
+    "10Gi".into()
+}
+fn default_postgres_resources() -> ResourceSpec {
+    ResourceSpec {
+        requests: ResourceAmounts {
+            cpu: "500m".into(),
+            memory: "1Gi".into(),
+        },
+        limits: Some(ResourceAmounts {
+            cpu: "2".into(),
+            memory: "2Gi".into(),
+        }),
+    }
+}
+fn default_pool_size() -> i32 {
+    20
+}
+fn default_pool_overflow() -> i32 {
+    40
+}
+fn default_acquire_timeout() -> i32 {
+    2000
+}
+fn default_workers() -> Vec<WorkerPoolSpec> {
+    vec![WorkerPoolSpec {
+        name: "default".into(),
+        queues: vec!["email:send".into(), "analytics:track".into()],
+        replicas: default_worker_replicas(),
+        target_queue_depth_per_replica: default_queue_depth(),
+        concurrency: default_concurrency(),
+        resources: default_worker_resources(),
+    }]
+}
+fn default_worker_replicas() -> ReplicaRange {
+    ReplicaRange { min: 1, max: 10 }
+}
+fn default_queue_depth() -> i32 {
+    100
+}
+fn default_concurrency() -> i32 {
+    4
+}
+fn default_worker_resources() -> ResourceSpec {
+    ResourceSpec {
+        requests: ResourceAmounts {
+            cpu: "100m".into(),
+            memory: "128Mi".into(),
+        },
+        limits: Some(ResourceAmounts {
+            cpu: "500m".into(),
+            memory: "256Mi".into(),
+        }),
+    }
+}
+fn default_rate_limit() -> i32 {
+    100
+}
+fn default_rate_window() -> i32 {
+    60
+}
+fn default_cdn_max_age() -> i32 {
+    3600
+}
+fn default_session_ttl() -> i32 {
+    3600
+}

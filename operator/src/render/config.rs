@@ -1,0 +1,145 @@
+//! The `<app>-config` ConfigMap: the contract document (`scaled_contract::RuntimeConfig`) that
+//! app and worker pods mount and reload when it changes.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use scaled_contract::{
+    CONFIG_KEY, CacheSettings, CdnSettings, DatabaseSettings, FailureMode, QueueSettings, RateLimitSettings,
+    RedisSettings, RuntimeConfig, SCHEMA_VERSION, SessionSettings, ShardEndpoints, ShardMap,
+};
+
+use super::{POSTGRES_PORT, REDIS_PORT, child_name, object_meta, service_host, shard_name};
+use crate::crd::RateLimitFailureMode;
+use crate::validate::ValidatedApp;
+
+/// Database every shard serves the app from.
+pub const DATABASE_NAME: &str = "app";
+/// Postgres role of the app.
+pub const DATABASE_USER: &str = "app";
+
+/// The runtime configuration the app will read.
+pub fn runtime_config(app: &ValidatedApp) -> RuntimeConfig {
+    let spec = &app.spec;
+    let shards = (0..spec.database.shards as u32)
+        .map(|index| shard_endpoints(app, index))
+        .collect();
+    let shard_map = ShardMap::from_assignment(&app.shard_assignment, shards)
+        .expect("validation built the same map with placeholder endpoints");
+    RuntimeConfig {
+        schema_version: SCHEMA_VERSION,
+        http_port: spec.app.port,
+        metrics_port: spec.app.metrics_port,
+        database: DatabaseSettings {
+            name: DATABASE_NAME.into(),
+            user: DATABASE_USER.into(),
+            pool_size: spec.database.pool.size as u32,
+            max_overflow: spec.database.pool.max_overflow as u32,
+            acquire_timeout_ms: spec.database.pool.acquire_timeout_ms as u64,
+            statement_timeout_ms: 5_000,
+            read_your_writes_window_ms: 5_000,
+        },
+        shard_map,
+        cache: CacheSettings {
+            l1_max_entries: spec.cache.l1.max_entries as u64,
+            l1_ttl_seconds: spec.cache.l1.ttl_seconds as u64,
+            default_ttl_seconds: spec.cache.default_ttl_seconds as u64,
+            redis_timeout_ms: 50,
+        },
+        redis: match &spec.cache.external_redis {
+            Some(external) => RedisSettings {
+                url: external.url.clone(),
+                password_required: external.password_secret_ref.is_some(),
+            },
+            None => RedisSettings {
+                url: redis_url(app),
+                password_required: true,
+            },
+        },
+        rate_limit: RateLimitSettings {
+            limit: spec.rate_limit.requests as u32,
+            window_seconds: spec.rate_limit.window_seconds as u32,
+            failure_mode: match spec.rate_limit.failure_mode {
+                RateLimitFailureMode::FailOpen => FailureMode::FailOpen,
+                RateLimitFailureMode::FailClosed => FailureMode::FailClosed,
+            },
+        },
+        sessions: SessionSettings {
+            ttl_seconds: spec.sessions.ttl_seconds as u64,
+            cookie_secure: spec.sessions.cookie_secure,
+            cookie_name: "sid".into(),
+        },
+        cdn: CdnSettings {
+            max_age_seconds: spec.cdn.max_age_seconds as u32,
+        },
+        queues: QueueSettings {
+            max_attempts: 5,
+            claim_idle_ms: 30_000,
+            retry_backoff_ms: 1_000,
+        },
+    }
+}
+
+/// `redis://` URL of the operator-run Redis.
+pub fn redis_url(app: &ValidatedApp) -> String {
+    format!("redis://{}:{REDIS_PORT}", service_host(app, &child_name(app, "redis")))
+}
+
+/// Where one shard's primary and each replica pod answer.
+pub fn shard_endpoints(app: &ValidatedApp, index: u32) -> ShardEndpoints {
+    let replica_set = shard_name(app, index, "replica");
+    ShardEndpoints {
+        index,
+        primary: format!("{}:{POSTGRES_PORT}", service_host(app, &shard_name(app, index, "primary"))),
+        // Per-pod names through the headless Service, so the app can skip one unhealthy replica.
+        replicas: (0..app.spec.database.replicas_per_shard)
+            .map(|ordinal| format!("{replica_set}-{ordinal}.{}:{POSTGRES_PORT}", service_host(app, &replica_set)))
+            .collect(),
+    }
+}
+
+/// The ConfigMap holding the document.
+pub fn config_map(app: &ValidatedApp) -> ConfigMap {
+    ConfigMap {
+        metadata: object_meta(app, child_name(app, "config"), "app"),
+        data: Some(BTreeMap::from([(CONFIG_KEY.to_string(), runtime_config(app).to_json())])),
+        ..ConfigMap::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::validated_example;
+
+    #[test]
+    fn the_config_map_holds_a_document_the_app_accepts() {
+        let app = validated_example("shop");
+        let map = config_map(&app);
+        let text = &map.data.expect("data")[CONFIG_KEY];
+        let config = RuntimeConfig::from_json(text).expect("the app's own parser accepts it");
+        assert_eq!(config.database.pool_size, 20);
+        assert_eq!(config.database.max_overflow, 40);
+        assert_eq!(config.rate_limit.limit, 100);
+        assert_eq!(config.rate_limit.window_seconds, 60);
+        assert_eq!(config.cdn.max_age_seconds, 3600);
+        assert_eq!(config.sessions.ttl_seconds, 3600);
+        assert_eq!(config.cache.default_ttl_seconds, 3600);
+        assert_eq!(config.shard_map.slots, 1024);
+        assert_eq!(config.shard_map.shards.len(), app.spec.database.shards as usize);
+    }
+
+    #[test]
+    fn replicas_are_addressed_per_pod_through_the_headless_service() {
+        let app = validated_example("shop");
+        let endpoints = shard_endpoints(&app, 1);
+        assert_eq!(endpoints.primary, "shop-shard-1-primary.default.svc:5432");
+        assert_eq!(
+            endpoints.replicas,
+            vec![
+                "shop-shard-1-replica-0.shop-shard-1-replica.default.svc:5432".to_string(),
+                "shop-shard-1-replica-1.shop-shard-1-replica.default.svc:5432".to_string(),
+            ]
+        );
+    }
+}

@@ -1,0 +1,390 @@
+//! Rendering: `&ValidatedApp` -> every child object, typed. Pure and infallible (validation has
+//! already refused what cannot be built), so it is unit-tested without a cluster and printed by
+//! `scaledapp-operator render`.
+//!
+//! One file per component; this file holds the naming and labelling rules they share and the
+//! [`Desired`] set that `apply` walks.
+
+mod app;
+mod autoscaling;
+mod config;
+mod network;
+mod postgres;
+mod redis;
+mod secrets;
+mod workers;
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMap, PodSecurityContext, ResourceRequirements, SeccompProfile, SecurityContext, Service,
+};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use serde::Serialize;
+
+use crate::crd::{DataPolicy, ResourceSpec};
+use crate::validate::ValidatedApp;
+
+pub use secrets::SecretTemplate;
+
+/// The operator's field manager and `app.kubernetes.io/managed-by` value.
+pub const MANAGER: &str = "scaledapp-operator";
+/// Annotation holding a hash of what the operator last applied to an object.
+pub const APPLIED_HASH_ANNOTATION: &str = "scaled.dev/applied-hash";
+/// Label naming the ScaledApp an object belongs to.
+pub const INSTANCE_LABEL: &str = "app.kubernetes.io/instance";
+/// Label naming the component (app, worker, redis, postgres).
+pub const COMPONENT_LABEL: &str = "app.kubernetes.io/component";
+/// Label set on every child, used to find children for pruning.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+/// Postgres shard number of a pod.
+pub const SHARD_LABEL: &str = "scaled.dev/shard";
+/// Postgres role of a pod (primary or replica).
+pub const ROLE_LABEL: &str = "scaled.dev/role";
+/// Worker pool of a pod.
+pub const POOL_LABEL: &str = "scaled.dev/worker-pool";
+
+/// Postgres port.
+pub const POSTGRES_PORT: i32 = 5432;
+/// Redis port.
+pub const REDIS_PORT: i32 = 6379;
+/// User the app image runs as (distroless "nonroot").
+pub const APP_UID: i64 = 65532;
+
+/// Every object the operator wants for one ScaledApp.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Desired {
+    /// The app's runtime configuration (the contract document).
+    pub config: ConfigMap,
+    /// Postgres bootstrap scripts.
+    pub postgres_scripts: ConfigMap,
+    /// Secrets created once with generated values, never overwritten.
+    pub secrets: Vec<SecretTemplate>,
+    /// The app Deployment, Service, PDB and HPA.
+    pub app: AppObjects,
+    /// Redis, unless an external Redis is used.
+    pub redis: Option<RedisObjects>,
+    /// One entry per shard.
+    pub shards: Vec<ShardObjects>,
+    /// One entry per worker pool.
+    pub workers: Vec<WorkerObjects>,
+    /// Who may reach Postgres and Redis.
+    pub network_policies: Vec<NetworkPolicy>,
+}
+
+/// The app's objects.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AppObjects {
+    /// The app Deployment.
+    pub deployment: Deployment,
+    /// The ClusterIP Service in front of it.
+    pub service: Service,
+    /// Keeps voluntary disruptions to one pod at a time.
+    pub disruption_budget: PodDisruptionBudget,
+    /// Present when autoscaling is enabled.
+    pub autoscaler: Option<HorizontalPodAutoscaler>,
+}
+
+/// Redis run by the operator.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RedisObjects {
+    /// Single-pod StatefulSet.
+    pub statefulset: StatefulSet,
+    /// Headless Service naming the pod.
+    pub service: Service,
+}
+
+/// One Postgres shard.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ShardObjects {
+    /// Shard number.
+    pub index: u32,
+    /// The primary (one pod).
+    pub primary: StatefulSet,
+    /// Headless Service of the primary.
+    pub primary_service: Service,
+    /// Streaming replicas, unless `replicasPerShard` is 0.
+    pub replicas: Option<StatefulSet>,
+    /// Read-only headless Service of the replicas.
+    pub replica_service: Option<Service>,
+}
+
+/// One worker pool.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WorkerObjects {
+    /// Pool name.
+    pub pool: String,
+    /// The pool's Deployment.
+    pub deployment: Deployment,
+    /// Scales the pool on queue depth.
+    pub autoscaler: HorizontalPodAutoscaler,
+}
+
+/// Renders every child of a validated ScaledApp.
+pub fn render(app: &ValidatedApp) -> Desired {
+    Desired {
+        config: config::config_map(app),
+        postgres_scripts: postgres::scripts(app),
+        secrets: secrets::templates(app),
+        app: app::objects(app),
+        redis: redis::objects(app),
+        shards: (0..app.spec.database.shards as u32)
+            .map(|index| postgres::shard(app, index))
+            .collect(),
+        workers: app
+            .spec
+            .workers
+            .iter()
+            .map(|pool| workers::objects(app, pool))
+            .collect(),
+        network_policies: network::policies(app),
+    }
+}
+
+impl Desired {
+    /// Every object as JSON, in apply order, for printing (`render`) and checking.
+    pub fn manifests(&self) -> Vec<serde_json::Value> {
+        let Desired {
+            config,
+            postgres_scripts,
+            secrets,
+            app,
+            redis,
+            shards,
+            workers,
+            network_policies,
+        } = self;
+        let mut out = Vec::new();
+        out.extend(secrets.iter().map(SecretTemplate::to_manifest));
+        out.push(manifest(config));
+        out.push(manifest(postgres_scripts));
+        out.extend(network_policies.iter().map(manifest));
+        for shard in shards {
+            let ShardObjects {
+                index: _,
+                primary,
+                primary_service,
+                replicas,
+                replica_service,
+            } = shard;
+            out.push(manifest(primary_service));
+            out.push(manifest(primary));
+            out.extend(replica_service.iter().map(manifest));
+            out.extend(replicas.iter().map(manifest));
+        }
+        if let Some(RedisObjects { statefulset, service }) = redis {
+            out.push(manifest(service));
+            out.push(manifest(statefulset));
+        }
+        let AppObjects {
+            deployment,
+            service,
+            disruption_budget,
+            autoscaler,
+        } = app;
+        out.push(manifest(deployment));
+        out.push(manifest(service));
+        out.push(manifest(disruption_budget));
+        out.extend(autoscaler.iter().map(manifest));
+        for WorkerObjects {
+            pool: _,
+            deployment,
+            autoscaler,
+        } in workers
+        {
+            out.push(manifest(deployment));
+            out.push(manifest(autoscaler));
+        }
+        out
+    }
+}
+
+/// An object with `apiVersion` and `kind` set, as `kubectl` expects it.
+fn manifest<K>(object: &K) -> serde_json::Value
+where
+    K: kube::Resource<DynamicType = ()> + Serialize,
+{
+    let mut value = serde_json::to_value(object).expect("k8s-openapi types always serialise");
+    value["apiVersion"] = K::api_version(&()).into();
+    value["kind"] = K::kind(&()).into();
+    value
+}
+
+/// Child names: `<app>-<component>`.
+pub fn child_name(app: &ValidatedApp, component: &str) -> String {
+    format!("{}-{component}", app.name)
+}
+
+/// Name of a shard's primary or replica StatefulSet (and its Service).
+pub fn shard_name(app: &ValidatedApp, index: u32, role: &str) -> String {
+    child_name(app, &format!("shard-{index}-{role}"))
+}
+
+/// In-cluster DNS name of a Service.
+pub fn service_host(app: &ValidatedApp, service: &str) -> String {
+    format!("{service}.{}.svc", app.namespace)
+}
+
+/// Labels that select a component's pods; stable for the object's lifetime.
+pub fn selector_labels(app: &ValidatedApp, component: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".to_string(), "scaledapp".to_string()),
+        (INSTANCE_LABEL.to_string(), app.name.clone()),
+        (COMPONENT_LABEL.to_string(), component.to_string()),
+    ])
+}
+
+/// Labels on every child object (selector labels plus bookkeeping).
+pub fn object_labels(app: &ValidatedApp, component: &str) -> BTreeMap<String, String> {
+    let mut labels = selector_labels(app, component);
+    labels.insert(MANAGED_BY_LABEL.to_string(), MANAGER.to_string());
+    labels.insert("app.kubernetes.io/part-of".to_string(), app.name.clone());
+    labels
+}
+
+/// The ScaledApp as controller owner: deleting it garbage-collects the child.
+pub fn owner_reference(app: &ValidatedApp) -> OwnerReference {
+    OwnerReference {
+        api_version: "scaled.dev/v1alpha1".into(),
+        kind: "ScaledApp".into(),
+        name: app.name.clone(),
+        uid: app.uid.clone(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }
+}
+
+/// Metadata of an owned child.
+pub fn object_meta(app: &ValidatedApp, name: String, component: &str) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: Some(app.namespace.clone()),
+        labels: Some(object_labels(app, component)),
+        owner_references: Some(vec![owner_reference(app)]),
+        ..ObjectMeta::default()
+    }
+}
+
+/// Metadata of data-bearing children (Secrets): owned only under `dataPolicy: Delete`, so that
+/// under `Retain` they outlive the ScaledApp.
+pub fn data_meta(app: &ValidatedApp, name: String, component: &str) -> ObjectMeta {
+    let mut meta = object_meta(app, name, component);
+    if app.spec.data_policy == DataPolicy::Retain {
+        meta.owner_references = None;
+    }
+    meta
+}
+
+/// A container security context that passes the `restricted` Pod Security Standard.
+pub fn restricted_container() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            add: None,
+        }),
+        seccomp_profile: Some(runtime_default_seccomp()),
+        ..SecurityContext::default()
+    }
+}
+
+/// A pod security context for the `restricted` standard, running as `uid`.
+pub fn restricted_pod(uid: i64) -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(uid),
+        run_as_group: Some(uid),
+        fs_group: Some(uid),
+        seccomp_profile: Some(runtime_default_seccomp()),
+        ..PodSecurityContext::default()
+    }
+}
+
+fn runtime_default_seccomp() -> SeccompProfile {
+    SeccompProfile {
+        type_: "RuntimeDefault".into(),
+        localhost_profile: None,
+    }
+}
+
+/// Container resources from the spec.
+pub fn resources(spec: &ResourceSpec) -> ResourceRequirements {
+    let amounts = |cpu: &str, memory: &str| {
+        BTreeMap::from([
+            ("cpu".to_string(), Quantity(cpu.to_string())),
+            ("memory".to_string(), Quantity(memory.to_string())),
+        ])
+    };
+    ResourceRequirements {
+        requests: Some(amounts(&spec.requests.cpu, &spec.requests.memory)),
+        limits: spec
+            .limits
+            .as_ref()
+            .map(|limits| amounts(&limits.cpu, &limits.memory)),
+        ..ResourceRequirements::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::validated_example;
+
+    #[test]
+    fn every_child_is_owned_labelled_and_in_the_scaledapps_namespace() {
+        let app = validated_example("shop");
+        for manifest in render(&app).manifests() {
+            let kind = manifest["kind"].as_str().expect("kind");
+            let meta = &manifest["metadata"];
+            let name = meta["name"].as_str().expect("name");
+            assert!(name.starts_with("shop-"), "{kind} {name} is not named <app>-<component>");
+            assert!(name.len() <= 63, "{kind} {name} is too long");
+            assert_eq!(meta["namespace"], "default", "{kind} {name}");
+            assert_eq!(meta["labels"][MANAGED_BY_LABEL], MANAGER, "{kind} {name}");
+            assert_eq!(meta["labels"][INSTANCE_LABEL], "shop", "{kind} {name}");
+            if kind != "Secret" {
+                assert_eq!(meta["ownerReferences"][0]["uid"], app.uid, "{kind} {name}");
+                assert_eq!(meta["ownerReferences"][0]["controller"], true, "{kind} {name}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_longest_allowed_name_with_64_shards_fits_every_limit() {
+        let mut app = validated_example("shop");
+        app.name = "a".repeat(crate::crd::MAX_NAME_LENGTH);
+        app.spec.database.shards = 64;
+        app.shard_assignment = crate::shards::assignment(1024, 64).expect("valid");
+        let desired = render(&app);
+        for shard in &desired.shards {
+            let name = shard.replicas.as_ref().and_then(|sts| sts.metadata.name.clone()).expect("replicas");
+            assert!(name.len() <= 52, "{name} leaves no room for the StatefulSet revision label");
+        }
+        for manifest in desired.manifests() {
+            let name = manifest["metadata"]["name"].as_str().expect("name");
+            assert!(name.len() <= 63, "{name}");
+        }
+    }
+
+    #[test]
+    fn secrets_are_not_owned_under_the_retain_policy_and_owned_under_delete() {
+        let mut app = validated_example("shop");
+        app.spec.data_policy = DataPolicy::Retain;
+        assert!(render(&app).secrets.iter().all(|s| s.meta.owner_references.is_none()));
+        app.spec.data_policy = DataPolicy::Delete;
+        assert!(render(&app).secrets.iter().all(|s| s.meta.owner_references.is_some()));
+    }
+
+    #[test]
+    fn rendering_is_deterministic() {
+        let app = validated_example("shop");
+        assert_eq!(render(&app), render(&app));
+    }
+}

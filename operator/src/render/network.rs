@@ -1,0 +1,87 @@
+//! NetworkPolicies: Postgres answers only this ScaledApp's app, worker and Postgres (replica)
+//! pods; Redis answers only its app and worker pods. The app itself stays reachable from
+//! anywhere, since it is what users talk to.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::networking::v1::{
+    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicySpec,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use super::{COMPONENT_LABEL, INSTANCE_LABEL, POSTGRES_PORT, REDIS_PORT, child_name, object_meta, selector_labels};
+use crate::validate::ValidatedApp;
+
+/// The policies of one ScaledApp.
+pub fn policies(app: &ValidatedApp) -> Vec<NetworkPolicy> {
+    let mut policies = vec![policy(app, "postgres", &["app", "worker", "postgres"], POSTGRES_PORT)];
+    if app.spec.cache.external_redis.is_none() {
+        policies.push(policy(app, "redis", &["app", "worker"], REDIS_PORT));
+    }
+    policies
+}
+
+fn policy(app: &ValidatedApp, component: &str, clients: &[&str], port: i32) -> NetworkPolicy {
+    let from = NetworkPolicyPeer {
+        pod_selector: Some(LabelSelector {
+            match_labels: Some(BTreeMap::from([(INSTANCE_LABEL.to_string(), app.name.clone())])),
+            match_expressions: Some(vec![LabelSelectorRequirement {
+                key: COMPONENT_LABEL.into(),
+                operator: "In".into(),
+                values: Some(clients.iter().map(|client| client.to_string()).collect()),
+            }]),
+        }),
+        ..NetworkPolicyPeer::default()
+    };
+    NetworkPolicy {
+        metadata: object_meta(app, child_name(app, component), component),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(LabelSelector {
+                match_labels: Some(selector_labels(app, component)),
+                match_expressions: None,
+            }),
+            policy_types: Some(vec!["Ingress".into()]),
+            ingress: Some(vec![NetworkPolicyIngressRule {
+                from: Some(vec![from]),
+                ports: Some(vec![NetworkPolicyPort {
+                    port: Some(IntOrString::Int(port)),
+                    protocol: Some("TCP".into()),
+                    end_port: None,
+                }]),
+            }]),
+            egress: None,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::validated_example;
+
+    fn allowed(policy: &NetworkPolicy) -> Vec<String> {
+        let spec = policy.spec.as_ref().expect("spec");
+        let ingress = &spec.ingress.as_ref().expect("ingress")[0];
+        let peer = &ingress.from.as_ref().expect("from")[0];
+        let selector = peer.pod_selector.as_ref().expect("selector");
+        selector.match_expressions.as_ref().expect("expressions")[0].values.clone().expect("values")
+    }
+
+    #[test]
+    fn postgres_admits_app_workers_and_its_own_replicas_only() {
+        let app = validated_example("shop");
+        let policies = policies(&app);
+        assert_eq!(allowed(&policies[0]), vec!["app", "worker", "postgres"]);
+        assert_eq!(allowed(&policies[1]), vec!["app", "worker"]);
+        let peer_labels = policies[0].spec.as_ref().and_then(|s| s.ingress.as_ref()).expect("ingress")[0]
+            .from
+            .as_ref()
+            .expect("from")[0]
+            .pod_selector
+            .as_ref()
+            .and_then(|s| s.match_labels.clone())
+            .expect("labels");
+        assert_eq!(peer_labels[INSTANCE_LABEL], "shop", "only this ScaledApp's pods");
+    }
+}

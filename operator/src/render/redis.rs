@@ -1,0 +1,285 @@
+//! Redis run by the operator: a one-pod StatefulSet and its headless Service. The password
+//! comes from the generated Secret and is written into a config file at start, so it never
+//! shows in the pod spec or the process list.
+
+use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
+use k8s_openapi::api::core::v1::{
+    Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, ExecAction, PersistentVolumeClaim,
+    PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, Probe, SecretKeySelector, Service, ServicePort,
+    ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use std::collections::BTreeMap;
+
+use super::secrets::{REDIS_PASSWORD_KEY, redis_secret};
+use super::{
+    REDIS_PORT, RedisObjects, child_name, object_meta, restricted_container, restricted_pod, selector_labels,
+};
+use crate::crd::{DataPolicy, RedisSpec};
+use crate::validate::ValidatedApp;
+
+/// Component label of Redis pods.
+pub const COMPONENT: &str = "redis";
+/// UID of the `redis` user in the official image.
+const REDIS_UID: i64 = 999;
+
+/// Redis objects, unless an external Redis is configured.
+pub fn objects(app: &ValidatedApp) -> Option<RedisObjects> {
+    if app.spec.cache.external_redis.is_some() {
+        return None;
+    }
+    let spec = app.spec.cache.redis.clone().unwrap_or_default();
+    Some(RedisObjects {
+        statefulset: statefulset(app, &spec),
+        service: service(app),
+    })
+}
+
+/// The `redis.conf` the container writes before starting.
+pub fn start_script(spec: &RedisSpec) -> String {
+    let persistence = if spec.persistence.enabled {
+        "appendonly yes\nappendfsync everysec\n"
+    } else {
+        "appendonly no\nsave \"\"\n"
+    };
+    format!(
+        "set -eu\n\
+         umask 077\n\
+         cat > /conf/redis.conf <<EOF\n\
+         bind * -::*\n\
+         port {REDIS_PORT}\n\
+         dir /data\n\
+         requirepass ${{REDIS_PASSWORD}}\n\
+         maxmemory {memory}mb\n\
+         maxmemory-policy {policy}\n\
+         {persistence}EOF\n\
+         exec redis-server /conf/redis.conf\n",
+        memory = spec.max_memory_mib,
+        policy = spec.max_memory_policy.as_redis(),
+    )
+}
+
+fn statefulset(app: &ValidatedApp, spec: &RedisSpec) -> StatefulSet {
+    let name = child_name(app, COMPONENT);
+    let selector = selector_labels(app, COMPONENT);
+    // Headroom over maxmemory for fragmentation, buffers and the AOF rewrite.
+    let memory = Quantity(format!("{}Mi", spec.max_memory_mib + spec.max_memory_mib / 4));
+    let password = EnvVar {
+        name: "REDIS_PASSWORD".into(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: redis_secret(app),
+                key: REDIS_PASSWORD_KEY.into(),
+                optional: Some(false),
+            }),
+            ..EnvVarSource::default()
+        }),
+    };
+    // redis-cli reads REDISCLI_AUTH, so the probe has no password on its command line.
+    let cli_auth = EnvVar {
+        name: "REDISCLI_AUTH".into(),
+        ..password.clone()
+    };
+    let probe = |period: i32| Probe {
+        exec: Some(ExecAction {
+            command: Some(vec!["sh".into(), "-c".into(), "redis-cli ping | grep -q PONG".into()]),
+        }),
+        period_seconds: Some(period),
+        timeout_seconds: Some(3),
+        ..Probe::default()
+    };
+    let container = Container {
+        name: "redis".into(),
+        image: Some(spec.image.clone()),
+        command: Some(vec!["sh".into(), "-c".into(), start_script(spec)]),
+        ports: Some(vec![ContainerPort {
+            name: Some("redis".into()),
+            container_port: REDIS_PORT,
+            ..ContainerPort::default()
+        }]),
+        env: Some(vec![password, cli_auth]),
+        resources: Some(k8s_openapi::api::core::v1::ResourceRequirements {
+            requests: Some(BTreeMap::from([
+                ("cpu".to_string(), Quantity("100m".into())),
+                ("memory".to_string(), memory.clone()),
+            ])),
+            limits: Some(BTreeMap::from([("memory".to_string(), memory)])),
+            ..Default::default()
+        }),
+        readiness_probe: Some(probe(5)),
+        liveness_probe: Some(probe(15)),
+        security_context: Some(restricted_container()),
+        volume_mounts: Some(vec![
+            VolumeMount {
+                name: "data".into(),
+                mount_path: "/data".into(),
+                ..VolumeMount::default()
+            },
+            VolumeMount {
+                name: "conf".into(),
+                mount_path: "/conf".into(),
+                ..VolumeMount::default()
+            },
+        ]),
+        ..Container::default()
+    };
+    let mut volumes = vec![Volume {
+        name: "conf".into(),
+        empty_dir: Some(EmptyDirVolumeSource {
+            medium: Some("Memory".into()),
+            ..EmptyDirVolumeSource::default()
+        }),
+        ..Volume::default()
+    }];
+    let claims = if spec.persistence.enabled {
+        Some(vec![claim(
+            "data",
+            &spec.persistence.size,
+            spec.persistence.storage_class_name.clone(),
+        )])
+    } else {
+        volumes.push(Volume {
+            name: "data".into(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Volume::default()
+        });
+        None
+    };
+    StatefulSet {
+        metadata: object_meta(app, name.clone(), COMPONENT),
+        spec: Some(StatefulSetSpec {
+            replicas: Some(1),
+            service_name: Some(name),
+            selector: LabelSelector {
+                match_labels: Some(selector.clone()),
+                match_expressions: None,
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(selector),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    automount_service_account_token: Some(false),
+                    enable_service_links: Some(false),
+                    security_context: Some(restricted_pod(REDIS_UID)),
+                    containers: vec![container],
+                    volumes: Some(volumes),
+                    ..PodSpec::default()
+                }),
+            },
+            volume_claim_templates: claims,
+            persistent_volume_claim_retention_policy: Some(retention(app.spec.data_policy)),
+            ..StatefulSetSpec::default()
+        }),
+        status: None,
+    }
+}
+
+/// A volume claim template.
+pub fn claim(name: &str, size: &str, storage_class_name: Option<String>) -> PersistentVolumeClaim {
+    PersistentVolumeClaim {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".into()]),
+            storage_class_name,
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([("storage".to_string(), Quantity(size.into()))])),
+                limits: None,
+            }),
+            ..PersistentVolumeClaimSpec::default()
+        }),
+        status: None,
+    }
+}
+
+/// PVCs follow the data policy when the StatefulSet is deleted; scaling down never deletes data.
+pub fn retention(policy: DataPolicy) -> k8s_openapi::api::apps::v1::StatefulSetPersistentVolumeClaimRetentionPolicy {
+    k8s_openapi::api::apps::v1::StatefulSetPersistentVolumeClaimRetentionPolicy {
+        when_deleted: Some(
+            match policy {
+                DataPolicy::Retain => "Retain",
+                DataPolicy::Delete => "Delete",
+            }
+            .into(),
+        ),
+        when_scaled: Some("Retain".into()),
+    }
+}
+
+/// A headless Service (stable per-pod DNS names for StatefulSets).
+pub fn headless_service(app: &ValidatedApp, name: String, component: &str, selector: BTreeMap<String, String>, port: i32) -> Service {
+    let mut meta = object_meta(app, name, component);
+    if let (Some(labels), Some(role)) = (meta.labels.as_mut(), selector.get(super::ROLE_LABEL)) {
+        labels.insert(super::ROLE_LABEL.into(), role.clone());
+    }
+    Service {
+        metadata: meta,
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".into()),
+            selector: Some(selector),
+            // Replicas must resolve while still starting so pg_basebackup peers and probes work.
+            publish_not_ready_addresses: Some(false),
+            ports: Some(vec![ServicePort {
+                name: Some(component.into()),
+                port,
+                target_port: Some(IntOrString::Int(port)),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        status: None,
+    }
+}
+
+fn service(app: &ValidatedApp) -> Service {
+    headless_service(app, child_name(app, COMPONENT), COMPONENT, selector_labels(app, COMPONENT), REDIS_PORT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{ExternalRedisSpec, MaxMemoryPolicy};
+    use crate::test_support::validated_example;
+
+    #[test]
+    fn the_config_sets_maxmemory_policy_and_takes_the_password_from_the_environment() {
+        let spec = RedisSpec {
+            max_memory_mib: 512,
+            max_memory_policy: MaxMemoryPolicy::AllkeysLru,
+            ..RedisSpec::default()
+        };
+        let script = start_script(&spec);
+        assert!(script.contains("maxmemory 512mb\n"), "{script}");
+        assert!(script.contains("maxmemory-policy allkeys-lru\n"), "{script}");
+        assert!(script.contains("requirepass ${REDIS_PASSWORD}\n"), "{script}");
+        assert!(script.contains("appendonly yes"), "{script}");
+    }
+
+    #[test]
+    fn an_external_redis_means_no_redis_objects() {
+        let mut app = validated_example("shop");
+        app.spec.cache.redis = None;
+        app.spec.cache.external_redis = Some(ExternalRedisSpec {
+            url: "redis://cache.example:6379".into(),
+            password_secret_ref: None,
+        });
+        assert!(objects(&app).is_none());
+    }
+
+    #[test]
+    fn the_container_memory_leaves_headroom_over_maxmemory() {
+        let app = validated_example("shop");
+        let objects = objects(&app).expect("in-cluster redis");
+        let pod = objects.statefulset.spec.expect("spec").template.spec.expect("pod");
+        let limits = pod.containers[0].resources.as_ref().and_then(|r| r.limits.clone()).expect("limits");
+        let max = app.spec.cache.redis.clone().unwrap_or_default().max_memory_mib;
+        assert_eq!(limits["memory"], Quantity(format!("{}Mi", max + max / 4)));
+    }
+}
