@@ -11,7 +11,10 @@
 
 mod shard_map;
 
-pub use shard_map::{ShardEndpoints, ShardMap, ShardMapError, SlotRange, balanced_assignment, rebalance, slot_for_key};
+pub use shard_map::{
+    ShardEndpoints, ShardMap, ShardMapError, SlotRange, balanced_assignment, rebalance,
+    slot_for_key,
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -176,7 +179,9 @@ pub enum ConfigError {
     #[error("failed to parse runtime config: {0}")]
     Parse(#[from] serde_json::Error),
     /// The document was written by a newer operator.
-    #[error("runtime config schema version {found} is not supported (this build understands {SCHEMA_VERSION})")]
+    #[error(
+        "runtime config schema version {found} is not supported (this build understands {SCHEMA_VERSION})"
+    )]
     UnsupportedVersion {
         /// Version in the document.
         found: u32,
@@ -216,11 +221,31 @@ impl RuntimeConfig {
         }
         self.shard_map.validate()?;
         let checks: [(bool, &'static str, &'static str); 5] = [
-            (self.database.pool_size == 0, "database.poolSize", "must be at least 1"),
-            (self.rate_limit.limit == 0, "rateLimit.limit", "must be at least 1"),
-            (self.rate_limit.window_seconds == 0, "rateLimit.windowSeconds", "must be at least 1"),
-            (self.cache.l1_max_entries == 0, "cache.l1MaxEntries", "must be at least 1"),
-            (self.queues.max_attempts == 0, "queues.maxAttempts", "must be at least 1"),
+            (
+                self.database.pool_size == 0,
+                "database.poolSize",
+                "must be at least 1",
+            ),
+            (
+                self.rate_limit.limit == 0,
+                "rateLimit.limit",
+                "must be at least 1",
+            ),
+            (
+                self.rate_limit.window_seconds == 0,
+                "rateLimit.windowSeconds",
+                "must be at least 1",
+            ),
+            (
+                self.cache.l1_max_entries == 0,
+                "cache.l1MaxEntries",
+                "must be at least 1",
+            ),
+            (
+                self.queues.max_attempts == 0,
+                "queues.maxAttempts",
+                "must be at least 1",
+            ),
         ];
         match checks.into_iter().find(|(bad, _, _)| *bad) {
             Some((_, field, reason)) => Err(ConfigError::Invalid { field, reason }),
@@ -230,7 +255,11 @@ impl RuntimeConfig {
 
     /// A complete document for local development and tests: `shards` shards on the given
     /// primary/replica endpoints, Redis at `redis_url`, and the article's defaults elsewhere.
-    pub fn local(shards: Vec<ShardEndpoints>, redis_url: &str, slots: u32) -> Result<Self, ConfigError> {
+    pub fn local(
+        shards: Vec<ShardEndpoints>,
+        redis_url: &str,
+        slots: u32,
+    ) -> Result<Self, ConfigError> {
         let shard_map = ShardMap::balanced(slots, shards)?;
         let config = RuntimeConfig {
             schema_version: SCHEMA_VERSION,
@@ -266,7 +295,9 @@ impl RuntimeConfig {
                 cookie_secure: false,
                 cookie_name: "sid".into(),
             },
-            cdn: CdnSettings { max_age_seconds: 3_600 },
+            cdn: CdnSettings {
+                max_age_seconds: 3_600,
+            },
             queues: QueueSettings {
                 max_attempts: 5,
                 claim_idle_ms: 30_000,
@@ -294,22 +325,28 @@ mod tests {
 
     #[test]
     fn a_local_config_round_trips_through_json() {
-        let config = RuntimeConfig::local(two_shards(), "redis://127.0.0.1:6379", 1024).expect("valid");
+        let config =
+            RuntimeConfig::local(two_shards(), "redis://127.0.0.1:6379", 1024).expect("valid");
         let parsed = RuntimeConfig::from_json(&config.to_json()).expect("parses");
         assert_eq!(parsed, config);
     }
 
     #[test]
     fn a_newer_schema_version_is_refused() {
-        let mut config = RuntimeConfig::local(two_shards(), "redis://127.0.0.1:6379", 16).expect("valid");
+        let mut config =
+            RuntimeConfig::local(two_shards(), "redis://127.0.0.1:6379", 16).expect("valid");
         config.schema_version = SCHEMA_VERSION + 1;
         let error = RuntimeConfig::from_json(&config.to_json()).expect_err("must refuse");
-        assert!(matches!(error, ConfigError::UnsupportedVersion { .. }), "{error}");
+        assert!(
+            matches!(error, ConfigError::UnsupportedVersion { .. }),
+            "{error}"
+        );
     }
 
     #[test]
     fn a_zero_rate_limit_is_refused_with_the_field_name() {
-        let mut config = RuntimeConfig::local(two_shards(), "redis://127.0.0.1:6379", 16).expect("valid");
+        let mut config =
+            RuntimeConfig::local(two_shards(), "redis://127.0.0.1:6379", 16).expect("valid");
         config.rate_limit.limit = 0;
         let error = config.validate().expect_err("must refuse");
         assert!(error.to_string().contains("rateLimit.limit"), "{error}");

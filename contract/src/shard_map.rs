@@ -47,7 +47,9 @@ pub struct ShardMap {
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ShardMapError {
     /// There must be at least one slot per shard.
-    #[error("{slots} slots cannot be spread over {shards} shards; need at least one slot per shard")]
+    #[error(
+        "{slots} slots cannot be spread over {shards} shards; need at least one slot per shard"
+    )]
     TooFewSlots {
         /// Slot count.
         slots: u32,
@@ -58,7 +60,9 @@ pub enum ShardMapError {
     #[error("a shard map needs at least one shard")]
     NoShards,
     /// Shards must be numbered 0..n in order.
-    #[error("shard at position {position} has index {index}; shards must be numbered 0..n in order")]
+    #[error(
+        "shard at position {position} has index {index}; shards must be numbered 0..n in order"
+    )]
     ShardIndex {
         /// Position in the list.
         position: usize,
@@ -89,9 +93,9 @@ pub enum ShardMapError {
 fn fnv1a64(bytes: &[u8]) -> u64 {
     const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
     const PRIME: u64 = 0x0000_0100_0000_01b3;
-    bytes
-        .iter()
-        .fold(OFFSET, |hash, byte| (hash ^ u64::from(*byte)).wrapping_mul(PRIME))
+    bytes.iter().fold(OFFSET, |hash, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(PRIME)
+    })
 }
 
 /// The slot of a key. Keys are hashed as their UTF-8 text (a user id as its decimal digits),
@@ -122,7 +126,10 @@ pub fn balanced_assignment(slots: u32, shards: u32) -> Result<Vec<u32>, ShardMap
 /// every shard keeps the slots it has up to its quota, and only the surplus is handed to shards
 /// below theirs. Removing shards (shrinking) moves the removed shards' slots the same way.
 pub fn rebalance(current: &[u32], shards: u32) -> Result<Vec<u32>, ShardMapError> {
-    let slots = u32::try_from(current.len()).map_err(|_| ShardMapError::TooFewSlots { slots: u32::MAX, shards })?;
+    let slots = u32::try_from(current.len()).map_err(|_| ShardMapError::TooFewSlots {
+        slots: u32::MAX,
+        shards,
+    })?;
     check_counts(slots, shards)?;
     // Give the larger quotas to the shards that already own the most, so fewer slots move.
     let mut owned = vec![0u32; shards as usize];
@@ -178,7 +185,10 @@ impl ShardMap {
     }
 
     /// A map from a per-slot assignment (`assignment[slot] == shard`).
-    pub fn from_assignment(assignment: &[u32], shards: Vec<ShardEndpoints>) -> Result<Self, ShardMapError> {
+    pub fn from_assignment(
+        assignment: &[u32],
+        shards: Vec<ShardEndpoints>,
+    ) -> Result<Self, ShardMapError> {
         let mut ranges: Vec<SlotRange> = Vec::new();
         for (slot, shard) in assignment.iter().enumerate() {
             let slot = slot as u32;
@@ -204,7 +214,9 @@ impl ShardMap {
     pub fn assignment(&self) -> Vec<u32> {
         self.ranges
             .iter()
-            .flat_map(|range| std::iter::repeat_n(range.shard, (range.end - range.start + 1) as usize))
+            .flat_map(|range| {
+                std::iter::repeat_n(range.shard, (range.end - range.start + 1) as usize)
+            })
             .collect()
     }
 
@@ -302,14 +314,20 @@ mod tests {
             counts[slot_for_key(&id.to_string(), 1024) as usize] += 1;
         }
         let (min, max) = (counts.iter().min().copied(), counts.iter().max().copied());
-        assert!(min >= Some(50) && max <= Some(160), "uneven slots: min {min:?} max {max:?}");
+        assert!(
+            min >= Some(50) && max <= Some(160),
+            "uneven slots: min {min:?} max {max:?}"
+        );
     }
 
     #[test]
     fn too_few_slots_are_refused() {
         assert_eq!(
             balanced_assignment(2, 3),
-            Err(ShardMapError::TooFewSlots { slots: 2, shards: 3 })
+            Err(ShardMapError::TooFewSlots {
+                slots: 2,
+                shards: 3
+            })
         );
     }
 
@@ -317,7 +335,10 @@ mod tests {
     fn a_gap_in_the_ranges_is_reported_with_the_slot() {
         let mut map = ShardMap::balanced(8, endpoints(2)).expect("valid");
         map.ranges[1].start += 1;
-        assert_eq!(map.validate(), Err(ShardMapError::Coverage { slots: 8, slot: 4 }));
+        assert_eq!(
+            map.validate(),
+            Err(ShardMapError::Coverage { slots: 8, slot: 4 })
+        );
     }
 
     proptest! {

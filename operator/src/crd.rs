@@ -197,13 +197,14 @@ pub struct ResourceAmounts {
     pub memory: String,
 }
 
-/// How the app's HPA scales. The article's rules map onto autoscaling/v2 like this:
-/// "scale up when CPU > 70%" is a Resource metric with averageUtilization 70; "request rate
-/// > 1000/s per instance" is a Pods metric `http_requests_per_second` with averageValue 1000
-/// (needs a custom-metrics adapter such as prometheus-adapter); "response time > 500 ms" is a
-/// Pods metric `http_request_duration_seconds_p95` with averageValue 500m. "Scale down when
-/// CPU < 30% for 5 minutes / request rate < 300/s for 10 minutes" becomes a scale-down
-/// stabilization window: the HPA only scales down to the highest recommendation of the window.
+/// How the app's HPA scales. The article's rules map onto autoscaling/v2 like this: "scale up
+/// when CPU is above 70%" is a Resource metric with averageUtilization 70; "request rate above
+/// 1000/s per instance" is a Pods metric `http_requests_per_second` with averageValue 1000
+/// (needs a custom-metrics adapter such as prometheus-adapter); "response time above 500 ms" is
+/// a Pods metric `http_request_duration_seconds_p95` with averageValue 500m. "Scale down when
+/// CPU is below 30% for 5 minutes, request rate below 300/s for 10 minutes" becomes a
+/// scale-down stabilization window: the HPA only scales down to the highest recommendation of
+/// the window.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct AutoscalingSpec {
@@ -542,12 +543,18 @@ impl Default for PoolSpec {
 #[serde(rename_all = "camelCase")]
 pub struct WorkerPoolSpec {
     /// Pool name, a DNS label of at most 15 characters; the Deployment is `<app>-worker-<name>`.
-    #[schemars(length(min = 1, max = 15), regex(pattern = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 15),
+        regex(pattern = r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+    )]
     pub name: String,
     /// Queues (Redis streams) this pool drains, for example `email:send`.
     #[schemars(
         length(min = 1, max = 16),
-        inner(length(min = 1, max = 64), regex(pattern = r"^[a-z][a-z0-9_.-]*(:[a-z0-9_.-]+)*$"))
+        inner(
+            length(min = 1, max = 64),
+            regex(pattern = r"^[a-z][a-z0-9_.-]*(:[a-z0-9_.-]+)*$")
+        )
     )]
     #[x_kube(merge_strategy = ListMerge::Set)]
     pub queues: Vec<String>,
@@ -744,7 +751,10 @@ fn default_true() -> bool {
     true
 }
 fn default_app_image() -> String {
-    format!("ghcr.io/scaled-dev/scaled-app:{}", env!("CARGO_PKG_VERSION"))
+    format!(
+        "ghcr.io/scaled-dev/scaled-app:{}",
+        env!("CARGO_PKG_VERSION")
+    )
 }
 fn default_app_port() -> u16 {
     8080

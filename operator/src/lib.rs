@@ -3,11 +3,23 @@
 //! read (the ScaledApp) -> [`validate`] (spec -> `ValidatedApp`) -> [`render`] (-> every child,
 //! typed) -> [`apply`] (server-side apply in a fixed order, prune the rest) -> [`status`]
 //! (conditions from what the children report, one status patch when something changed).
+//! [`reconcile`] drives it; [`controller`] wires it to watches; [`run`] adds leader election,
+//! probes and shutdown.
 
+pub mod apply;
+pub mod context;
+pub mod controller;
 pub mod crd;
+pub mod metrics;
+pub mod reconcile;
 pub mod render;
+pub mod run;
+pub mod server;
 pub mod shards;
+pub mod status;
 pub mod validate;
 
+#[cfg(test)]
+mod fake_api;
 #[cfg(test)]
 mod test_support;

@@ -1,4 +1,150 @@
+//! `scaledapp-operator`: `run` the controller, print the `crd`, or `render` a ScaledApp's
+//! children without a cluster.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
 use kube::CustomResourceExt;
-fn main() {
-    print!("{}", serde_yaml::to_string(&scaledapp_operator::crd::ScaledApp::crd()).expect("yaml"));
+use scaledapp_operator::crd::ScaledApp;
+use scaledapp_operator::render::render;
+use scaledapp_operator::run::{RunSettings, run};
+use scaledapp_operator::validate::validate;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Runs a whole scaled web stack from one ScaledApp resource"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the controller (with leader election, probes and metrics).
+    Run {
+        /// Address of /healthz, /readyz and /metrics.
+        #[arg(long, env = "PROBE_ADDRESS", default_value = "0.0.0.0:8081")]
+        probe_address: SocketAddr,
+        /// Skip leader election (only for a single local process).
+        #[arg(long)]
+        no_leader_election: bool,
+        /// Namespace of the leader Lease (the operator's own namespace).
+        #[arg(long, env = "POD_NAMESPACE", default_value = "scaledapp-system")]
+        lease_namespace: String,
+        /// Name of the leader Lease.
+        #[arg(long, default_value = "scaledapp-operator")]
+        lease_name: String,
+        /// Identity in the Lease and in Events (defaults to the pod name or a random id).
+        #[arg(long, env = "POD_NAME")]
+        identity: Option<String>,
+        /// Log format.
+        #[arg(long, env = "LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+        log_format: String,
+    },
+    /// Print the CustomResourceDefinition as YAML (what crds/ holds).
+    Crd,
+    /// Print every child a ScaledApp would get, as a YAML stream, without a cluster.
+    Render {
+        /// The ScaledApp manifest.
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+        /// Namespace to render into when the manifest has none.
+        #[arg(short = 'n', long, default_value = "default")]
+        namespace: String,
+    },
+}
+
+fn init_tracing(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn render_file(file: &PathBuf, namespace: &str) -> Result<String, String> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| format!("failed to read {}: {e}", file.display()))?;
+    let mut app: ScaledApp = serde_yaml::from_str(&text)
+        .map_err(|e| format!("{} is not a valid ScaledApp: {e}", file.display()))?;
+    app.metadata
+        .namespace
+        .get_or_insert_with(|| namespace.to_string());
+    // A stand-in uid: real owner references get the live object's uid.
+    app.metadata
+        .uid
+        .get_or_insert_with(|| "00000000-0000-0000-0000-000000000000".into());
+    let validated =
+        validate(&app).map_err(|e| format!("{} cannot be realised: {e}", file.display()))?;
+    let mut out = String::new();
+    for manifest in render(&validated).manifests() {
+        out.push_str("---\n");
+        out.push_str(
+            &serde_yaml::to_string(&manifest).map_err(|e| format!("failed to print YAML: {e}"))?,
+        );
+    }
+    Ok(out)
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    match Cli::parse().command {
+        Command::Crd => {
+            let yaml = serde_yaml::to_string(&ScaledApp::crd()).expect("the CRD serialises");
+            print!("---\n{yaml}");
+            ExitCode::SUCCESS
+        }
+        Command::Render { file, namespace } => match render_file(&file, &namespace) {
+            Ok(yaml) => {
+                print!("{yaml}");
+                ExitCode::SUCCESS
+            }
+            Err(message) => {
+                eprintln!("error: {message}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Run {
+            probe_address,
+            no_leader_election,
+            lease_namespace,
+            lease_name,
+            identity,
+            log_format,
+        } => {
+            init_tracing(&log_format);
+            let identity = identity.unwrap_or_else(|| {
+                use rand::distr::{Alphanumeric, SampleString};
+                format!(
+                    "scaledapp-operator-{}",
+                    Alphanumeric
+                        .sample_string(&mut rand::rng(), 8)
+                        .to_lowercase()
+                )
+            });
+            let settings = RunSettings {
+                probe_address,
+                leader_election: !no_leader_election,
+                lease_namespace,
+                lease_name,
+                identity,
+            };
+            match run(settings).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    tracing::error!(%error, "operator stopped");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
 }

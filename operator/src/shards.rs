@@ -7,7 +7,10 @@ use scaled_contract::{ShardEndpoints, ShardMapError, balanced_assignment};
 /// The slot assignment for a new ScaledApp: contiguous balanced runs. (Resharding will start
 /// from the assignment in the live ConfigMap and call `scaled_contract::rebalance`.)
 pub fn assignment(slots: i32, shards: i32) -> Result<Vec<u32>, ShardMapError> {
-    let slots = u32::try_from(slots).map_err(|_| ShardMapError::TooFewSlots { slots: 0, shards: 0 })?;
+    let slots = u32::try_from(slots).map_err(|_| ShardMapError::TooFewSlots {
+        slots: 0,
+        shards: 0,
+    })?;
     let shards = u32::try_from(shards).map_err(|_| ShardMapError::NoShards)?;
     balanced_assignment(slots, shards)
 }
@@ -37,7 +40,13 @@ pub fn describe_slots(assignment: &[u32], shard: u32) -> String {
     }
     ranges
         .iter()
-        .map(|(start, end)| if start == end { start.to_string() } else { format!("{start}-{end}") })
+        .map(|(start, end)| {
+            if start == end {
+                start.to_string()
+            } else {
+                format!("{start}-{end}")
+            }
+        })
         .collect::<Vec<_>>()
         .join(",")
 }

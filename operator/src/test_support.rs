@@ -7,7 +7,9 @@ use crate::validate::{ValidatedApp, validate};
 
 /// Path of `examples/<name>.yaml`.
 pub fn example_path(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples").join(format!("{name}.yaml"))
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples")
+        .join(format!("{name}.yaml"))
 }
 
 /// `examples/<name>.yaml` with the metadata a cluster would add.

@@ -40,7 +40,9 @@ pub enum InvalidSpec {
     #[error("ScaledApp is missing metadata.{0}")]
     MissingMetadata(&'static str),
     /// Name longer than the schema allows (only reachable from `render -f`).
-    #[error("metadata.name {name:?} is {length} characters; at most {MAX_NAME_LENGTH} are allowed so every child name fits")]
+    #[error(
+        "metadata.name {name:?} is {length} characters; at most {MAX_NAME_LENGTH} are allowed so every child name fits"
+    )]
     NameTooLong {
         /// The name.
         name: String,
@@ -92,12 +94,17 @@ pub fn validate(app: &ScaledApp) -> Result<ValidatedApp, InvalidSpec> {
             name,
         });
     }
-    let namespace = app.namespace().ok_or(InvalidSpec::MissingMetadata("namespace"))?;
+    let namespace = app
+        .namespace()
+        .ok_or(InvalidSpec::MissingMetadata("namespace"))?;
     let uid = app.uid().ok_or(InvalidSpec::MissingMetadata("uid"))?;
     let spec = &app.spec;
 
     for (position, pool) in spec.workers.iter().enumerate() {
-        if spec.workers[..position].iter().any(|other| other.name == pool.name) {
+        if spec.workers[..position]
+            .iter()
+            .any(|other| other.name == pool.name)
+        {
             return Err(InvalidSpec::DuplicateWorkerPool(pool.name.clone()));
         }
     }
@@ -111,7 +118,11 @@ pub fn validate(app: &ScaledApp) -> Result<ValidatedApp, InvalidSpec> {
             .sum::<i64>();
     let needed = pods * per_pod;
     if needed > MAX_CONNECTIONS_PER_PRIMARY {
-        return Err(InvalidSpec::ConnectionBudget { pods, per_pod, needed });
+        return Err(InvalidSpec::ConnectionBudget {
+            pods,
+            per_pod,
+            needed,
+        });
     }
     // Room for replication, migrations and an operator's psql session.
     let max_connections = (needed + 20).max(100);
@@ -119,7 +130,10 @@ pub fn validate(app: &ScaledApp) -> Result<ValidatedApp, InvalidSpec> {
     let shard_assignment = shards::assignment(spec.database.slots, spec.database.shards)?;
     // The map itself is built during rendering, where endpoints are known; checking it here keeps
     // that step infallible.
-    ShardMap::from_assignment(&shard_assignment, shards::placeholder_endpoints(spec.database.shards))?;
+    ShardMap::from_assignment(
+        &shard_assignment,
+        shards::placeholder_endpoints(spec.database.shards),
+    )?;
 
     Ok(ValidatedApp {
         name,
@@ -141,7 +155,12 @@ mod tests {
     fn the_shop_example_is_valid_and_sizes_postgres_for_full_scale() {
         let validated = validate(&example("shop")).expect("shop.yaml is valid");
         let spec = &validated.spec;
-        let pods = i64::from(spec.app.replicas.max) + spec.workers.iter().map(|w| i64::from(w.replicas.max)).sum::<i64>();
+        let pods = i64::from(spec.app.replicas.max)
+            + spec
+                .workers
+                .iter()
+                .map(|w| i64::from(w.replicas.max))
+                .sum::<i64>();
         assert_eq!(validated.max_connections, pods * 60 + 20);
         assert_eq!(validated.shard_assignment.len(), 1024);
     }
@@ -159,7 +178,10 @@ mod tests {
     fn a_missing_namespace_is_reported() {
         let mut app = example("shop");
         app.metadata.namespace = None;
-        assert_eq!(validate(&app), Err(InvalidSpec::MissingMetadata("namespace")));
+        assert_eq!(
+            validate(&app),
+            Err(InvalidSpec::MissingMetadata("namespace"))
+        );
     }
 
     #[test]
@@ -167,6 +189,9 @@ mod tests {
         let mut app = example("shop");
         let pool = app.spec.workers[0].clone();
         app.spec.workers.push(pool);
-        assert_eq!(validate(&app).expect_err("duplicate").reason(), "DuplicateWorkerPool");
+        assert_eq!(
+            validate(&app).expect_err("duplicate").reason(),
+            "DuplicateWorkerPool"
+        );
     }
 }

@@ -3,24 +3,29 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment};
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
+};
 use k8s_openapi::api::core::v1::{
-    ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction,
-    ObjectFieldSelector, PodSpec, PodTemplateSpec, Probe, SecretKeySelector, Service, ServicePort, ServiceSpec,
-    TopologySpreadConstraint, Volume, VolumeMount,
+    ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+    HTTPGetAction, ObjectFieldSelector, PodSpec, PodTemplateSpec, Probe, SecretKeySelector,
+    Service, ServicePort, ServiceSpec, TopologySpreadConstraint, Volume, VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use scaled_contract::{
-    CONFIG_DIR, CONFIG_PATH, ENV_CONFIG_PATH, ENV_DATABASE_PASSWORD, ENV_POD_NAME, ENV_REDIS_PASSWORD,
-    ENV_SESSION_SECRET,
+    CONFIG_DIR, CONFIG_PATH, ENV_CONFIG_PATH, ENV_DATABASE_PASSWORD, ENV_POD_NAME,
+    ENV_REDIS_PASSWORD, ENV_SESSION_SECRET,
 };
 
-use super::secrets::{POSTGRES_APP_KEY, REDIS_PASSWORD_KEY, SESSION_SECRET_KEY, app_secret, postgres_secret, redis_secret};
+use super::secrets::{
+    POSTGRES_APP_KEY, REDIS_PASSWORD_KEY, SESSION_SECRET_KEY, app_secret, postgres_secret,
+    redis_secret,
+};
 use super::{
-    APP_UID, AppObjects, autoscaling, child_name, object_meta, resources, restricted_container, restricted_pod,
-    selector_labels,
+    APP_UID, AppObjects, autoscaling, child_name, object_meta, resources, restricted_container,
+    restricted_pod, selector_labels,
 };
 use crate::validate::ValidatedApp;
 
@@ -212,17 +217,22 @@ pub fn env(app: &ValidatedApp) -> Vec<EnvVar> {
                 ..EnvVarSource::default()
             }),
         },
-        secret_env(ENV_DATABASE_PASSWORD, postgres_secret(app), POSTGRES_APP_KEY),
+        secret_env(
+            ENV_DATABASE_PASSWORD,
+            postgres_secret(app),
+            POSTGRES_APP_KEY,
+        ),
         secret_env(ENV_SESSION_SECRET, app_secret(app), SESSION_SECRET_KEY),
     ];
     match &app.spec.cache.external_redis {
-        Some(external) => env.extend(
-            external
-                .password_secret_ref
-                .as_ref()
-                .map(|reference| secret_env(ENV_REDIS_PASSWORD, reference.name.clone(), &reference.key)),
-        ),
-        None => env.push(secret_env(ENV_REDIS_PASSWORD, redis_secret(app), REDIS_PASSWORD_KEY)),
+        Some(external) => env.extend(external.password_secret_ref.as_ref().map(|reference| {
+            secret_env(ENV_REDIS_PASSWORD, reference.name.clone(), &reference.key)
+        })),
+        None => env.push(secret_env(
+            ENV_REDIS_PASSWORD,
+            redis_secret(app),
+            REDIS_PASSWORD_KEY,
+        )),
     }
     env.extend(app.spec.app.env.iter().cloned());
     env
@@ -295,10 +305,18 @@ mod tests {
         assert_eq!(spec.replicas, None, "the HPA owns replicas");
         let pod = spec.template.spec.expect("pod");
         let container = &pod.containers[0];
-        let path = |probe: &Option<Probe>| probe.as_ref().and_then(|p| p.http_get.as_ref()).and_then(|g| g.path.clone());
+        let path = |probe: &Option<Probe>| {
+            probe
+                .as_ref()
+                .and_then(|p| p.http_get.as_ref())
+                .and_then(|g| g.path.clone())
+        };
         assert_eq!(path(&container.readiness_probe).as_deref(), Some("/ready"));
         assert_eq!(path(&container.liveness_probe).as_deref(), Some("/health"));
-        assert_eq!(pod.init_containers.expect("init")[0].args, Some(vec!["migrate".to_string()]));
+        assert_eq!(
+            pod.init_containers.expect("init")[0].args,
+            Some(vec!["migrate".to_string()])
+        );
         assert_eq!(pod.topology_spread_constraints.expect("spread").len(), 2);
     }
 
@@ -306,7 +324,10 @@ mod tests {
     fn without_autoscaling_the_deployment_runs_the_minimum() {
         let mut app = validated_example("shop");
         app.spec.autoscaling.enabled = false;
-        assert_eq!(deployment(&app).spec.expect("spec").replicas, Some(app.spec.app.replicas.min));
+        assert_eq!(
+            deployment(&app).spec.expect("spec").replicas,
+            Some(app.spec.app.replicas.min)
+        );
         assert!(objects(&app).autoscaler.is_none());
     }
 

@@ -6,9 +6,9 @@
 //! metric per queue).
 
 use k8s_openapi::api::autoscaling::v2::{
-    CrossVersionObjectReference, ExternalMetricSource, HPAScalingPolicy, HPAScalingRules, HorizontalPodAutoscaler,
-    HorizontalPodAutoscalerBehavior, HorizontalPodAutoscalerSpec, MetricIdentifier, MetricSpec, MetricTarget,
-    PodsMetricSource, ResourceMetricSource,
+    CrossVersionObjectReference, ExternalMetricSource, HPAScalingPolicy, HPAScalingRules,
+    HorizontalPodAutoscaler, HorizontalPodAutoscalerBehavior, HorizontalPodAutoscalerSpec,
+    MetricIdentifier, MetricSpec, MetricTarget, PodsMetricSource, ResourceMetricSource,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
@@ -41,7 +41,10 @@ pub fn app(app: &ValidatedApp) -> HorizontalPodAutoscaler {
         ..MetricSpec::default()
     }];
     if spec.target_requests_per_second > 0 {
-        metrics.push(pods_metric(REQUESTS_METRIC, spec.target_requests_per_second.to_string()));
+        metrics.push(pods_metric(
+            REQUESTS_METRIC,
+            spec.target_requests_per_second.to_string(),
+        ));
     }
     if let Some(milliseconds) = spec.target_response_time_ms {
         // Quantities in seconds: 500 ms is "500m".
@@ -59,7 +62,11 @@ pub fn app(app: &ValidatedApp) -> HorizontalPodAutoscaler {
 }
 
 /// A worker pool's HPA: one External metric per queue, the HPA follows the busiest.
-pub fn worker(app: &ValidatedApp, pool: &WorkerPoolSpec, deployment: String) -> HorizontalPodAutoscaler {
+pub fn worker(
+    app: &ValidatedApp,
+    pool: &WorkerPoolSpec,
+    deployment: String,
+) -> HorizontalPodAutoscaler {
     let metrics = pool
         .queues
         .iter()
@@ -211,7 +218,11 @@ mod tests {
         assert_eq!(value(LATENCY_METRIC), Some(Quantity("500m".into())));
         let behavior = spec.behavior.as_ref().expect("behavior");
         let down = behavior.scale_down.as_ref().expect("down");
-        assert_eq!(down.stabilization_window_seconds, Some(300), "5 minutes of low load before scaling down");
+        assert_eq!(
+            down.stabilization_window_seconds,
+            Some(300),
+            "5 minutes of low load before scaling down"
+        );
         let up = behavior.scale_up.as_ref().expect("up");
         assert_eq!(up.stabilization_window_seconds, Some(0), "scale up at once");
     }
@@ -227,7 +238,12 @@ mod tests {
         assert_eq!(external.len(), pool.queues.len());
         let first = external[0].external.as_ref().expect("external");
         assert_eq!(first.metric.name, QUEUE_DEPTH_METRIC);
-        let labels = first.metric.selector.as_ref().and_then(|s| s.match_labels.as_ref()).expect("labels");
+        let labels = first
+            .metric
+            .selector
+            .as_ref()
+            .and_then(|s| s.match_labels.as_ref())
+            .expect("labels");
         assert_eq!(labels["queue"], queue_label(&pool.queues[0]));
         assert!(!labels["queue"].contains(':'));
     }

@@ -5,8 +5,9 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use scaled_contract::{
-    CONFIG_KEY, CacheSettings, CdnSettings, DatabaseSettings, FailureMode, QueueSettings, RateLimitSettings,
-    RedisSettings, RuntimeConfig, SCHEMA_VERSION, SessionSettings, ShardEndpoints, ShardMap,
+    CONFIG_KEY, CacheSettings, CdnSettings, DatabaseSettings, FailureMode, QueueSettings,
+    RateLimitSettings, RedisSettings, RuntimeConfig, SCHEMA_VERSION, SessionSettings,
+    ShardEndpoints, ShardMap,
 };
 
 use super::{POSTGRES_PORT, REDIS_PORT, child_name, object_meta, service_host, shard_name};
@@ -82,7 +83,10 @@ pub fn runtime_config(app: &ValidatedApp) -> RuntimeConfig {
 
 /// `redis://` URL of the operator-run Redis.
 pub fn redis_url(app: &ValidatedApp) -> String {
-    format!("redis://{}:{REDIS_PORT}", service_host(app, &child_name(app, "redis")))
+    format!(
+        "redis://{}:{REDIS_PORT}",
+        service_host(app, &child_name(app, "redis"))
+    )
 }
 
 /// Where one shard's primary and each replica pod answer.
@@ -90,10 +94,18 @@ pub fn shard_endpoints(app: &ValidatedApp, index: u32) -> ShardEndpoints {
     let replica_set = shard_name(app, index, "replica");
     ShardEndpoints {
         index,
-        primary: format!("{}:{POSTGRES_PORT}", service_host(app, &shard_name(app, index, "primary"))),
+        primary: format!(
+            "{}:{POSTGRES_PORT}",
+            service_host(app, &shard_name(app, index, "primary"))
+        ),
         // Per-pod names through the headless Service, so the app can skip one unhealthy replica.
         replicas: (0..app.spec.database.replicas_per_shard)
-            .map(|ordinal| format!("{replica_set}-{ordinal}.{}:{POSTGRES_PORT}", service_host(app, &replica_set)))
+            .map(|ordinal| {
+                format!(
+                    "{replica_set}-{ordinal}.{}:{POSTGRES_PORT}",
+                    service_host(app, &replica_set)
+                )
+            })
             .collect(),
     }
 }
@@ -102,7 +114,10 @@ pub fn shard_endpoints(app: &ValidatedApp, index: u32) -> ShardEndpoints {
 pub fn config_map(app: &ValidatedApp) -> ConfigMap {
     ConfigMap {
         metadata: object_meta(app, child_name(app, "config"), "app"),
-        data: Some(BTreeMap::from([(CONFIG_KEY.to_string(), runtime_config(app).to_json())])),
+        data: Some(BTreeMap::from([(
+            CONFIG_KEY.to_string(),
+            runtime_config(app).to_json(),
+        )])),
         ..ConfigMap::default()
     }
 }
@@ -126,7 +141,10 @@ mod tests {
         assert_eq!(config.sessions.ttl_seconds, 3600);
         assert_eq!(config.cache.default_ttl_seconds, 3600);
         assert_eq!(config.shard_map.slots, 1024);
-        assert_eq!(config.shard_map.shards.len(), app.spec.database.shards as usize);
+        assert_eq!(
+            config.shard_map.shards.len(),
+            app.spec.database.shards as usize
+        );
     }
 
     #[test]

@@ -19,7 +19,8 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, PodSecurityContext, ResourceRequirements, SeccompProfile, SecurityContext, Service,
+    Capabilities, ConfigMap, PodSecurityContext, ResourceRequirements, SeccompProfile,
+    SecurityContext, Service,
 };
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -30,6 +31,7 @@ use serde::Serialize;
 use crate::crd::{DataPolicy, ResourceSpec};
 use crate::validate::ValidatedApp;
 
+pub use config::runtime_config;
 pub use secrets::SecretTemplate;
 
 /// The operator's field manager and `app.kubernetes.io/managed-by` value.
@@ -177,7 +179,11 @@ impl Desired {
             out.extend(replica_service.iter().map(manifest));
             out.extend(replicas.iter().map(manifest));
         }
-        if let Some(RedisObjects { statefulset, service }) = redis {
+        if let Some(RedisObjects {
+            statefulset,
+            service,
+        }) = redis
+        {
             out.push(manifest(service));
             out.push(manifest(statefulset));
         }
@@ -233,7 +239,10 @@ pub fn service_host(app: &ValidatedApp, service: &str) -> String {
 /// Labels that select a component's pods; stable for the object's lifetime.
 pub fn selector_labels(app: &ValidatedApp, component: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
-        ("app.kubernetes.io/name".to_string(), "scaledapp".to_string()),
+        (
+            "app.kubernetes.io/name".to_string(),
+            "scaledapp".to_string(),
+        ),
         (INSTANCE_LABEL.to_string(), app.name.clone()),
         (COMPONENT_LABEL.to_string(), component.to_string()),
     ])
@@ -344,14 +353,20 @@ mod tests {
             let kind = manifest["kind"].as_str().expect("kind");
             let meta = &manifest["metadata"];
             let name = meta["name"].as_str().expect("name");
-            assert!(name.starts_with("shop-"), "{kind} {name} is not named <app>-<component>");
+            assert!(
+                name.starts_with("shop-"),
+                "{kind} {name} is not named <app>-<component>"
+            );
             assert!(name.len() <= 63, "{kind} {name} is too long");
             assert_eq!(meta["namespace"], "default", "{kind} {name}");
             assert_eq!(meta["labels"][MANAGED_BY_LABEL], MANAGER, "{kind} {name}");
             assert_eq!(meta["labels"][INSTANCE_LABEL], "shop", "{kind} {name}");
             if kind != "Secret" {
                 assert_eq!(meta["ownerReferences"][0]["uid"], app.uid, "{kind} {name}");
-                assert_eq!(meta["ownerReferences"][0]["controller"], true, "{kind} {name}");
+                assert_eq!(
+                    meta["ownerReferences"][0]["controller"], true,
+                    "{kind} {name}"
+                );
             }
         }
     }
@@ -364,8 +379,15 @@ mod tests {
         app.shard_assignment = crate::shards::assignment(1024, 64).expect("valid");
         let desired = render(&app);
         for shard in &desired.shards {
-            let name = shard.replicas.as_ref().and_then(|sts| sts.metadata.name.clone()).expect("replicas");
-            assert!(name.len() <= 52, "{name} leaves no room for the StatefulSet revision label");
+            let name = shard
+                .replicas
+                .as_ref()
+                .and_then(|sts| sts.metadata.name.clone())
+                .expect("replicas");
+            assert!(
+                name.len() <= 52,
+                "{name} leaves no room for the StatefulSet revision label"
+            );
         }
         for manifest in desired.manifests() {
             let name = manifest["metadata"]["name"].as_str().expect("name");
@@ -377,9 +399,19 @@ mod tests {
     fn secrets_are_not_owned_under_the_retain_policy_and_owned_under_delete() {
         let mut app = validated_example("shop");
         app.spec.data_policy = DataPolicy::Retain;
-        assert!(render(&app).secrets.iter().all(|s| s.meta.owner_references.is_none()));
+        assert!(
+            render(&app)
+                .secrets
+                .iter()
+                .all(|s| s.meta.owner_references.is_none())
+        );
         app.spec.data_policy = DataPolicy::Delete;
-        assert!(render(&app).secrets.iter().all(|s| s.meta.owner_references.is_some()));
+        assert!(
+            render(&app)
+                .secrets
+                .iter()
+                .all(|s| s.meta.owner_references.is_some())
+        );
     }
 
     #[test]

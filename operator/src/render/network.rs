@@ -5,17 +5,26 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::networking::v1::{
-    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicySpec,
+    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
+    NetworkPolicySpec,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::{COMPONENT_LABEL, INSTANCE_LABEL, POSTGRES_PORT, REDIS_PORT, child_name, object_meta, selector_labels};
+use super::{
+    COMPONENT_LABEL, INSTANCE_LABEL, POSTGRES_PORT, REDIS_PORT, child_name, object_meta,
+    selector_labels,
+};
 use crate::validate::ValidatedApp;
 
 /// The policies of one ScaledApp.
 pub fn policies(app: &ValidatedApp) -> Vec<NetworkPolicy> {
-    let mut policies = vec![policy(app, "postgres", &["app", "worker", "postgres"], POSTGRES_PORT)];
+    let mut policies = vec![policy(
+        app,
+        "postgres",
+        &["app", "worker", "postgres"],
+        POSTGRES_PORT,
+    )];
     if app.spec.cache.external_redis.is_none() {
         policies.push(policy(app, "redis", &["app", "worker"], REDIS_PORT));
     }
@@ -25,7 +34,10 @@ pub fn policies(app: &ValidatedApp) -> Vec<NetworkPolicy> {
 fn policy(app: &ValidatedApp, component: &str, clients: &[&str], port: i32) -> NetworkPolicy {
     let from = NetworkPolicyPeer {
         pod_selector: Some(LabelSelector {
-            match_labels: Some(BTreeMap::from([(INSTANCE_LABEL.to_string(), app.name.clone())])),
+            match_labels: Some(BTreeMap::from([(
+                INSTANCE_LABEL.to_string(),
+                app.name.clone(),
+            )])),
             match_expressions: Some(vec![LabelSelectorRequirement {
                 key: COMPONENT_LABEL.into(),
                 operator: "In".into(),
@@ -65,7 +77,10 @@ mod tests {
         let ingress = &spec.ingress.as_ref().expect("ingress")[0];
         let peer = &ingress.from.as_ref().expect("from")[0];
         let selector = peer.pod_selector.as_ref().expect("selector");
-        selector.match_expressions.as_ref().expect("expressions")[0].values.clone().expect("values")
+        selector.match_expressions.as_ref().expect("expressions")[0]
+            .values
+            .clone()
+            .expect("values")
     }
 
     #[test]
@@ -74,7 +89,11 @@ mod tests {
         let policies = policies(&app);
         assert_eq!(allowed(&policies[0]), vec!["app", "worker", "postgres"]);
         assert_eq!(allowed(&policies[1]), vec!["app", "worker"]);
-        let peer_labels = policies[0].spec.as_ref().and_then(|s| s.ingress.as_ref()).expect("ingress")[0]
+        let peer_labels = policies[0]
+            .spec
+            .as_ref()
+            .and_then(|s| s.ingress.as_ref())
+            .expect("ingress")[0]
             .from
             .as_ref()
             .expect("from")[0]
@@ -82,6 +101,9 @@ mod tests {
             .as_ref()
             .and_then(|s| s.match_labels.clone())
             .expect("labels");
-        assert_eq!(peer_labels[INSTANCE_LABEL], "shop", "only this ScaledApp's pods");
+        assert_eq!(
+            peer_labels[INSTANCE_LABEL], "shop",
+            "only this ScaledApp's pods"
+        );
     }
 }

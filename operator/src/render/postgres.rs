@@ -10,17 +10,20 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
-    ExecAction, KeyToPath, PodSpec, PodTemplateSpec, Probe, SecretKeySelector, Volume, VolumeMount,
+    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
+    EnvVarSource, ExecAction, KeyToPath, PodSpec, PodTemplateSpec, Probe, SecretKeySelector,
+    Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 
 use super::config::{DATABASE_NAME, DATABASE_USER};
 use super::redis::{claim, headless_service, retention};
-use super::secrets::{POSTGRES_APP_KEY, POSTGRES_REPLICATION_KEY, POSTGRES_SUPERUSER_KEY, postgres_secret};
+use super::secrets::{
+    POSTGRES_APP_KEY, POSTGRES_REPLICATION_KEY, POSTGRES_SUPERUSER_KEY, postgres_secret,
+};
 use super::{
-    POSTGRES_PORT, ROLE_LABEL, SHARD_LABEL, ShardObjects, child_name, object_meta, resources, restricted_container,
-    restricted_pod, selector_labels, service_host, shard_name,
+    POSTGRES_PORT, ROLE_LABEL, SHARD_LABEL, ShardObjects, child_name, object_meta, resources,
+    restricted_container, restricted_pod, selector_labels, service_host, shard_name,
 };
 use crate::validate::ValidatedApp;
 
@@ -72,7 +75,10 @@ pub fn scripts(app: &ValidatedApp) -> ConfigMap {
         metadata: object_meta(app, scripts_name(app), COMPONENT),
         data: Some(BTreeMap::from([
             ("primary-init.sh".to_string(), PRIMARY_INIT.to_string()),
-            ("replica-bootstrap.sh".to_string(), REPLICA_BOOTSTRAP.to_string()),
+            (
+                "replica-bootstrap.sh".to_string(),
+                REPLICA_BOOTSTRAP.to_string(),
+            ),
         ])),
         ..ConfigMap::default()
     }
@@ -131,17 +137,26 @@ fn service(app: &ValidatedApp, index: u32, role: Role) -> k8s_openapi::api::core
 pub fn server_settings(app: &ValidatedApp) -> Vec<(String, String)> {
     let mut settings = vec![
         ("listen_addresses".to_string(), "*".to_string()),
-        ("max_connections".to_string(), app.max_connections.to_string()),
+        (
+            "max_connections".to_string(),
+            app.max_connections.to_string(),
+        ),
         ("wal_level".to_string(), "replica".to_string()),
         ("max_wal_senders".to_string(), "16".to_string()),
         ("wal_keep_size".to_string(), "1GB".to_string()),
         ("hot_standby".to_string(), "on".to_string()),
         // Replicas tell the primary what they still read, so vacuum does not cancel their queries.
         ("hot_standby_feedback".to_string(), "on".to_string()),
-        ("password_encryption".to_string(), "scram-sha-256".to_string()),
+        (
+            "password_encryption".to_string(),
+            "scram-sha-256".to_string(),
+        ),
     ];
     if app.spec.database.synchronous_replication {
-        settings.push(("synchronous_standby_names".to_string(), "ANY 1 (*)".to_string()));
+        settings.push((
+            "synchronous_standby_names".to_string(),
+            "ANY 1 (*)".to_string(),
+        ));
         settings.push(("synchronous_commit".to_string(), "on".to_string()));
     }
     settings
@@ -246,7 +261,9 @@ fn statefulset(app: &ValidatedApp, index: u32, role: Role) -> StatefulSet {
         readiness_probe: Some(probe(5, 3)),
         liveness_probe: Some(probe(15, 6)),
         security_context: Some(restricted_container()),
-        volume_mounts: Some(mounts((role == Role::Primary).then_some("/docker-entrypoint-initdb.d"))),
+        volume_mounts: Some(mounts(
+            (role == Role::Primary).then_some("/docker-entrypoint-initdb.d"),
+        )),
         ..Container::default()
     };
     let init_containers = (role == Role::Replica).then(|| {
@@ -347,11 +364,17 @@ mod tests {
         let app = validated_example("shop");
         let shard = shard(&app, 1);
         let replicas = shard.replicas.expect("replicas").spec.expect("spec");
-        assert_eq!(replicas.replicas, Some(app.spec.database.replicas_per_shard));
+        assert_eq!(
+            replicas.replicas,
+            Some(app.spec.database.replicas_per_shard)
+        );
         let pod = replicas.template.spec.expect("pod");
         let init = &pod.init_containers.expect("init")[0];
         let env = init.env.clone().expect("env");
-        let primary = env.iter().find(|e| e.name == "PRIMARY_HOST").and_then(|e| e.value.clone());
+        let primary = env
+            .iter()
+            .find(|e| e.name == "PRIMARY_HOST")
+            .and_then(|e| e.value.clone());
         assert_eq!(primary.as_deref(), Some("shop-shard-1-primary.default.svc"));
         assert!(REPLICA_BOOTSTRAP.contains("pg_basebackup"));
         assert!(REPLICA_BOOTSTRAP.contains("--write-recovery-conf"));
@@ -363,25 +386,40 @@ mod tests {
         assert!(PRIMARY_INIT.contains("WITH REPLICATION"));
         assert!(PRIMARY_INIT.contains("host replication replicator"));
         let settings = server_settings(&app);
-        let max = settings.iter().find(|(k, _)| k == "max_connections").map(|(_, v)| v.clone());
+        let max = settings
+            .iter()
+            .find(|(k, _)| k == "max_connections")
+            .map(|(_, v)| v.clone());
         assert_eq!(max, Some(app.max_connections.to_string()));
-        assert!(settings.iter().all(|(k, _)| k != "synchronous_standby_names"));
+        assert!(
+            settings
+                .iter()
+                .all(|(k, _)| k != "synchronous_standby_names")
+        );
     }
 
     #[test]
     fn synchronous_replication_waits_for_any_one_replica() {
         let mut app = validated_example("shop");
         app.spec.database.synchronous_replication = true;
-        assert!(server_settings(&app).contains(&("synchronous_standby_names".into(), "ANY 1 (*)".into())));
+        assert!(
+            server_settings(&app)
+                .contains(&("synchronous_standby_names".into(), "ANY 1 (*)".into()))
+        );
     }
 
     #[test]
     fn volume_retention_follows_the_data_policy() {
         let mut app = validated_example("shop");
-        for (policy, expected) in [(DataPolicy::Retain, "Retain"), (DataPolicy::Delete, "Delete")] {
+        for (policy, expected) in [
+            (DataPolicy::Retain, "Retain"),
+            (DataPolicy::Delete, "Delete"),
+        ] {
             app.spec.data_policy = policy;
             let spec = shard(&app, 0).primary.spec.expect("spec");
-            let retention = spec.persistent_volume_claim_retention_policy.expect("retention");
+            let retention = spec
+                .persistent_volume_claim_retention_policy
+                .expect("retention");
             assert_eq!(retention.when_deleted.as_deref(), Some(expected));
             assert_eq!(retention.when_scaled.as_deref(), Some("Retain"));
         }

@@ -4,9 +4,10 @@
 
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, ExecAction, PersistentVolumeClaim,
-    PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, Probe, SecretKeySelector, Service, ServicePort,
-    ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
+    Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, ExecAction,
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, Probe,
+    SecretKeySelector, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -15,7 +16,8 @@ use std::collections::BTreeMap;
 
 use super::secrets::{REDIS_PASSWORD_KEY, redis_secret};
 use super::{
-    REDIS_PORT, RedisObjects, child_name, object_meta, restricted_container, restricted_pod, selector_labels,
+    REDIS_PORT, RedisObjects, child_name, object_meta, restricted_container, restricted_pod,
+    selector_labels,
 };
 use crate::crd::{DataPolicy, RedisSpec};
 use crate::validate::ValidatedApp;
@@ -65,7 +67,10 @@ fn statefulset(app: &ValidatedApp, spec: &RedisSpec) -> StatefulSet {
     let name = child_name(app, COMPONENT);
     let selector = selector_labels(app, COMPONENT);
     // Headroom over maxmemory for fragmentation, buffers and the AOF rewrite.
-    let memory = Quantity(format!("{}Mi", spec.max_memory_mib + spec.max_memory_mib / 4));
+    let memory = Quantity(format!(
+        "{}Mi",
+        spec.max_memory_mib + spec.max_memory_mib / 4
+    ));
     let password = EnvVar {
         name: "REDIS_PASSWORD".into(),
         value: None,
@@ -85,7 +90,11 @@ fn statefulset(app: &ValidatedApp, spec: &RedisSpec) -> StatefulSet {
     };
     let probe = |period: i32| Probe {
         exec: Some(ExecAction {
-            command: Some(vec!["sh".into(), "-c".into(), "redis-cli ping | grep -q PONG".into()]),
+            command: Some(vec![
+                "sh".into(),
+                "-c".into(),
+                "redis-cli ping | grep -q PONG".into(),
+            ]),
         }),
         period_seconds: Some(period),
         timeout_seconds: Some(3),
@@ -190,7 +199,10 @@ pub fn claim(name: &str, size: &str, storage_class_name: Option<String>) -> Pers
             access_modes: Some(vec!["ReadWriteOnce".into()]),
             storage_class_name,
             resources: Some(VolumeResourceRequirements {
-                requests: Some(BTreeMap::from([("storage".to_string(), Quantity(size.into()))])),
+                requests: Some(BTreeMap::from([(
+                    "storage".to_string(),
+                    Quantity(size.into()),
+                )])),
                 limits: None,
             }),
             ..PersistentVolumeClaimSpec::default()
@@ -200,7 +212,9 @@ pub fn claim(name: &str, size: &str, storage_class_name: Option<String>) -> Pers
 }
 
 /// PVCs follow the data policy when the StatefulSet is deleted; scaling down never deletes data.
-pub fn retention(policy: DataPolicy) -> k8s_openapi::api::apps::v1::StatefulSetPersistentVolumeClaimRetentionPolicy {
+pub fn retention(
+    policy: DataPolicy,
+) -> k8s_openapi::api::apps::v1::StatefulSetPersistentVolumeClaimRetentionPolicy {
     k8s_openapi::api::apps::v1::StatefulSetPersistentVolumeClaimRetentionPolicy {
         when_deleted: Some(
             match policy {
@@ -214,7 +228,13 @@ pub fn retention(policy: DataPolicy) -> k8s_openapi::api::apps::v1::StatefulSetP
 }
 
 /// A headless Service (stable per-pod DNS names for StatefulSets).
-pub fn headless_service(app: &ValidatedApp, name: String, component: &str, selector: BTreeMap<String, String>, port: i32) -> Service {
+pub fn headless_service(
+    app: &ValidatedApp,
+    name: String,
+    component: &str,
+    selector: BTreeMap<String, String>,
+    port: i32,
+) -> Service {
     let mut meta = object_meta(app, name, component);
     if let (Some(labels), Some(role)) = (meta.labels.as_mut(), selector.get(super::ROLE_LABEL)) {
         labels.insert(super::ROLE_LABEL.into(), role.clone());
@@ -239,7 +259,13 @@ pub fn headless_service(app: &ValidatedApp, name: String, component: &str, selec
 }
 
 fn service(app: &ValidatedApp) -> Service {
-    headless_service(app, child_name(app, COMPONENT), COMPONENT, selector_labels(app, COMPONENT), REDIS_PORT)
+    headless_service(
+        app,
+        child_name(app, COMPONENT),
+        COMPONENT,
+        selector_labels(app, COMPONENT),
+        REDIS_PORT,
+    )
 }
 
 #[cfg(test)]
@@ -257,8 +283,14 @@ mod tests {
         };
         let script = start_script(&spec);
         assert!(script.contains("maxmemory 512mb\n"), "{script}");
-        assert!(script.contains("maxmemory-policy allkeys-lru\n"), "{script}");
-        assert!(script.contains("requirepass ${REDIS_PASSWORD}\n"), "{script}");
+        assert!(
+            script.contains("maxmemory-policy allkeys-lru\n"),
+            "{script}"
+        );
+        assert!(
+            script.contains("requirepass ${REDIS_PASSWORD}\n"),
+            "{script}"
+        );
         assert!(script.contains("appendonly yes"), "{script}");
     }
 
@@ -277,9 +309,25 @@ mod tests {
     fn the_container_memory_leaves_headroom_over_maxmemory() {
         let app = validated_example("shop");
         let objects = objects(&app).expect("in-cluster redis");
-        let pod = objects.statefulset.spec.expect("spec").template.spec.expect("pod");
-        let limits = pod.containers[0].resources.as_ref().and_then(|r| r.limits.clone()).expect("limits");
-        let max = app.spec.cache.redis.clone().unwrap_or_default().max_memory_mib;
+        let pod = objects
+            .statefulset
+            .spec
+            .expect("spec")
+            .template
+            .spec
+            .expect("pod");
+        let limits = pod.containers[0]
+            .resources
+            .as_ref()
+            .and_then(|r| r.limits.clone())
+            .expect("limits");
+        let max = app
+            .spec
+            .cache
+            .redis
+            .clone()
+            .unwrap_or_default()
+            .max_memory_mib;
         assert_eq!(limits["memory"], Quantity(format!("{}Mi", max + max / 4)));
     }
 }

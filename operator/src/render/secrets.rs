@@ -46,7 +46,10 @@ impl SecretTemplate {
 
     /// The Secret's name.
     pub fn name(&self) -> &str {
-        self.meta.name.as_deref().expect("templates are always named")
+        self.meta
+            .name
+            .as_deref()
+            .expect("templates are always named")
     }
 }
 
@@ -70,7 +73,11 @@ pub fn templates(app: &ValidatedApp) -> Vec<SecretTemplate> {
     let mut templates = vec![
         SecretTemplate {
             meta: data_meta(app, postgres_secret(app), "postgres"),
-            keys: vec![POSTGRES_SUPERUSER_KEY, POSTGRES_APP_KEY, POSTGRES_REPLICATION_KEY],
+            keys: vec![
+                POSTGRES_SUPERUSER_KEY,
+                POSTGRES_APP_KEY,
+                POSTGRES_REPLICATION_KEY,
+            ],
         },
         SecretTemplate {
             meta: data_meta(app, app_secret(app), "app"),

@@ -5,7 +5,10 @@ use k8s_openapi::api::core::v1::{Container, ContainerPort, ExecAction, Probe};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 use super::app::{env, pod_template, volume_mounts};
-use super::{POOL_LABEL, WorkerObjects, autoscaling, child_name, object_meta, resources, restricted_container, selector_labels};
+use super::{
+    POOL_LABEL, WorkerObjects, autoscaling, child_name, object_meta, resources,
+    restricted_container, selector_labels,
+};
 use crate::crd::WorkerPoolSpec;
 use crate::validate::ValidatedApp;
 
@@ -45,7 +48,11 @@ fn deployment(app: &ValidatedApp, pool: &WorkerPoolSpec, name: String) -> Deploy
         // A worker has no HTTP API; it proves liveness by refreshing a heartbeat file.
         liveness_probe: Some(Probe {
             exec: Some(ExecAction {
-                command: Some(vec!["scaled-app".into(), "healthcheck".into(), "--worker".into()]),
+                command: Some(vec![
+                    "scaled-app".into(),
+                    "healthcheck".into(),
+                    "--worker".into(),
+                ]),
             }),
             period_seconds: Some(15),
             failure_threshold: Some(4),
@@ -87,10 +94,16 @@ mod tests {
         let objects = objects(&app, pool);
         let spec = objects.deployment.spec.expect("spec");
         let container = &spec.template.spec.expect("pod").containers[0];
-        assert_eq!(container.image.as_deref(), Some(app.spec.app.image.as_str()));
+        assert_eq!(
+            container.image.as_deref(),
+            Some(app.spec.app.image.as_str())
+        );
         let args = container.args.clone().expect("args");
         assert_eq!(args[0], "worker");
         assert_eq!(args[2], pool.queues.join(","));
-        assert_eq!(spec.selector.match_labels.expect("labels")[POOL_LABEL], pool.name);
+        assert_eq!(
+            spec.selector.match_labels.expect("labels")[POOL_LABEL],
+            pool.name
+        );
     }
 }

@@ -1,0 +1,403 @@
+//! The reconcile driver: read -> validate -> render -> apply -> status. Only `apply` and the
+//! status write touch the API; everything between them is pure. It never asks why it ran: the
+//! same ScaledApp and cluster always lead to the same actions.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::{Api, Resource, ResourceExt};
+use tracing::{info, instrument, warn};
+
+use crate::apply::{Applier, ApplyError, Observed};
+use crate::context::Context;
+use crate::crd::{ScaledApp, ScaledAppStatus};
+use crate::render::{MANAGER, render};
+use crate::status::{Report, components, compute, with_failure};
+use crate::validate::validate;
+
+/// How often a converged ScaledApp is looked at again even without events (drift that no watch
+/// reports, such as a deleted Secret).
+const RESYNC: Duration = Duration::from_secs(300);
+/// How soon a ScaledApp that is still coming up is looked at again.
+const PROGRESS_CHECK: Duration = Duration::from_secs(30);
+
+/// Why a reconcile failed; all of these are retried with backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// Applying children failed.
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+    /// Writing the status failed.
+    #[error("failed to patch status of ScaledApp {namespace}/{name}: {source}")]
+    PatchStatus {
+        /// Namespace.
+        namespace: String,
+        /// Name.
+        name: String,
+        /// Cause.
+        #[source]
+        source: kube::Error,
+    },
+    /// The ScaledApp came without a namespace (it is a namespaced kind, so this is a bug).
+    #[error("ScaledApp {0} has no namespace")]
+    NoNamespace(String),
+}
+
+impl ReconcileError {
+    /// A fixed label for metrics.
+    pub fn category(&self) -> &'static str {
+        match self {
+            ReconcileError::Apply(ApplyError::List { .. }) => "list",
+            ReconcileError::Apply(ApplyError::Apply { .. }) => "apply",
+            ReconcileError::Apply(ApplyError::Secret { .. }) => "secret",
+            ReconcileError::Apply(ApplyError::Prune { .. }) => "prune",
+            ReconcileError::PatchStatus { .. } => "status",
+            ReconcileError::NoNamespace(_) => "metadata",
+        }
+    }
+}
+
+/// Reconciles one ScaledApp.
+#[instrument(skip_all, fields(scaledapp = %app.name_any(), namespace = app.namespace().unwrap_or_default(), generation = app.metadata.generation))]
+pub async fn reconcile(
+    app: Arc<ScaledApp>,
+    context: Arc<Context>,
+) -> Result<Action, ReconcileError> {
+    let started = Instant::now();
+    let result = run(&app, &context).await;
+    let outcome = if result.is_ok() { "success" } else { "error" };
+    context
+        .metrics
+        .record_reconcile(outcome, started.elapsed().as_secs_f64());
+    match &result {
+        Ok(_) => context.backoff.reset(&key(&app)),
+        Err(error) => context.metrics.record_failure(error.category()),
+    }
+    result
+}
+
+/// What the controller does after a failed reconcile: back off, per object, exponentially.
+pub fn error_policy(app: Arc<ScaledApp>, error: &ReconcileError, context: Arc<Context>) -> Action {
+    let delay = context.backoff.next(&key(&app));
+    warn!(scaledapp = %app.name_any(), %error, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+fn key(app: &ScaledApp) -> String {
+    format!("{}/{}", app.namespace().unwrap_or_default(), app.name_any())
+}
+
+async fn run(app: &ScaledApp, context: &Context) -> Result<Action, ReconcileError> {
+    let namespace = app
+        .namespace()
+        .ok_or_else(|| ReconcileError::NoNamespace(app.name_any()))?;
+    let name = app.name_any();
+    let generation = app.metadata.generation.unwrap_or_default();
+    let now = Time(Timestamp::now());
+    let current = app.status.as_ref();
+
+    let validated = match validate(app) {
+        Ok(validated) => validated,
+        Err(invalid) => {
+            // Permanent until the spec changes: report it and wait for that change.
+            let message = invalid.to_string();
+            let report = Report::Invalid {
+                reason: invalid.reason(),
+                message: message.clone(),
+            };
+            let status = compute(current, generation, app.spec.paused, &report, &now);
+            if write_status(context, app, &namespace, current, &status).await? {
+                publish(
+                    context,
+                    app,
+                    EventType::Warning,
+                    invalid.reason(),
+                    "Validate",
+                    message,
+                )
+                .await;
+            }
+            return Ok(Action::await_change());
+        }
+    };
+
+    let desired = render(&validated);
+    let applier = Applier::new(
+        context.client.clone(),
+        &namespace,
+        &name,
+        &context.applied,
+        &context.metrics,
+    );
+    let observed = if app.spec.paused {
+        applier.observe().await
+    } else {
+        applier.apply(&desired).await
+    };
+    let observed: Observed = match observed {
+        Ok(observed) => observed,
+        Err(error) => {
+            let base = current.cloned().unwrap_or_default();
+            let status = with_failure(base, "ApplyFailed", error.to_string(), generation, &now);
+            if write_status(context, app, &namespace, current, &status).await? {
+                publish(
+                    context,
+                    app,
+                    EventType::Warning,
+                    "ApplyFailed",
+                    "Apply",
+                    error.to_string(),
+                )
+                .await;
+            }
+            return Err(error.into());
+        }
+    };
+    announce(context, app, &observed).await;
+
+    let report = Report::Components(Box::new(components(&validated, &desired, &observed)));
+    let status = compute(current, generation, app.spec.paused, &report, &now);
+    write_status(context, app, &namespace, current, &status).await?;
+    let ready = status
+        .conditions
+        .iter()
+        .any(|condition| condition.type_ == crate::status::READY && condition.status == "True");
+    Ok(Action::requeue(if ready { RESYNC } else { PROGRESS_CHECK }))
+}
+
+/// Writes the status if it differs from the current one; returns whether it wrote.
+async fn write_status(
+    context: &Context,
+    app: &ScaledApp,
+    namespace: &str,
+    current: Option<&ScaledAppStatus>,
+    status: &ScaledAppStatus,
+) -> Result<bool, ReconcileError> {
+    if current == Some(status) {
+        return Ok(false);
+    }
+    let api: Api<ScaledApp> = Api::namespaced(context.client.clone(), namespace);
+    let patch = serde_json::json!({
+        "apiVersion": ScaledApp::api_version(&()),
+        "kind": ScaledApp::kind(&()),
+        "status": status,
+    });
+    context.metrics.record_write("ScaledApp/status");
+    api.patch_status(
+        &app.name_any(),
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(|source| ReconcileError::PatchStatus {
+        namespace: namespace.to_string(),
+        name: app.name_any(),
+        source,
+    })?;
+    Ok(true)
+}
+
+/// One Event per kind of change, naming the objects.
+async fn announce(context: &Context, app: &ScaledApp, observed: &Observed) {
+    if !observed.changed() {
+        return;
+    }
+    info!(created = ?observed.created, updated = ?observed.updated, pruned = ?observed.pruned, "children changed");
+    for (reason, objects) in [
+        ("Created", &observed.created),
+        ("Updated", &observed.updated),
+        ("Pruned", &observed.pruned),
+    ] {
+        if !objects.is_empty() {
+            publish(
+                context,
+                app,
+                EventType::Normal,
+                reason,
+                "Apply",
+                objects.join(", "),
+            )
+            .await;
+        }
+    }
+}
+
+async fn publish(
+    context: &Context,
+    app: &ScaledApp,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
+    // Event notes are capped at 1 KiB by the API server.
+    let note: String = note.chars().take(1000).collect();
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: action.into(),
+        secondary: None,
+    };
+    context.metrics.record_write("Event");
+    if let Err(error) = context.recorder.publish(&event, &app.object_ref(&())).await {
+        // Events are best effort; reconciling goes on without them.
+        warn!(%error, "failed to publish event");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fake_api::FakeApi;
+    use crate::metrics::Metrics;
+    use crate::test_support::example;
+
+    const APPS: &str = "/apis/scaled.dev/v1alpha1/namespaces/default/scaledapps";
+
+    fn setup() -> (FakeApi, Arc<Context>) {
+        let fake = FakeApi::default();
+        let app = example("shop");
+        fake.insert(APPS, "shop", serde_json::to_value(&app).expect("json"));
+        let context = Arc::new(Context::new(
+            fake.client(),
+            Metrics::new(),
+            Some("test".into()),
+        ));
+        (fake, context)
+    }
+
+    fn stored(fake: &FakeApi) -> Arc<ScaledApp> {
+        Arc::new(
+            serde_json::from_value(fake.get(APPS, "shop").expect("stored")).expect("ScaledApp"),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_second_reconcile_of_an_unchanged_scaledapp_makes_no_writes() {
+        let (fake, context) = setup();
+        reconcile(stored(&fake), context.clone())
+            .await
+            .expect("first reconcile");
+        let first = fake.take_writes();
+        assert!(
+            first.iter().any(|w| w.contains("/deployments/shop-app")),
+            "{first:#?}"
+        );
+        assert!(
+            first.iter().any(|w| w.ends_with("/scaledapps/shop/status")),
+            "{first:#?}"
+        );
+
+        reconcile(stored(&fake), context.clone())
+            .await
+            .expect("second reconcile");
+        assert_eq!(fake.take_writes(), Vec::<String>::new());
+    }
+
+    #[tokio::test]
+    async fn a_child_deleted_by_hand_is_recreated_and_nothing_else_is_touched() {
+        let (fake, context) = setup();
+        reconcile(stored(&fake), context.clone())
+            .await
+            .expect("first reconcile");
+        reconcile(stored(&fake), context.clone())
+            .await
+            .expect("second reconcile");
+        fake.take_writes();
+        fake.remove(
+            "/apis/apps/v1/namespaces/default/deployments",
+            "shop-worker-email",
+        );
+        reconcile(stored(&fake), context.clone())
+            .await
+            .expect("third reconcile");
+        let writes = fake.take_writes();
+        let applies: Vec<_> = writes
+            .iter()
+            .filter(|w| w.starts_with("PATCH") && !w.contains("/status") && !w.contains("/events/"))
+            .collect();
+        assert_eq!(applies.len(), 1, "{writes:#?}");
+        assert!(applies[0].ends_with("/deployments/shop-worker-email"));
+    }
+
+    #[tokio::test]
+    async fn secrets_are_created_once_and_never_overwritten() {
+        let (fake, context) = setup();
+        reconcile(stored(&fake), context.clone())
+            .await
+            .expect("first reconcile");
+        let secret = |fake: &FakeApi| {
+            fake.get("/api/v1/namespaces/default/secrets", "shop-postgres")
+                .expect("secret")
+        };
+        let before = secret(&fake)["data"].clone();
+        assert!(before["app-password"].is_string(), "{before}");
+        // A restarted operator (empty memory) applies again, but must keep the passwords.
+        let restarted = Arc::new(Context::new(
+            fake.client(),
+            Metrics::new(),
+            Some("test".into()),
+        ));
+        reconcile(stored(&fake), restarted)
+            .await
+            .expect("reconcile after restart");
+        assert_eq!(secret(&fake)["data"], before);
+    }
+
+    #[tokio::test]
+    async fn an_unrealisable_spec_writes_only_status_and_waits_for_a_change() {
+        let (fake, context) = setup();
+        let mut app = example("shop");
+        app.spec.app.replicas.max = 1000;
+        fake.insert(APPS, "shop", serde_json::to_value(&app).expect("json"));
+        let action = reconcile(stored(&fake), context.clone())
+            .await
+            .expect("reconcile");
+        assert_eq!(action, Action::await_change());
+        let writes = fake.take_writes();
+        assert!(
+            writes
+                .iter()
+                .all(|w| w.ends_with("/status") || w.contains("events")),
+            "{writes:#?}"
+        );
+        let status = stored(&fake).status.clone().expect("status");
+        let ready = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Ready")
+            .expect("Ready");
+        assert_eq!(ready.reason, "ConnectionBudgetExceeded");
+    }
+
+    #[tokio::test]
+    async fn a_paused_scaledapp_changes_no_children() {
+        let (fake, context) = setup();
+        let mut app = example("shop");
+        app.spec.paused = true;
+        fake.insert(APPS, "shop", serde_json::to_value(&app).expect("json"));
+        reconcile(stored(&fake), context.clone())
+            .await
+            .expect("reconcile");
+        let writes = fake.take_writes();
+        assert!(
+            writes
+                .iter()
+                .all(|w| w.ends_with("/status") || w.contains("events")),
+            "{writes:#?}"
+        );
+        let status = stored(&fake).status.clone().expect("status");
+        assert!(
+            status
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Paused" && c.status == "True")
+        );
+    }
+}

@@ -1,0 +1,562 @@
+//! Status: computed purely from what the children report, then written with one server-side
+//! apply of the status subresource, and only when it differs from what is already there.
+//!
+//! Conditions follow the Kubernetes API conventions: one entry per type, `observedGeneration`
+//! on each, and `lastTransitionTime` moving only when the condition's status flips.
+
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+use crate::apply::Observed;
+use crate::crd::{Endpoints, ScaledAppStatus, ShardStatus, WorkerPoolStatus, WorkloadStatus};
+use crate::render::{Desired, child_name, service_host};
+use crate::shards::describe_slots;
+use crate::validate::ValidatedApp;
+
+/// Condition: every component is ready.
+pub const READY: &str = "Ready";
+/// Condition: changes are rolling out.
+pub const PROGRESSING: &str = "Progressing";
+/// Condition: the operator cannot do its job (invalid spec, API errors).
+pub const DEGRADED: &str = "Degraded";
+/// Condition: the user paused reconciliation.
+pub const PAUSED: &str = "Paused";
+
+/// What one reconcile found out.
+#[derive(Clone, Debug)]
+pub enum Report {
+    /// The spec cannot be realised; nothing was changed.
+    Invalid {
+        /// CamelCase reason.
+        reason: &'static str,
+        /// What to fix.
+        message: String,
+    },
+    /// The children as they are now.
+    Components(Box<Components>),
+}
+
+/// Per-component state, as it goes into status.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Components {
+    /// App Deployment.
+    pub app: WorkloadStatus,
+    /// Redis StatefulSet, if run by the operator.
+    pub redis: Option<WorkloadStatus>,
+    /// Shards.
+    pub shards: Vec<ShardStatus>,
+    /// Worker pools.
+    pub workers: Vec<WorkerPoolStatus>,
+    /// Endpoints.
+    pub endpoints: Endpoints,
+    /// Workloads whose latest spec is not fully rolled out yet.
+    pub rolling: Vec<String>,
+}
+
+fn workload(name: String, desired: i32, ready: i32) -> WorkloadStatus {
+    WorkloadStatus {
+        summary: format!("{ready}/{desired}"),
+        name,
+        desired,
+        ready,
+    }
+}
+
+fn deployment_status(
+    name: String,
+    live: Option<&Deployment>,
+    fallback_desired: i32,
+    rolling: &mut Vec<String>,
+) -> WorkloadStatus {
+    let desired = live
+        .and_then(|d| d.spec.as_ref())
+        .and_then(|spec| spec.replicas)
+        .unwrap_or(fallback_desired);
+    let status = live.and_then(|d| d.status.as_ref());
+    let ready = status.and_then(|s| s.ready_replicas).unwrap_or(0);
+    let updated = status.and_then(|s| s.updated_replicas).unwrap_or(0);
+    let observed = status.and_then(|s| s.observed_generation);
+    let generation = live.and_then(|d| d.metadata.generation);
+    if live.is_none() || observed < generation || updated < desired {
+        rolling.push(name.clone());
+    }
+    workload(name, desired, ready)
+}
+
+fn statefulset_status(
+    name: String,
+    live: Option<&StatefulSet>,
+    rolling: &mut Vec<String>,
+) -> WorkloadStatus {
+    let desired = live
+        .and_then(|s| s.spec.as_ref())
+        .and_then(|spec| spec.replicas)
+        .unwrap_or(1);
+    let status = live.and_then(|s| s.status.as_ref());
+    let ready = status.and_then(|s| s.ready_replicas).unwrap_or(0);
+    let observed = status.and_then(|s| s.observed_generation);
+    let generation = live.and_then(|s| s.metadata.generation);
+    let updated = status.and_then(|s| s.updated_replicas).unwrap_or(0);
+    if live.is_none() || observed < generation || updated < desired {
+        rolling.push(name.clone());
+    }
+    workload(name, desired, ready)
+}
+
+/// Reads each component's readiness off the observed children.
+pub fn components(app: &ValidatedApp, desired: &Desired, observed: &Observed) -> Components {
+    let mut rolling = Vec::new();
+    let name_of = |meta: &kube::api::ObjectMeta| meta.name.clone().unwrap_or_default();
+    let app_name = name_of(&desired.app.deployment.metadata);
+    let app_status = deployment_status(
+        app_name.clone(),
+        observed.deployments.get(&app_name),
+        app.spec.app.replicas.min,
+        &mut rolling,
+    );
+    let redis = desired.redis.as_ref().map(|redis| {
+        let name = name_of(&redis.statefulset.metadata);
+        statefulset_status(name.clone(), observed.statefulsets.get(&name), &mut rolling)
+    });
+    let shards = desired
+        .shards
+        .iter()
+        .map(|shard| {
+            let primary_name = name_of(&shard.primary.metadata);
+            let primary = statefulset_status(
+                primary_name.clone(),
+                observed.statefulsets.get(&primary_name),
+                &mut rolling,
+            );
+            let replicas = shard.replicas.as_ref().map(|replicas| {
+                let name = name_of(&replicas.metadata);
+                statefulset_status(name.clone(), observed.statefulsets.get(&name), &mut rolling)
+            });
+            ShardStatus {
+                index: shard.index as i32,
+                slots: app
+                    .shard_assignment
+                    .iter()
+                    .filter(|owner| **owner == shard.index)
+                    .count() as i32,
+                primary,
+                replicas,
+                slot_ranges: describe_slots(&app.shard_assignment, shard.index),
+            }
+        })
+        .collect();
+    let workers = desired
+        .workers
+        .iter()
+        .zip(&app.spec.workers)
+        .map(|(objects, pool)| {
+            let name = name_of(&objects.deployment.metadata);
+            WorkerPoolStatus {
+                pool: objects.pool.clone(),
+                queues: pool.queues.clone(),
+                workload: deployment_status(
+                    name.clone(),
+                    observed.deployments.get(&name),
+                    pool.replicas.min,
+                    &mut rolling,
+                ),
+            }
+        })
+        .collect();
+    let config = crate::render::runtime_config(app);
+    Components {
+        app: app_status,
+        redis,
+        shards,
+        workers,
+        endpoints: Endpoints {
+            app: format!("{}:80", service_host(app, &child_name(app, "app"))),
+            redis: config.redis.url.clone(),
+            primaries: config
+                .shard_map
+                .shards
+                .iter()
+                .map(|shard| shard.primary.clone())
+                .collect(),
+            config_map: child_name(app, "config"),
+        },
+        rolling,
+    }
+}
+
+fn is_ready(workload: &WorkloadStatus) -> bool {
+    workload.desired > 0 && workload.ready >= workload.desired
+}
+
+/// What keeps the ScaledApp from being ready, in a stable order.
+fn waiting_for(components: &Components) -> Vec<String> {
+    let mut waiting = Vec::new();
+    let mut check = |label: String, workload: &WorkloadStatus| {
+        if !is_ready(workload) {
+            waiting.push(format!("{label} {} {}", workload.name, workload.summary));
+        }
+    };
+    for shard in &components.shards {
+        check(format!("shard {} primary", shard.index), &shard.primary);
+        if let Some(replicas) = &shard.replicas {
+            check(format!("shard {} replicas", shard.index), replicas);
+        }
+    }
+    if let Some(redis) = &components.redis {
+        check("redis".into(), redis);
+    }
+    check("app".into(), &components.app);
+    for pool in &components.workers {
+        check(format!("worker pool {}", pool.pool), &pool.workload);
+    }
+    waiting
+}
+
+fn condition(
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: String,
+    generation: i64,
+    now: &Time,
+) -> Condition {
+    Condition {
+        type_: type_.into(),
+        status: if status { "True" } else { "False" }.into(),
+        reason: reason.into(),
+        message,
+        observed_generation: Some(generation),
+        last_transition_time: now.clone(),
+    }
+}
+
+/// The status for this pass. `current` is the status on the object, used to keep transition
+/// times and component details (an invalid spec does not erase what is known about children).
+pub fn compute(
+    current: Option<&ScaledAppStatus>,
+    generation: i64,
+    paused: bool,
+    report: &Report,
+    now: &Time,
+) -> ScaledAppStatus {
+    let mut status = current.cloned().unwrap_or_default();
+    status.observed_generation = Some(generation);
+    let paused_condition = if paused {
+        condition(PAUSED, true, "PausedByUser", "spec.paused is true: the operator makes no changes to children until it is set to false".into(), generation, now)
+    } else {
+        condition(
+            PAUSED,
+            false,
+            "Reconciling",
+            "the operator keeps children in line with the spec".into(),
+            generation,
+            now,
+        )
+    };
+    let conditions = match report {
+        Report::Invalid { reason, message } => vec![
+            condition(READY, false, reason, message.clone(), generation, now),
+            condition(
+                PROGRESSING,
+                false,
+                reason,
+                "waiting for the spec to be fixed; nothing was changed".into(),
+                generation,
+                now,
+            ),
+            condition(DEGRADED, true, reason, message.clone(), generation, now),
+            paused_condition,
+        ],
+        Report::Components(components) => {
+            status.app = Some(components.app.clone());
+            status.redis = components.redis.clone();
+            status.shards = components.shards.clone();
+            status.workers = components.workers.clone();
+            status.endpoints = Some(components.endpoints.clone());
+            let shards_ready = components
+                .shards
+                .iter()
+                .filter(|s| is_ready(&s.primary) && s.replicas.as_ref().is_none_or(is_ready))
+                .count();
+            status.shards_summary = Some(format!("{shards_ready}/{}", components.shards.len()));
+            let pools_ready = components
+                .workers
+                .iter()
+                .filter(|p| is_ready(&p.workload))
+                .count();
+            status.workers_summary = Some(format!("{pools_ready}/{}", components.workers.len()));
+
+            let waiting = waiting_for(components);
+            let ready = if waiting.is_empty() {
+                condition(
+                    READY,
+                    true,
+                    "AllComponentsReady",
+                    "app, Redis, every shard and every worker pool are ready".into(),
+                    generation,
+                    now,
+                )
+            } else {
+                condition(
+                    READY,
+                    false,
+                    "ComponentsNotReady",
+                    format!("waiting for: {}", waiting.join("; ")),
+                    generation,
+                    now,
+                )
+            };
+            let progressing = if components.rolling.is_empty() {
+                condition(
+                    PROGRESSING,
+                    false,
+                    "RolloutComplete",
+                    "every workload runs the latest spec".into(),
+                    generation,
+                    now,
+                )
+            } else {
+                condition(
+                    PROGRESSING,
+                    true,
+                    "RollingOut",
+                    format!("rolling out: {}", components.rolling.join(", ")),
+                    generation,
+                    now,
+                )
+            };
+            vec![
+                ready,
+                progressing,
+                condition(
+                    DEGRADED,
+                    false,
+                    "AsExpected",
+                    "the spec is valid and was applied".into(),
+                    generation,
+                    now,
+                ),
+                paused_condition,
+            ]
+        }
+    };
+    status.conditions = conditions
+        .into_iter()
+        .map(|mut next| {
+            if let Some(previous) = status.conditions.iter().find(|c| c.type_ == next.type_)
+                && previous.status == next.status
+            {
+                next.last_transition_time = previous.last_transition_time.clone();
+            }
+            next
+        })
+        .collect();
+    status
+}
+
+/// A failed apply, reported without losing what is known about the children.
+pub fn with_failure(
+    mut status: ScaledAppStatus,
+    reason: &str,
+    message: String,
+    generation: i64,
+    now: &Time,
+) -> ScaledAppStatus {
+    let degraded = condition(DEGRADED, true, reason, message, generation, now);
+    match status.conditions.iter_mut().find(|c| c.type_ == DEGRADED) {
+        Some(existing) => {
+            let time = if existing.status == degraded.status {
+                existing.last_transition_time.clone()
+            } else {
+                degraded.last_transition_time.clone()
+            };
+            *existing = Condition {
+                last_transition_time: time,
+                ..degraded
+            };
+        }
+        None => status.conditions.push(degraded),
+    }
+    status
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::render::render;
+    use crate::test_support::validated_example;
+    use k8s_openapi::api::apps::v1::{DeploymentStatus, StatefulSetStatus};
+    use k8s_openapi::jiff::Timestamp;
+
+    fn at(seconds: i64) -> Time {
+        Time(Timestamp::from_second(seconds).expect("valid"))
+    }
+
+    /// Every rendered workload, reporting all replicas ready.
+    fn all_ready(desired: &Desired) -> Observed {
+        let mut observed = Observed::default();
+        let ready_deployment = |d: &Deployment, replicas: i32| {
+            let mut d = d.clone();
+            d.metadata.generation = Some(1);
+            if let Some(spec) = d.spec.as_mut() {
+                spec.replicas = Some(replicas);
+            }
+            d.status = Some(DeploymentStatus {
+                observed_generation: Some(1),
+                ready_replicas: Some(replicas),
+                updated_replicas: Some(replicas),
+                replicas: Some(replicas),
+                ..DeploymentStatus::default()
+            });
+            d
+        };
+        let ready_sts = |s: &StatefulSet| {
+            let mut s = s.clone();
+            let replicas = s.spec.as_ref().and_then(|spec| spec.replicas).unwrap_or(1);
+            s.metadata.generation = Some(1);
+            s.status = Some(StatefulSetStatus {
+                observed_generation: Some(1),
+                ready_replicas: Some(replicas),
+                updated_replicas: Some(replicas),
+                replicas,
+                ..StatefulSetStatus::default()
+            });
+            s
+        };
+        let mut add_deployment = |d: Deployment| {
+            observed
+                .deployments
+                .insert(d.metadata.name.clone().expect("named"), d);
+        };
+        add_deployment(ready_deployment(&desired.app.deployment, 3));
+        for pool in &desired.workers {
+            add_deployment(ready_deployment(&pool.deployment, 1));
+        }
+        let mut sets = vec![];
+        for shard in &desired.shards {
+            sets.push(ready_sts(&shard.primary));
+            sets.extend(shard.replicas.iter().map(ready_sts));
+        }
+        sets.extend(desired.redis.iter().map(|r| ready_sts(&r.statefulset)));
+        for set in sets {
+            observed
+                .statefulsets
+                .insert(set.metadata.name.clone().expect("named"), set);
+        }
+        observed
+    }
+
+    fn get<'a>(status: &'a ScaledAppStatus, type_: &str) -> &'a Condition {
+        status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == type_)
+            .expect("condition present")
+    }
+
+    #[test]
+    fn a_fresh_scaledapp_is_not_ready_and_says_what_it_waits_for() {
+        let app = validated_example("shop");
+        let desired = render(&app);
+        let report = Report::Components(Box::new(components(&app, &desired, &Observed::default())));
+        let status = compute(None, 1, false, &report, &at(100));
+        let ready = get(&status, READY);
+        assert_eq!(ready.status, "False");
+        assert_eq!(ready.reason, "ComponentsNotReady");
+        assert!(
+            ready
+                .message
+                .contains("shard 0 primary shop-shard-0-primary"),
+            "{}",
+            ready.message
+        );
+        assert!(
+            ready.message.contains("app shop-app 0/3"),
+            "{}",
+            ready.message
+        );
+        assert_eq!(get(&status, PROGRESSING).status, "True");
+        assert_eq!(status.shards_summary.as_deref(), Some("0/2"));
+        assert_eq!(status.observed_generation, Some(1));
+        assert!(
+            status
+                .conditions
+                .iter()
+                .all(|c| c.observed_generation == Some(1))
+        );
+    }
+
+    #[test]
+    fn all_components_ready_makes_ready_true_with_summaries() {
+        let app = validated_example("shop");
+        let desired = render(&app);
+        let report = Report::Components(Box::new(components(&app, &desired, &all_ready(&desired))));
+        let status = compute(None, 1, false, &report, &at(100));
+        assert_eq!(
+            get(&status, READY).status,
+            "True",
+            "{}",
+            get(&status, READY).message
+        );
+        assert_eq!(get(&status, PROGRESSING).status, "False");
+        assert_eq!(get(&status, DEGRADED).status, "False");
+        assert_eq!(status.app.as_ref().map(|a| a.summary.as_str()), Some("3/3"));
+        assert_eq!(status.shards_summary.as_deref(), Some("2/2"));
+        assert_eq!(status.workers_summary.as_deref(), Some("2/2"));
+        assert_eq!(status.shards[1].slot_ranges, "512-1023");
+        assert_eq!(
+            status.endpoints.as_ref().map(|e| e.config_map.as_str()),
+            Some("shop-config")
+        );
+    }
+
+    #[test]
+    fn transition_time_moves_only_when_the_status_flips() {
+        let app = validated_example("shop");
+        let desired = render(&app);
+        let not_ready =
+            Report::Components(Box::new(components(&app, &desired, &Observed::default())));
+        let ready = Report::Components(Box::new(components(&app, &desired, &all_ready(&desired))));
+        let first = compute(None, 1, false, &not_ready, &at(100));
+        let again = compute(Some(&first), 1, false, &not_ready, &at(200));
+        assert_eq!(get(&again, READY).last_transition_time, at(100));
+        assert_eq!(
+            again, first,
+            "an unchanged world yields an identical status (so nothing is written)"
+        );
+        let flipped = compute(Some(&again), 1, false, &ready, &at(300));
+        assert_eq!(get(&flipped, READY).last_transition_time, at(300));
+        assert_eq!(
+            get(&flipped, DEGRADED).last_transition_time,
+            at(100),
+            "Degraded stayed False"
+        );
+    }
+
+    #[test]
+    fn an_invalid_spec_keeps_component_details_and_names_the_reason() {
+        let app = validated_example("shop");
+        let desired = render(&app);
+        let report = Report::Components(Box::new(components(&app, &desired, &all_ready(&desired))));
+        let before = compute(None, 1, false, &report, &at(100));
+        let invalid = Report::Invalid {
+            reason: "ConnectionBudgetExceeded",
+            message: "lower database.pool".into(),
+        };
+        let after = compute(Some(&before), 2, false, &invalid, &at(200));
+        assert_eq!(get(&after, READY).reason, "ConnectionBudgetExceeded");
+        assert_eq!(get(&after, DEGRADED).status, "True");
+        assert_eq!(after.observed_generation, Some(2));
+        assert_eq!(after.app, before.app);
+    }
+
+    #[test]
+    fn paused_is_reported_as_a_condition() {
+        let app = validated_example("shop");
+        let desired = render(&app);
+        let report = Report::Components(Box::new(components(&app, &desired, &all_ready(&desired))));
+        let status = compute(None, 1, true, &report, &at(100));
+        assert_eq!(get(&status, PAUSED).status, "True");
+        assert_eq!(get(&status, PAUSED).reason, "PausedByUser");
+    }
+}
