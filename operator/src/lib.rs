@@ -17,6 +17,7 @@ pub mod run;
 pub mod server;
 pub mod shards;
 pub mod status;
+pub mod status_view;
 pub mod validate;
 
 #[cfg(test)]

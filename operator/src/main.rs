@@ -10,6 +10,7 @@ use kube::CustomResourceExt;
 use scaledapp_operator::crd::ScaledApp;
 use scaledapp_operator::render::render;
 use scaledapp_operator::run::{RunSettings, run};
+use scaledapp_operator::status_view;
 use scaledapp_operator::validate::validate;
 
 #[derive(Parser)]
@@ -47,6 +48,20 @@ enum Command {
     },
     /// Print the CustomResourceDefinition as YAML (what crds/ holds).
     Crd,
+    /// Show one ScaledApp as a component tree with its conditions and recent Events.
+    Status {
+        /// ScaledApp name.
+        name: String,
+        /// Namespace (defaults to the kubeconfig context's).
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+        /// Output format.
+        #[arg(short = 'o', long, default_value = "tree", value_parser = ["tree", "json"])]
+        output: String,
+        /// Colour: auto (on a terminal), always, never.
+        #[arg(long, default_value = "auto", value_parser = ["auto", "always", "never"])]
+        color: String,
+    },
     /// Print every child a ScaledApp would get, as a YAML stream, without a cluster.
     Render {
         /// The ScaledApp manifest.
@@ -95,6 +110,33 @@ fn render_file(file: &PathBuf, namespace: &str) -> Result<String, String> {
     Ok(out)
 }
 
+async fn status(
+    name: &str,
+    namespace: Option<String>,
+    output: &str,
+    color: &str,
+) -> Result<String, String> {
+    use std::io::IsTerminal;
+    let client = kube::Client::try_default()
+        .await
+        .map_err(|e| format!("failed to connect to the cluster (check KUBECONFIG): {e}"))?;
+    let namespace = namespace.unwrap_or_else(|| client.default_namespace().to_string());
+    let view = status_view::fetch(client, &namespace, name)
+        .await
+        .map_err(|e| e.to_string())?;
+    if output == "json" {
+        return serde_json::to_string_pretty(&view)
+            .map(|json| json + "\n")
+            .map_err(|e| format!("failed to print JSON: {e}"));
+    }
+    let colour = match color {
+        "always" => true,
+        "never" => false,
+        _ => std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+    };
+    Ok(status_view::format_tree(&view, colour))
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     match Cli::parse().command {
@@ -103,6 +145,21 @@ async fn main() -> ExitCode {
             print!("---\n{yaml}");
             ExitCode::SUCCESS
         }
+        Command::Status {
+            name,
+            namespace,
+            output,
+            color,
+        } => match status(&name, namespace, &output, &color).await {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(message) => {
+                eprintln!("error: {message}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Render { file, namespace } => match render_file(&file, &namespace) {
             Ok(yaml) => {
                 print!("{yaml}");

@@ -1,0 +1,405 @@
+//! `scaledapp-operator status NAME`: a component tree of one ScaledApp (app, Redis, each
+//! shard's primary and replicas, each worker pool, their HPAs), the shard map, the conditions
+//! and recent Events. Coloured on a terminal, plain otherwise, JSON with `-o json`.
+//!
+//! Fetching is separate from formatting so the format is unit-tested without a cluster.
+
+use std::fmt::Write as _;
+
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::Event;
+use kube::api::ListParams;
+use kube::{Api, Client, ResourceExt};
+use serde::Serialize;
+
+use crate::crd::{ScaledApp, WorkloadStatus};
+use crate::render::INSTANCE_LABEL;
+
+/// Failures of the status command.
+#[derive(Debug, thiserror::Error)]
+pub enum StatusViewError {
+    /// The ScaledApp could not be read.
+    #[error("failed to get ScaledApp {namespace}/{name}: {source}")]
+    Get {
+        /// Namespace.
+        namespace: String,
+        /// Name.
+        name: String,
+        /// Cause.
+        #[source]
+        source: kube::Error,
+    },
+    /// A list of related objects failed.
+    #[error("failed to list {what} of ScaledApp {namespace}/{name}: {source}")]
+    List {
+        /// What was listed.
+        what: &'static str,
+        /// Namespace.
+        namespace: String,
+        /// Name.
+        name: String,
+        /// Cause.
+        #[source]
+        source: kube::Error,
+    },
+}
+
+/// Everything the view shows.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusView {
+    /// The ScaledApp, status included.
+    pub app: ScaledApp,
+    /// HPAs by name: (min, max, current replicas).
+    pub autoscalers: Vec<AutoscalerView>,
+    /// Recent Events about the ScaledApp, oldest first.
+    pub events: Vec<EventView>,
+}
+
+/// One HPA.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoscalerView {
+    /// HPA name (same as its Deployment).
+    pub name: String,
+    /// minReplicas.
+    pub min: i32,
+    /// maxReplicas.
+    pub max: i32,
+    /// Current replicas as the HPA sees them.
+    pub current: i32,
+}
+
+/// One Event.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EventView {
+    /// Normal or Warning.
+    pub type_: String,
+    /// Reason.
+    pub reason: String,
+    /// Message.
+    pub message: String,
+    /// How many times it happened.
+    pub count: i32,
+}
+
+/// Reads the ScaledApp, its HPAs and its Events.
+pub async fn fetch(
+    client: Client,
+    namespace: &str,
+    name: &str,
+) -> Result<StatusView, StatusViewError> {
+    let apps: Api<ScaledApp> = Api::namespaced(client.clone(), namespace);
+    let app = apps
+        .get(name)
+        .await
+        .map_err(|source| StatusViewError::Get {
+            namespace: namespace.into(),
+            name: name.into(),
+            source,
+        })?;
+    let list_error = |what| {
+        move |source| StatusViewError::List {
+            what,
+            namespace: namespace.into(),
+            name: name.into(),
+            source,
+        }
+    };
+    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), namespace);
+    let autoscalers = hpas
+        .list(&ListParams::default().labels(&format!("{INSTANCE_LABEL}={name}")))
+        .await
+        .map_err(list_error("HorizontalPodAutoscalers"))?
+        .items
+        .into_iter()
+        .map(|hpa| AutoscalerView {
+            name: hpa.name_any(),
+            min: hpa.spec.as_ref().and_then(|s| s.min_replicas).unwrap_or(1),
+            max: hpa
+                .spec
+                .as_ref()
+                .map(|s| s.max_replicas)
+                .unwrap_or_default(),
+            current: hpa
+                .status
+                .as_ref()
+                .and_then(|s| s.current_replicas)
+                .unwrap_or_default(),
+        })
+        .collect();
+    let events: Api<Event> = Api::namespaced(client, namespace);
+    let mut events: Vec<Event> = events
+        .list(&ListParams::default().fields(&format!(
+            "involvedObject.kind=ScaledApp,involvedObject.name={name}"
+        )))
+        .await
+        .map_err(list_error("Events"))?
+        .items;
+    events.sort_by_key(|event| {
+        event.last_timestamp.clone().or(event
+            .event_time
+            .as_ref()
+            .map(|t| k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(t.0)))
+    });
+    let events = events
+        .into_iter()
+        .rev()
+        .take(10)
+        .rev()
+        .map(|event| EventView {
+            type_: event.type_.unwrap_or_default(),
+            reason: event.reason.unwrap_or_default(),
+            message: event.message.unwrap_or_default(),
+            count: event.count.unwrap_or(1),
+        })
+        .collect();
+    Ok(StatusView {
+        app,
+        autoscalers,
+        events,
+    })
+}
+
+struct Paint {
+    colour: bool,
+}
+
+impl Paint {
+    fn wrap(&self, code: &str, text: &str) -> String {
+        if self.colour {
+            format!("\x1b[{code}m{text}\x1b[0m")
+        } else {
+            text.to_string()
+        }
+    }
+
+    fn state(&self, ok: bool, text: &str) -> String {
+        self.wrap(if ok { "32" } else { "33" }, text)
+    }
+
+    fn bold(&self, text: &str) -> String {
+        self.wrap("1", text)
+    }
+}
+
+fn workload_line(
+    paint: &Paint,
+    view: &StatusView,
+    label: &str,
+    workload: &WorkloadStatus,
+) -> String {
+    let ready = workload.desired > 0 && workload.ready >= workload.desired;
+    let mut line = format!(
+        "{label:<10} {:<28} {}",
+        workload.name,
+        paint.state(ready, &workload.summary)
+    );
+    if let Some(hpa) = view
+        .autoscalers
+        .iter()
+        .find(|hpa| hpa.name == workload.name)
+    {
+        let _ = write!(line, "  HPA {}..{} (now {})", hpa.min, hpa.max, hpa.current);
+    }
+    line
+}
+
+/// The human-readable view.
+pub fn format_tree(view: &StatusView, colour: bool) -> String {
+    let paint = Paint { colour };
+    let app = &view.app;
+    let status = app.status.clone().unwrap_or_default();
+    let mut out = String::new();
+    let ready = status.conditions.iter().find(|c| c.type_ == "Ready");
+    let headline = match ready {
+        Some(c) => paint.state(
+            c.status == "True",
+            &format!("Ready={} ({})", c.status, c.reason),
+        ),
+        None => paint.state(false, "no status yet"),
+    };
+    let _ = writeln!(
+        out,
+        "{} {}/{}  {headline}  generation {} (observed {})",
+        paint.bold("ScaledApp"),
+        app.namespace().unwrap_or_default(),
+        app.name_any(),
+        app.metadata.generation.unwrap_or_default(),
+        status
+            .observed_generation
+            .map(|g| g.to_string())
+            .unwrap_or_else(|| "-".into()),
+    );
+    if app.spec.paused {
+        let _ = writeln!(
+            out,
+            "{}",
+            paint.wrap("33", "paused: the operator makes no changes")
+        );
+    }
+    let mut lines = Vec::new();
+    if let Some(workload) = &status.app {
+        lines.push(workload_line(&paint, view, "app", workload));
+    }
+    match (&status.redis, &app.spec.cache.external_redis) {
+        (Some(workload), _) => lines.push(workload_line(&paint, view, "redis", workload)),
+        (None, Some(external)) => {
+            lines.push(format!("{:<10} {} (external)", "redis", external.url))
+        }
+        (None, None) => {}
+    }
+    for shard in &status.shards {
+        lines.push(format!(
+            "shard {:<4} slots {} ({} slots)",
+            shard.index, shard.slot_ranges, shard.slots
+        ));
+        lines.push(format!(
+            "  {}",
+            workload_line(&paint, view, "primary", &shard.primary)
+        ));
+        if let Some(replicas) = &shard.replicas {
+            lines.push(format!(
+                "  {}",
+                workload_line(&paint, view, "replicas", replicas)
+            ));
+        }
+    }
+    for pool in &status.workers {
+        let label = format!("worker {}", pool.pool);
+        lines.push(format!(
+            "{}  queues {}",
+            workload_line(&paint, view, &label, &pool.workload),
+            pool.queues.join(",")
+        ));
+    }
+    for (index, line) in lines.iter().enumerate() {
+        let branch = if index + 1 == lines.len() {
+            "└─"
+        } else {
+            "├─"
+        };
+        let _ = writeln!(out, "{branch} {line}");
+    }
+    if let Some(endpoints) = &status.endpoints {
+        let _ = writeln!(out, "\n{}", paint.bold("Endpoints"));
+        let _ = writeln!(out, "  app     {}", endpoints.app);
+        let _ = writeln!(out, "  redis   {}", endpoints.redis);
+        for (index, primary) in endpoints.primaries.iter().enumerate() {
+            let _ = writeln!(out, "  shard {index} {primary}");
+        }
+        let _ = writeln!(out, "  config  ConfigMap {}", endpoints.config_map);
+    }
+    let _ = writeln!(out, "\n{}", paint.bold("Conditions"));
+    for condition in &status.conditions {
+        let good = match condition.type_.as_str() {
+            "Degraded" | "Paused" | "Progressing" => condition.status == "False",
+            _ => condition.status == "True",
+        };
+        let _ = writeln!(
+            out,
+            "  {:<12} {:<6} {:<24} {}",
+            condition.type_,
+            paint.state(good, &condition.status),
+            condition.reason,
+            condition.message
+        );
+    }
+    if !view.events.is_empty() {
+        let _ = writeln!(out, "\n{}", paint.bold("Recent events"));
+        for event in &view.events {
+            let times = if event.count > 1 {
+                format!(" (x{})", event.count)
+            } else {
+                String::new()
+            };
+            let _ = writeln!(
+                out,
+                "  {:<8} {:<24} {}{times}",
+                paint.state(event.type_ != "Warning", &event.type_),
+                event.reason,
+                event.message
+            );
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::apply::Observed;
+    use crate::render::render;
+    use crate::status::{Report, components, compute};
+    use crate::test_support::{example, validated_example};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use k8s_openapi::jiff::Timestamp;
+
+    fn view() -> StatusView {
+        let validated = validated_example("shop");
+        let desired = render(&validated);
+        let report = Report::Components(Box::new(components(
+            &validated,
+            &desired,
+            &Observed::default(),
+        )));
+        let mut app = example("shop");
+        app.status = Some(compute(
+            None,
+            1,
+            false,
+            &report,
+            &Time(Timestamp::UNIX_EPOCH),
+        ));
+        StatusView {
+            app,
+            autoscalers: vec![AutoscalerView {
+                name: "shop-app".into(),
+                min: 3,
+                max: 50,
+                current: 3,
+            }],
+            events: vec![EventView {
+                type_: "Normal".into(),
+                reason: "Created".into(),
+                message: "Deployment/shop-app".into(),
+                count: 1,
+            }],
+        }
+    }
+
+    #[test]
+    fn the_tree_names_every_component_shard_and_condition() {
+        let text = format_tree(&view(), false);
+        for expected in [
+            "ScaledApp default/shop",
+            "Ready=False (ComponentsNotReady)",
+            "app        shop-app",
+            "HPA 3..50",
+            "redis      shop-redis",
+            "shard 0    slots 0-511 (512 slots)",
+            "primary    shop-shard-0-primary",
+            "replicas   shop-shard-1-replica",
+            "worker email",
+            "queues email:send",
+            "Progressing",
+            "Created",
+        ] {
+            assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+        }
+        assert!(!text.contains('\x1b'), "plain output has no colour codes");
+    }
+
+    #[test]
+    fn colour_is_only_added_when_asked() {
+        assert!(format_tree(&view(), true).contains("\x1b[33m"));
+    }
+
+    #[test]
+    fn the_json_view_carries_status_and_events() {
+        let json = serde_json::to_value(view()).expect("serialises");
+        assert_eq!(json["app"]["status"]["shardsSummary"], "0/2");
+        assert_eq!(json["events"][0]["reason"], "Created");
+    }
+}
