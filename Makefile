@@ -10,8 +10,8 @@ CHART_CRD := charts/scaledapp-operator/crds/scaled.dev_scaledapps.yaml
 
 help:
 	@echo "make test        fmt check, clippy -D warnings, generated-file checks, all tests"
-	@echo "make crds        regenerate $(CRD_FILE) from the Rust types"
-	@echo "make crds-check  fail if $(CRD_FILE) is stale"
+	@echo "make crds        regenerate $(CRD_FILE) and docs/api.md from the Rust types"
+	@echo "make crds-check  fail if $(CRD_FILE), the chart's copy or docs/api.md is stale"
 	@echo "make stack       run the app locally on real Postgres (2 shards + replicas) and Redis"
 
 deps:
@@ -31,11 +31,14 @@ unit:
 crds:
 	@mkdir -p crds
 	$(CARGO) run -q -p scaledapp-operator -- crd > $(CRD_FILE)
+	$(CARGO) run -q -p scaledapp-operator -- api-docs > docs/api.md
 	@if [ -d charts/scaledapp-operator ]; then mkdir -p $(dir $(CHART_CRD)) && cp $(CRD_FILE) $(CHART_CRD); fi
 	@echo "wrote $(CRD_FILE)"
 
 crds-check:
-	@tmp=$$(mktemp); $(CARGO) run -q -p scaledapp-operator -- crd > $$tmp; \
+	@tmp=$$(mktemp); $(CARGO) run -q -p scaledapp-operator -- api-docs > $$tmp; \
+	if ! diff -q docs/api.md $$tmp >/dev/null; then echo "docs/api.md is stale: run 'make crds' and commit it" >&2; rm -f $$tmp; exit 1; fi; \
+	$(CARGO) run -q -p scaledapp-operator -- crd > $$tmp; \
 	if ! diff -u $(CRD_FILE) $$tmp; then echo "$(CRD_FILE) is stale: run 'make crds' and commit it" >&2; rm -f $$tmp; exit 1; fi; \
 	if [ -d charts/scaledapp-operator ] && ! diff -q $(CRD_FILE) $(CHART_CRD) >/dev/null; then \
 	  echo "$(CHART_CRD) differs from $(CRD_FILE): run 'make crds' and commit it" >&2; rm -f $$tmp; exit 1; fi; \

@@ -14,7 +14,7 @@ cd "${ROOT}"
 log() { printf '[e2e %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
 if [[ "${E2E_USE_KUBECONFIG:-0}" != 1 ]]; then
-  log "starting the local control plane (first run builds Kubernetes from source: ~25 min on 2 cores)"
+  log "starting the local control plane (a first run builds Kubernetes, etcd, kwok and helm from source: about 12 min on 2 cores)"
   eval "$(e2e/cluster/up.sh)"
 fi
 : "${KUBECONFIG:?KUBECONFIG must name a cluster}"
@@ -43,7 +43,7 @@ log "helm install ${RELEASE} into ${NAMESPACE}"
 log "writing a kubeconfig with the ${SA} ServiceAccount's token"
 token=$("${KUBECTL}" -n "${NAMESPACE}" create token "${SA}" --duration=3h)
 server=$("${KUBECTL}" config view --minify --raw -o jsonpath='{.clusters[0].cluster.server}')
-ca=$("${KUBECTL}" config view --minify --raw -o jsonpath='{.clusters[0].cluster.certificate-authority-data}')
+ca=$("${KUBECTL}" config view --minify --raw --flatten -o jsonpath='{.clusters[0].cluster.certificate-authority-data}')
 OPERATOR_KUBECONFIG="${STATE}/operator.kubeconfig"
 umask 077
 cat >"${OPERATOR_KUBECONFIG}" <<KUBECONFIG
@@ -77,11 +77,19 @@ stop_operator() {
   fi
 }
 trap 'stop_operator' EXIT
+ready=0
 for _ in $(seq 1 60); do
-  curl -fsS "http://${SCALEDAPP_OPERATOR_METRICS}/readyz" >/dev/null 2>&1 && break
+  if curl -fsS "http://${SCALEDAPP_OPERATOR_METRICS}/readyz" >/dev/null 2>&1; then ready=1; break; fi
+  kill -0 "${operator_pid}" 2>/dev/null || break
   sleep 1
 done
+if [[ ${ready} -ne 1 ]]; then
+  log "the operator did not become ready; its log:"
+  tail -n 40 "${STATE}/operator-shared.log" >&2 || true
+  exit 1
+fi
 
+export RUST_BACKTRACE=0
 status=0
 log "running the suite and the validation tests"
 cargo test -q -p scaled-e2e --test suite --test validation -- --test-threads="${E2E_THREADS:-4}" || status=$?

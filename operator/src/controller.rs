@@ -12,7 +12,7 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::runtime::controller::Controller;
 use kube::runtime::watcher;
 use kube::{Api, Client};
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::context::Context;
 use crate::crd::ScaledApp;
@@ -49,7 +49,8 @@ pub async fn run(
     .for_each(|result| async move {
         match result {
             Ok((object, _)) => debug!(scaledapp = %object.name, "reconciled"),
-            Err(error) => warn!(%error, "reconcile did not complete"),
+            // error_policy has already logged reconcile failures with their retry delay.
+            Err(error) => debug!(%error, "reconcile did not complete"),
         }
     })
     .await;

@@ -6,6 +6,7 @@
 //! [`reconcile`] drives it; [`controller`] wires it to watches; [`run`] adds leader election,
 //! probes and shutdown.
 
+pub mod api_docs;
 pub mod apply;
 pub mod context;
 pub mod controller;

@@ -48,6 +48,8 @@ enum Command {
     },
     /// Print the CustomResourceDefinition as YAML (what crds/ holds).
     Crd,
+    /// Print the ScaledApp API reference as Markdown (what docs/api.md holds).
+    ApiDocs,
     /// Show one ScaledApp as a component tree with its conditions and recent Events.
     Status {
         /// ScaledApp name.
@@ -143,6 +145,13 @@ async fn main() -> ExitCode {
         Command::Crd => {
             let yaml = serde_yaml::to_string(&ScaledApp::crd()).expect("the CRD serialises");
             print!("---\n{yaml}");
+            ExitCode::SUCCESS
+        }
+        Command::ApiDocs => {
+            print!(
+                "{}",
+                scaledapp_operator::api_docs::markdown(&ScaledApp::crd())
+            );
             ExitCode::SUCCESS
         }
         Command::Status {

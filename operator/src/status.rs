@@ -65,13 +65,16 @@ fn workload(name: String, desired: i32, ready: i32) -> WorkloadStatus {
 fn deployment_status(
     name: String,
     live: Option<&Deployment>,
-    fallback_desired: i32,
+    minimum: i32,
     rolling: &mut Vec<String>,
 ) -> WorkloadStatus {
+    // An HPA-managed Deployment starts at 1 replica until the HPA raises it to its minimum;
+    // the minimum is what readiness waits for.
     let desired = live
         .and_then(|d| d.spec.as_ref())
         .and_then(|spec| spec.replicas)
-        .unwrap_or(fallback_desired);
+        .unwrap_or(minimum)
+        .max(minimum);
     let status = live.and_then(|d| d.status.as_ref());
     let ready = status.and_then(|s| s.ready_replicas).unwrap_or(0);
     let updated = status.and_then(|s| s.updated_replicas).unwrap_or(0);
@@ -548,6 +551,23 @@ mod tests {
         assert_eq!(get(&after, DEGRADED).status, "True");
         assert_eq!(after.observed_generation, Some(2));
         assert_eq!(after.app, before.app);
+    }
+
+    #[test]
+    fn an_autoscaled_app_is_not_ready_below_its_minimum() {
+        let app = validated_example("shop");
+        let desired = render(&app);
+        let mut observed = all_ready(&desired);
+        // Before the HPA acts, the Deployment runs its default single replica.
+        let deployment = observed.deployments.get_mut("shop-app").expect("app");
+        deployment.spec.as_mut().expect("spec").replicas = Some(1);
+        let status = deployment.status.as_mut().expect("status");
+        status.ready_replicas = Some(1);
+        status.updated_replicas = Some(1);
+        let report = Report::Components(Box::new(components(&app, &desired, &observed)));
+        let status = compute(None, 1, false, &report, &at(100));
+        assert_eq!(get(&status, READY).status, "False");
+        assert_eq!(status.app.as_ref().map(|a| a.summary.as_str()), Some("1/3"));
     }
 
     #[test]
