@@ -82,7 +82,7 @@ pub struct DatabaseSettings {
     pub acquire_timeout_ms: u64,
     /// Statement timeout applied to every connection.
     pub statement_timeout_ms: u64,
-    /// Seconds after a write during which the writer's reads of that shard go to the primary,
+    /// Milliseconds after a write during which the writer's reads of that shard go to the primary,
     /// as a fallback when no LSN token is available (read-your-writes).
     pub read_your_writes_window_ms: u64,
 }

@@ -1,0 +1,197 @@
+//! Typed settings for one process: the operator's [`RuntimeConfig`] document plus the secrets and
+//! identity that reach the pod as environment variables.
+//!
+//! Secrets are wrapped in [`Secret`] so that a `{:?}` of the settings (in a log line or a panic
+//! message) never prints a password.
+
+use std::{
+    fmt,
+    net::{IpAddr, Ipv4Addr},
+    path::PathBuf,
+};
+
+use scaled_contract::{
+    CONFIG_PATH, ConfigError as ContractError, ENV_CONFIG_PATH, ENV_DATABASE_PASSWORD,
+    ENV_POD_NAME, ENV_REDIS_PASSWORD, ENV_SESSION_SECRET, RuntimeConfig, ShardEndpoints,
+};
+
+/// A value that must not be logged.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The value itself, for the one call that needs it (a connect, a hash).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("Secret([redacted])")
+    }
+}
+
+/// Errors while assembling [`Settings`].
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("failed to read runtime config {path}")]
+    ReadFile {
+        /// File that was read.
+        path: PathBuf,
+        /// Underlying I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The config file is not a valid document.
+    #[error("failed to load runtime config {path}")]
+    Parse {
+        /// File that was parsed.
+        path: PathBuf,
+        /// What the contract crate found wrong.
+        #[source]
+        source: ContractError,
+    },
+    /// A required environment variable is missing.
+    #[error("environment variable {0} is required but not set")]
+    MissingEnv(&'static str),
+    /// A local config could not be built from the arguments given.
+    #[error("failed to build a local config")]
+    Local(#[source] ContractError),
+    /// A `--shard` argument is not `PRIMARY[,REPLICA...]`.
+    #[error("shard argument {0:?} must be PRIMARY[,REPLICA...] with host:port endpoints")]
+    ShardArgument(String),
+}
+
+/// Everything one process needs to start.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// The operator's document.
+    pub runtime: RuntimeConfig,
+    /// Where the document came from; watched for shard-map changes when set.
+    pub config_path: Option<PathBuf>,
+    /// Postgres password of the application role (absent with trust authentication).
+    pub database_password: Option<Secret>,
+    /// Redis password, when the document says one is required.
+    pub redis_password: Option<Secret>,
+    /// Key mixed into session-id hashes, so ids leaked from Redis cannot be replayed.
+    pub session_secret: Secret,
+    /// Queue consumer name (the pod name in Kubernetes).
+    pub pod_name: String,
+    /// Address the servers bind (all interfaces in a pod; loopback in tests).
+    pub bind_address: IpAddr,
+}
+
+impl Settings {
+    /// Reads the document named by `SCALED_CONFIG` (default [`CONFIG_PATH`]) and the secrets from
+    /// the environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let path = PathBuf::from(
+            std::env::var(ENV_CONFIG_PATH).unwrap_or_else(|_| CONFIG_PATH.to_string()),
+        );
+        let runtime = load_runtime_config(&path)?;
+        let redis_password = std::env::var(ENV_REDIS_PASSWORD).ok().map(Secret::new);
+        if runtime.redis.password_required && redis_password.is_none() {
+            return Err(ConfigError::MissingEnv(ENV_REDIS_PASSWORD));
+        }
+        let session_secret = std::env::var(ENV_SESSION_SECRET)
+            .map(Secret::new)
+            .map_err(|_| ConfigError::MissingEnv(ENV_SESSION_SECRET))?;
+        Ok(Settings {
+            runtime,
+            config_path: Some(path),
+            database_password: std::env::var(ENV_DATABASE_PASSWORD).ok().map(Secret::new),
+            redis_password,
+            session_secret,
+            pod_name: pod_name_from_env(),
+            bind_address: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        })
+    }
+
+    /// Settings around an in-memory document (tests, local tools); no file is watched.
+    pub fn from_runtime(runtime: RuntimeConfig, session_secret: Secret) -> Self {
+        Settings {
+            runtime,
+            config_path: None,
+            database_password: None,
+            redis_password: None,
+            session_secret,
+            pod_name: pod_name_from_env(),
+            bind_address: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        }
+    }
+}
+
+/// The consumer name: the pod name, or the host name plus process id outside Kubernetes, so two
+/// local workers never share a consumer (which would make one reclaim the other's messages).
+fn pod_name_from_env() -> String {
+    std::env::var(ENV_POD_NAME).unwrap_or_else(|_| {
+        let host = std::fs::read_to_string("/etc/hostname").unwrap_or_else(|_| "local".into());
+        format!("{}-{}", host.trim(), std::process::id())
+    })
+}
+
+/// Reads and validates one config document.
+pub fn load_runtime_config(path: &std::path::Path) -> Result<RuntimeConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    RuntimeConfig::from_json(&text).map_err(|source| ConfigError::Parse {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// A development document: one `--shard PRIMARY[,REPLICA...]` argument per shard, in order.
+pub fn local_config(
+    shards: &[String],
+    redis_url: &str,
+    slots: u32,
+    http_port: u16,
+    metrics_port: u16,
+) -> Result<RuntimeConfig, ConfigError> {
+    let endpoints = shards
+        .iter()
+        .enumerate()
+        .map(|(index, argument)| {
+            let mut parts = argument.split(',').map(str::trim);
+            let primary = parts
+                .next()
+                .filter(|primary| primary.contains(':'))
+                .ok_or_else(|| ConfigError::ShardArgument(argument.clone()))?;
+            let replicas: Vec<String> = parts.map(str::to_string).collect();
+            if replicas.iter().any(|replica| !replica.contains(':')) {
+                return Err(ConfigError::ShardArgument(argument.clone()));
+            }
+            Ok(ShardEndpoints {
+                index: index as u32,
+                primary: primary.to_string(),
+                replicas,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut config =
+        RuntimeConfig::local(endpoints, redis_url, slots).map_err(ConfigError::Local)?;
+    config.http_port = http_port;
+    config.metrics_port = metrics_port;
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_secret_never_shows_in_debug_output() {
+        let secret = Secret::new("hunter2");
+        assert!(!format!("{secret:?}").contains("hunter2"));
+        assert_eq!(secret.expose(), "hunter2");
+    }
+}

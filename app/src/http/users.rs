@@ -1,0 +1,323 @@
+//! `/api/users`: create, read (cached, CDN-cacheable), update, batch read and pages.
+
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::{Path, Query, State},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{
+    AppState,
+    caching::{self, Audience},
+    error::AppError,
+    extract::{Consistency, JsonBody, parse_id},
+};
+use crate::db::users::{self, Created, Updated, User};
+
+/// Most ids one batch read accepts.
+const MAX_BATCH: usize = 100;
+/// Largest page.
+const MAX_PAGE: i64 = 100;
+/// Default page.
+const DEFAULT_PAGE: i64 = 20;
+/// Deepest offset page (each shard must read offset + limit rows).
+const MAX_OFFSET: i64 = 1000;
+const MAX_NAME_CHARS: usize = 100;
+const MAX_EMAIL_CHARS: usize = 254;
+
+/// User routes.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/users", get(list).post(create))
+        .route("/api/users/{id}", get(read).put(update))
+}
+
+#[derive(Deserialize)]
+struct NewUser {
+    name: String,
+    email: String,
+}
+
+#[derive(Deserialize)]
+struct UserPatch {
+    name: Option<String>,
+    email: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    ids: Option<String>,
+    after: Option<String>,
+    limit: Option<String>,
+    page: Option<String>,
+    page_size: Option<String>,
+}
+
+fn validate_name(name: &str) -> Result<&str, AppError> {
+    let name = name.trim();
+    let length = name.chars().count();
+    if length == 0 || length > MAX_NAME_CHARS {
+        return Err(AppError::invalid(
+            "name",
+            format!("must be 1 to {MAX_NAME_CHARS} characters, got {length}"),
+        ));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(AppError::invalid(
+            "name",
+            "must not contain control characters",
+        ));
+    }
+    Ok(name)
+}
+
+fn validate_email(email: &str) -> Result<&str, AppError> {
+    let email = email.trim();
+    let shaped = email.split_once('@').is_some_and(|(local, domain)| {
+        !local.is_empty()
+            && domain.contains('.')
+            && !domain.starts_with('.')
+            && !domain.ends_with('.')
+    });
+    if email.chars().count() > MAX_EMAIL_CHARS {
+        return Err(AppError::invalid(
+            "email",
+            format!("must be at most {MAX_EMAIL_CHARS} characters"),
+        ));
+    }
+    if !shaped
+        || email
+            .chars()
+            .any(|character| character.is_whitespace() || character.is_control())
+    {
+        return Err(AppError::invalid(
+            "email",
+            "must look like name@example.com",
+        ));
+    }
+    Ok(email)
+}
+
+fn user_response(status: StatusCode, user: &User) -> Response {
+    (status, [(header::CACHE_CONTROL, "no-store")], Json(user)).into_response()
+}
+
+async fn create(
+    State(state): State<AppState>,
+    consistency: Consistency,
+    JsonBody(body): JsonBody<NewUser>,
+) -> Result<Response, AppError> {
+    let name = validate_name(&body.name)?;
+    let email = validate_email(&body.email)?;
+    match users::create(&state.cluster, name, email).await? {
+        Created::User(user, token) => {
+            let mut response = user_response(StatusCode::CREATED, &user);
+            if let Ok(location) = HeaderValue::from_str(&format!("/api/users/{}", user.id)) {
+                response.headers_mut().insert(header::LOCATION, location);
+            }
+            consistency.record(token, window_seconds(&state), &mut response);
+            Ok(response)
+        }
+        Created::EmailTaken => Err(AppError::Conflict("email is already registered".into())),
+    }
+}
+
+async fn read(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    consistency: Consistency,
+    headers: HeaderMap,
+) -> Result<Response, AppError> {
+    let id = parse_id("id", &id)?;
+    let shard = state.cluster.shard_for_user(id).index;
+    let read_after = consistency.read_after(shard);
+    let entry = state
+        .cache
+        .get(id, read_after)
+        .await?
+        .ok_or(AppError::NotFound("user"))?;
+    let audience = match read_after {
+        Some(_) => Audience::Private,
+        None => Audience::Public {
+            max_age: state.config.cdn.max_age_seconds,
+        },
+    };
+    Ok(caching::json(
+        &headers,
+        StatusCode::OK,
+        entry.json.clone(),
+        &entry.etag,
+        audience,
+    ))
+}
+
+async fn update(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    consistency: Consistency,
+    JsonBody(body): JsonBody<UserPatch>,
+) -> Result<Response, AppError> {
+    let id = parse_id("id", &id)?;
+    let name = body.name.as_deref().map(validate_name).transpose()?;
+    let email = body.email.as_deref().map(validate_email).transpose()?;
+    if name.is_none() && email.is_none() {
+        return Err(AppError::invalid(
+            "body",
+            "must contain name, email or both",
+        ));
+    }
+    match users::update(&state.cluster, id, name, email).await? {
+        Updated::User(user, token) => {
+            state.cache.invalidate_after_write(id, token.lsn).await;
+            let mut response = user_response(StatusCode::OK, &user);
+            consistency.record(token, window_seconds(&state), &mut response);
+            Ok(response)
+        }
+        Updated::NotFound => Err(AppError::NotFound("user")),
+        Updated::EmailTaken => Err(AppError::Conflict("email is already registered".into())),
+        Updated::ChangeInProgress => Err(AppError::Conflict(
+            "an earlier email change of this user is still being applied; retry shortly".into(),
+        )),
+    }
+}
+
+async fn list(
+    State(state): State<AppState>,
+    consistency: Consistency,
+    headers: HeaderMap,
+    Query(query): Query<ListQuery>,
+) -> Result<Response, AppError> {
+    let body = if let Some(ids) = &query.ids {
+        let ids = parse_ids(ids)?;
+        let found = users::find_many(&state.cluster, &ids, &consistency.0).await?;
+        let missing: Vec<i64> = ids
+            .iter()
+            .filter(|id| !found.iter().any(|user| user.id == **id))
+            .copied()
+            .collect();
+        json!({ "users": found, "missing": missing })
+    } else if query.page.is_some() || query.page_size.is_some() {
+        let page = parse_number("page", query.page.as_deref(), 1, 1, i64::MAX)?;
+        let page_size = parse_number(
+            "page_size",
+            query.page_size.as_deref(),
+            DEFAULT_PAGE,
+            1,
+            i64::MAX,
+        )?
+        .min(MAX_PAGE);
+        let offset = (page - 1).saturating_mul(page_size);
+        if offset > MAX_OFFSET {
+            return Err(AppError::invalid(
+                "page",
+                format!("offset paging stops at {MAX_OFFSET} rows; use after=<last id> instead"),
+            ));
+        }
+        let found = users::page_offset(&state.cluster, offset, page_size, &consistency.0).await?;
+        json!({ "users": found, "page": page, "page_size": page_size })
+    } else {
+        let after = parse_number("after", query.after.as_deref(), 0, 0, i64::MAX)?;
+        let limit =
+            parse_number("limit", query.limit.as_deref(), DEFAULT_PAGE, 1, i64::MAX)?.min(MAX_PAGE);
+        let found = users::page_after(&state.cluster, after, limit, &consistency.0).await?;
+        let next = (found.len() as i64 == limit)
+            .then(|| found.last().map(|user| user.id))
+            .flatten();
+        json!({ "users": found, "next_after": next })
+    };
+    let body = Bytes::from(body.to_string());
+    let etag = caching::etag_of(&body);
+    let audience = if consistency.0.is_empty() {
+        Audience::Public {
+            max_age: state.config.cdn.max_age_seconds,
+        }
+    } else {
+        Audience::Private
+    };
+    Ok(caching::json(
+        &headers,
+        StatusCode::OK,
+        body,
+        &etag,
+        audience,
+    ))
+}
+
+fn parse_ids(text: &str) -> Result<Vec<i64>, AppError> {
+    let ids = text
+        .split(',')
+        .map(|part| parse_id("ids", part.trim()))
+        .collect::<Result<Vec<_>, _>>()?;
+    if ids.len() > MAX_BATCH {
+        return Err(AppError::invalid(
+            "ids",
+            format!("at most {MAX_BATCH} ids per request, got {}", ids.len()),
+        ));
+    }
+    let mut seen = std::collections::HashSet::new();
+    Ok(ids.into_iter().filter(|id| seen.insert(*id)).collect())
+}
+
+fn parse_number(
+    field: &str,
+    text: Option<&str>,
+    default: i64,
+    min: i64,
+    max: i64,
+) -> Result<i64, AppError> {
+    match text {
+        None => Ok(default),
+        Some(text) => match text.parse::<i64>() {
+            Ok(value) if (min..=max).contains(&value) => Ok(value),
+            _ => Err(AppError::invalid(
+                field,
+                format!("must be an integer of at least {min}, got {text:?}"),
+            )),
+        },
+    }
+}
+
+fn window_seconds(state: &AppState) -> u64 {
+    state
+        .config
+        .database
+        .read_your_writes_window_ms
+        .div_ceil(1000)
+        .max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emails_need_a_local_part_and_a_dotted_domain() {
+        assert!(validate_email("a@example.org").is_ok());
+        for bad in [
+            "",
+            "a",
+            "@example.org",
+            "a@example",
+            "a@.org",
+            "a b@example.org",
+        ] {
+            assert!(validate_email(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn batch_ids_keep_order_drop_repeats_and_are_capped() {
+        assert_eq!(parse_ids("3,1,3").ok(), Some(vec![3, 1]));
+        assert!(parse_ids("1,x").is_err());
+        let many = (1..=101)
+            .map(|id| id.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        assert!(parse_ids(&many).is_err());
+    }
+}

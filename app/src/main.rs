@@ -1,0 +1,158 @@
+//! Entry point: one binary, three modes (`serve`, `worker`, `migrate`), plus a hidden
+//! `local-config` that writes a development config. Wiring only; the work is in the library.
+
+use std::{io::Write, path::PathBuf, process::ExitCode, time::Duration};
+
+use clap::{Parser, Subcommand};
+use scaled_app::{
+    config::{self, Settings},
+    queue, startup, telemetry,
+    worker::FaultInjection,
+};
+
+#[derive(Parser)]
+#[command(name = "scaled-app", about = "The ScaledApp service")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the HTTP API (and /metrics on the metrics port).
+    Serve,
+    /// Consume queues.
+    Worker {
+        /// Streams to consume, comma-separated.
+        #[arg(long, value_delimiter = ',', default_values_t = queue::STREAMS.map(String::from))]
+        queues: Vec<String>,
+        /// Concurrent consumers per stream.
+        #[arg(long, default_value_t = 1)]
+        concurrency: usize,
+        /// Test hook: pause between an effect's commit and its ack, in milliseconds.
+        #[arg(long, default_value_t = 0, hide = true)]
+        ack_delay_ms: u64,
+    },
+    /// Apply database migrations to every shard primary.
+    Migrate,
+    /// Print a development config document (used by scripts/stack.sh).
+    #[command(hide = true)]
+    LocalConfig {
+        /// One shard: PRIMARY[,REPLICA...] as host:port; repeat in shard order.
+        #[arg(long = "shard", required = true)]
+        shards: Vec<String>,
+        /// Redis URL.
+        #[arg(long)]
+        redis: String,
+        /// Hash slots.
+        #[arg(long, default_value_t = 1024)]
+        slots: u32,
+        /// HTTP port.
+        #[arg(long, default_value_t = 8080)]
+        http_port: u16,
+        /// Metrics port.
+        #[arg(long, default_value_t = 9090)]
+        metrics_port: u16,
+    },
+    /// Create users for benchmarks and write their ids, one per line (used by
+    /// scripts/bench-app.sh).
+    #[command(hide = true)]
+    Seed {
+        /// How many users.
+        #[arg(long)]
+        users: usize,
+        /// Concurrent inserts.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        /// File for the ids.
+        #[arg(long)]
+        output: PathBuf,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::LocalConfig {
+        shards,
+        redis,
+        slots,
+        http_port,
+        metrics_port,
+    } = &cli.command
+    {
+        return match config::local_config(shards, redis, *slots, *http_port, *metrics_port) {
+            // A closed stdout (`| head`) is the reader's choice, not an error worth a panic.
+            Ok(config) => match writeln!(std::io::stdout(), "{}", config.to_json()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => fail(&error),
+            },
+            Err(error) => fail(&error),
+        };
+    }
+    telemetry::init();
+    let settings = match Settings::from_env() {
+        Ok(settings) => settings,
+        Err(error) => return fail(&error),
+    };
+    let result = match cli.command {
+        Command::Serve => match startup::Application::build(settings).await {
+            Ok(application) => {
+                application
+                    .run_until_stopped(startup::shutdown_on_signal())
+                    .await
+            }
+            Err(error) => Err(error),
+        },
+        Command::Worker {
+            queues,
+            concurrency,
+            ack_delay_ms,
+        } => {
+            let faults = FaultInjection {
+                ack_delay: Duration::from_millis(ack_delay_ms),
+            };
+            startup::run_worker(
+                settings,
+                &queues,
+                concurrency,
+                faults,
+                startup::shutdown_on_signal(),
+            )
+            .await
+        }
+        Command::Migrate => startup::run_migrations(settings).await,
+        Command::Seed {
+            users,
+            concurrency,
+            output,
+        } => match startup::seed_users(settings, users, concurrency).await {
+            Ok(ids) => {
+                let text: String = ids.iter().map(|id| format!("{id}\n")).collect();
+                if let Err(error) = std::fs::write(&output, text) {
+                    return fail(&error);
+                }
+                Ok(())
+            }
+            Err(error) => Err(error),
+        },
+        Command::LocalConfig { .. } => Ok(()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => fail(&error),
+    }
+}
+
+/// Prints an error with its causes and returns failure.
+fn fail(error: &dyn std::error::Error) -> ExitCode {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    eprintln!("error: {text}");
+    ExitCode::FAILURE
+}

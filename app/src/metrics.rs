@@ -1,0 +1,161 @@
+//! Prometheus metrics of one process, in a registry of its own (not the global default) so that
+//! several app instances in one test binary do not share counters.
+//!
+//! Labels are fixed categories or matched routes, never raw paths or error texts, so the number of
+//! series stays bounded.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+/// All metrics the app exports.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Requests by method, matched route and status code.
+    pub http_requests: IntCounterVec,
+    /// Request latency by matched route.
+    pub http_duration: HistogramVec,
+    /// Cache lookups by layer (`l1`, `l2`) and result (`hit`, `miss`, `error`).
+    pub cache_lookups: IntCounterVec,
+    /// Database statements by query name and role (`primary`, `replica`).
+    pub db_queries: IntCounterVec,
+    /// Database failures by kind (`unavailable`, `query`).
+    pub db_errors: IntCounterVec,
+    /// Redis failures by operation.
+    pub redis_errors: IntCounterVec,
+    /// Pool connections by shard, role and state (`open`, `idle`, `max`).
+    pub pool_connections: IntGaugeVec,
+    /// Stream length and pending (delivered, unacknowledged) entries per queue.
+    pub queue_depth: IntGaugeVec,
+    /// Queue messages by stream and outcome (`processed`, `duplicate`, `retry`, `dead`).
+    pub queue_messages: IntCounterVec,
+    /// Outbox rows relayed to Redis.
+    pub outbox_relayed: IntCounter,
+    /// Requests refused by the rate limiter.
+    pub rate_limit_rejections: IntCounter,
+    /// Rate-limit decisions taken without Redis, by failure mode.
+    pub rate_limit_degraded: IntCounterVec,
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let metrics = Metrics {
+            http_requests: IntCounterVec::new(
+                Opts::new(
+                    "http_requests_total",
+                    "HTTP requests by method, matched route and status",
+                ),
+                &["method", "route", "status"],
+            )
+            .expect("valid metric definition"),
+            http_duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "http_request_duration_seconds",
+                    "HTTP request latency by matched route",
+                )
+                .buckets(vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                ]),
+                &["route"],
+            )
+            .expect("valid metric definition"),
+            cache_lookups: IntCounterVec::new(
+                Opts::new("cache_lookups_total", "Cache lookups by layer and result"),
+                &["layer", "result"],
+            )
+            .expect("valid metric definition"),
+            db_queries: IntCounterVec::new(
+                Opts::new("db_queries_total", "Database statements by query and role"),
+                &["query", "role"],
+            )
+            .expect("valid metric definition"),
+            db_errors: IntCounterVec::new(
+                Opts::new("db_errors_total", "Database failures by kind"),
+                &["kind"],
+            )
+            .expect("valid metric definition"),
+            redis_errors: IntCounterVec::new(
+                Opts::new("redis_errors_total", "Redis failures by operation"),
+                &["operation"],
+            )
+            .expect("valid metric definition"),
+            pool_connections: IntGaugeVec::new(
+                Opts::new(
+                    "db_pool_connections",
+                    "Pool connections by shard, role and state",
+                ),
+                &["shard", "role", "state"],
+            )
+            .expect("valid metric definition"),
+            queue_depth: IntGaugeVec::new(
+                Opts::new("queue_depth", "Stream length and pending entries per queue"),
+                &["stream", "kind"],
+            )
+            .expect("valid metric definition"),
+            queue_messages: IntCounterVec::new(
+                Opts::new(
+                    "queue_messages_total",
+                    "Queue messages by stream and outcome",
+                ),
+                &["stream", "outcome"],
+            )
+            .expect("valid metric definition"),
+            outbox_relayed: IntCounter::new("outbox_relayed_total", "Outbox rows relayed to Redis")
+                .expect("valid metric definition"),
+            rate_limit_rejections: IntCounter::new(
+                "rate_limit_rejections_total",
+                "Requests refused by the rate limiter",
+            )
+            .expect("valid metric definition"),
+            rate_limit_degraded: IntCounterVec::new(
+                Opts::new(
+                    "rate_limit_degraded_total",
+                    "Rate-limit decisions taken without Redis",
+                ),
+                &["mode"],
+            )
+            .expect("valid metric definition"),
+            registry,
+        };
+        let collectors: [Box<dyn prometheus::core::Collector>; 12] = [
+            Box::new(metrics.http_requests.clone()),
+            Box::new(metrics.http_duration.clone()),
+            Box::new(metrics.cache_lookups.clone()),
+            Box::new(metrics.db_queries.clone()),
+            Box::new(metrics.db_errors.clone()),
+            Box::new(metrics.redis_errors.clone()),
+            Box::new(metrics.pool_connections.clone()),
+            Box::new(metrics.queue_depth.clone()),
+            Box::new(metrics.queue_messages.clone()),
+            Box::new(metrics.outbox_relayed.clone()),
+            Box::new(metrics.rate_limit_rejections.clone()),
+            Box::new(metrics.rate_limit_degraded.clone()),
+        ];
+        for collector in collectors {
+            metrics
+                .registry
+                .register(collector)
+                .expect("metric names are unique within the registry");
+        }
+        metrics
+    }
+
+    /// The text exposition format of every metric.
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buffer)
+            .expect("encoding into a Vec cannot fail");
+        String::from_utf8(buffer).expect("the text format is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,115 @@
+//! Sessions kept in Redis with a sliding TTL, so any pod can serve any request.
+//!
+//! Ids are 256 random bits from a CSPRNG, new on every login (no fixation). Redis stores only a
+//! keyed hash of the id (`SHA-256(secret || id)`), so a dump of Redis yields no usable cookie.
+
+use std::time::Duration;
+
+use redis::AsyncCommands;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::{
+    config::Secret,
+    redis_client::{RedisCallError, RedisClient},
+};
+
+/// Failures of the session store.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// Redis could not be used.
+    #[error("failed to reach the session store")]
+    Unavailable(#[from] RedisCallError),
+    /// A stored session is not valid JSON (written by something else).
+    #[error("failed to decode a stored session")]
+    Corrupt(#[source] serde_json::Error),
+}
+
+/// The session store.
+#[derive(Clone)]
+pub struct SessionStore {
+    redis: RedisClient,
+    secret: Secret,
+    ttl: Duration,
+    budget: Duration,
+}
+
+impl SessionStore {
+    /// A store whose sessions live `ttl` since their last use.
+    pub fn new(redis: RedisClient, secret: Secret, ttl: Duration, budget: Duration) -> Self {
+        SessionStore {
+            redis,
+            secret,
+            ttl,
+            budget,
+        }
+    }
+
+    /// Session lifetime.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// Stores `data` under a fresh id and returns the id; `replaces` (the caller's previous
+    /// session, if any) is deleted in the same round trip.
+    pub async fn create(
+        &self,
+        data: &Value,
+        replaces: Option<&str>,
+    ) -> Result<String, SessionError> {
+        let id = hex::encode(rand::random::<[u8; 32]>());
+        let mut pipeline = redis::pipe();
+        pipeline
+            .set_ex(self.key(&id), data.to_string(), self.ttl.as_secs())
+            .ignore();
+        if let Some(old) = replaces {
+            pipeline.del(self.key(old)).ignore();
+        }
+        let mut connection = self.redis.connection();
+        self.redis
+            .timed(
+                "session_create",
+                self.budget,
+                pipeline.query_async::<()>(&mut connection),
+            )
+            .await?;
+        Ok(id)
+    }
+
+    /// The session's data, extending its lifetime; `None` if unknown or expired.
+    pub async fn load(&self, id: &str) -> Result<Option<Value>, SessionError> {
+        let mut connection = self.redis.connection();
+        let raw: Option<String> = self
+            .redis
+            .timed(
+                "session_load",
+                self.budget,
+                connection.get_ex(self.key(id), redis::Expiry::EX(self.ttl.as_secs())),
+            )
+            .await?;
+        raw.map(|raw| serde_json::from_str(&raw).map_err(SessionError::Corrupt))
+            .transpose()
+    }
+
+    /// Deletes the session; true if it existed.
+    pub async fn delete(&self, id: &str) -> Result<bool, SessionError> {
+        let mut connection = self.redis.connection();
+        let removed: i64 = self
+            .redis
+            .timed("session_delete", self.budget, connection.del(self.key(id)))
+            .await?;
+        Ok(removed > 0)
+    }
+
+    fn key(&self, id: &str) -> String {
+        let mut hasher = Sha256::new();
+        hasher.update(self.secret.expose().as_bytes());
+        hasher.update(id.as_bytes());
+        format!("session:{}", hex::encode(hasher.finalize()))
+    }
+}
+
+/// Whether `id` has the shape of an id this store issues (so junk never reaches Redis).
+pub fn is_well_formed(id: &str) -> bool {
+    id.len() == 64 && id.bytes().all(|byte| byte.is_ascii_hexdigit())
+}

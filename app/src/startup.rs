@@ -1,0 +1,364 @@
+//! Wiring for the three modes: build pools, clients and routers from [`Settings`], run until the
+//! shutdown token fires, then drain (HTTP requests in flight finish; workers finish the message
+//! in hand).
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use tokio::{net::TcpListener, sync::Notify, task::JoinSet};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    cache::UserCache,
+    config::{ConfigError, Settings, load_runtime_config},
+    db::{self, Cluster, DbError},
+    http::{self, AppState, MetricsSources},
+    metrics::Metrics,
+    queue::{QueueError, relay::Relay},
+    ratelimit::RateLimiter,
+    redis_client::RedisClient,
+    sessions::SessionStore,
+    worker::{self, FaultInjection},
+};
+
+/// How often the config file is re-read for shard-map changes.
+const CONFIG_POLL: Duration = Duration::from_secs(2);
+/// Budget of session and rate-limit calls: they decide the response, so they get longer than a
+/// cache lookup (which can always fall back to the database).
+const MIN_REDIS_DECISION_BUDGET: Duration = Duration::from_millis(250);
+
+/// Failures while starting or running.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// A listener could not be bound.
+    #[error("failed to bind {address}")]
+    Bind {
+        /// Address tried.
+        address: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The Redis URL is unusable.
+    #[error("failed to configure the Redis client")]
+    Redis(#[source] redis::RedisError),
+    /// The HTTP server stopped with an error.
+    #[error("failed to serve HTTP")]
+    Serve(#[source] std::io::Error),
+    /// Workers could not join their queues.
+    #[error("failed to start workers")]
+    Queue(#[source] QueueError),
+    /// Migrations failed.
+    #[error("failed to migrate")]
+    Migrate(#[source] DbError),
+    /// Benchmark users could not be created.
+    #[error("failed to seed users")]
+    Seed(#[source] DbError),
+    /// Settings are incomplete.
+    #[error("failed to load settings")]
+    Config(#[from] ConfigError),
+}
+
+/// Pools and clients every mode needs.
+struct Core {
+    metrics: Metrics,
+    cluster: Arc<Cluster>,
+    redis: RedisClient,
+}
+
+impl Core {
+    fn new(settings: &Settings) -> Result<Self, StartupError> {
+        let metrics = Metrics::new();
+        let runtime = &settings.runtime;
+        let cluster = Arc::new(Cluster::new(
+            &runtime.shard_map,
+            &runtime.database,
+            settings.database_password.clone(),
+            metrics.clone(),
+        ));
+        let redis = RedisClient::new(
+            &runtime.redis,
+            settings.redis_password.as_ref(),
+            metrics.clone(),
+        )
+        .map_err(StartupError::Redis)?;
+        Ok(Core {
+            metrics,
+            cluster,
+            redis,
+        })
+    }
+
+    fn metrics_sources(&self) -> MetricsSources {
+        MetricsSources {
+            metrics: self.metrics.clone(),
+            cluster: self.cluster.clone(),
+            redis: self.redis.clone(),
+        }
+    }
+}
+
+async fn bind(settings: &Settings, port: u16) -> Result<TcpListener, StartupError> {
+    let address = SocketAddr::new(settings.bind_address, port);
+    TcpListener::bind(address)
+        .await
+        .map_err(|source| StartupError::Bind { address, source })
+}
+
+/// The `serve` mode, bound and ready to run.
+pub struct Application {
+    http: TcpListener,
+    metrics: TcpListener,
+    state: AppState,
+    core: Core,
+    config_path: Option<PathBuf>,
+}
+
+impl Application {
+    /// Builds everything and binds both ports (port 0 picks a free one).
+    pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+        let core = Core::new(&settings)?;
+        let runtime = &settings.runtime;
+        let decision_budget =
+            Duration::from_millis(runtime.cache.redis_timeout_ms).max(MIN_REDIS_DECISION_BUDGET);
+        let cache = Arc::new(UserCache::new(
+            &runtime.cache,
+            core.redis.clone(),
+            core.cluster.clone(),
+            core.metrics.clone(),
+        ));
+        let state = AppState {
+            cluster: core.cluster.clone(),
+            cache,
+            limiter: RateLimiter::new(
+                core.redis.clone(),
+                runtime.rate_limit.clone(),
+                decision_budget,
+                core.metrics.clone(),
+            ),
+            sessions: SessionStore::new(
+                core.redis.clone(),
+                settings.session_secret.clone(),
+                Duration::from_secs(runtime.sessions.ttl_seconds),
+                decision_budget,
+            ),
+            metrics: core.metrics.clone(),
+            relay_wake: Arc::new(Notify::new()),
+            config: Arc::new(runtime.clone()),
+            redis: core.redis.clone(),
+        };
+        Ok(Application {
+            http: bind(&settings, runtime.http_port).await?,
+            metrics: bind(&settings, runtime.metrics_port).await?,
+            state,
+            core,
+            config_path: settings.config_path.clone(),
+        })
+    }
+
+    /// Where the API listens.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// Where `/metrics` listens.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// Shared state (tests reach the cluster and metrics through it).
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown`, then lets requests in flight finish and stops background tasks.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), StartupError> {
+        let background = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        tasks.spawn(db::watch_replicas(
+            self.core.cluster.clone(),
+            background.clone(),
+        ));
+        tasks.spawn(
+            self.state
+                .cache
+                .clone()
+                .listen_for_invalidations(background.clone()),
+        );
+        let relay = Relay {
+            cluster: self.core.cluster.clone(),
+            redis: self.core.redis.clone(),
+            cache: self.state.cache.clone(),
+            wake: self.state.relay_wake.clone(),
+            metrics: self.core.metrics.clone(),
+        };
+        tasks.spawn(relay.run(background.clone()));
+        if let Some(path) = self.config_path.clone() {
+            tasks.spawn(watch_config(
+                path,
+                self.core.cluster.clone(),
+                background.clone(),
+            ));
+        }
+        let metrics_server = axum::serve(
+            self.metrics,
+            http::metrics_router(self.core.metrics_sources()),
+        )
+        .with_graceful_shutdown(background.clone().cancelled_owned());
+        tasks.spawn(async move {
+            if let Err(error) = metrics_server.await {
+                tracing::error!(%error, "metrics server failed");
+            }
+        });
+        tracing::info!(address = %self.http.local_addr().map_err(StartupError::Serve)?, "serving");
+        let served = axum::serve(
+            self.http,
+            http::router(self.state).into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await;
+        background.cancel();
+        while tasks.join_next().await.is_some() {}
+        served.map_err(StartupError::Serve)
+    }
+}
+
+/// The `worker` mode: consumers for `streams` until `shutdown`, with `/metrics` on the metrics
+/// port.
+pub async fn run_worker(
+    settings: Settings,
+    streams: &[String],
+    concurrency: usize,
+    faults: FaultInjection,
+    shutdown: CancellationToken,
+) -> Result<(), StartupError> {
+    let core = Core::new(&settings)?;
+    let metrics_listener = bind(&settings, settings.runtime.metrics_port).await?;
+    let metrics_server = axum::serve(
+        metrics_listener,
+        http::metrics_router(core.metrics_sources()),
+    )
+    .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let metrics_task = tokio::spawn(async move {
+        if let Err(error) = metrics_server.await {
+            tracing::error!(%error, "metrics server failed");
+        }
+    });
+    let pool = worker::WorkerPool {
+        redis: core.redis.clone(),
+        cluster: core.cluster.clone(),
+        settings: settings.runtime.queues.clone(),
+        metrics: core.metrics.clone(),
+        faults,
+    };
+    tracing::info!(
+        ?streams,
+        concurrency,
+        consumer = settings.pod_name,
+        "working"
+    );
+    let result = pool
+        .run(streams, concurrency, &settings.pod_name, shutdown.clone())
+        .await
+        .map_err(StartupError::Queue);
+    shutdown.cancel();
+    let _ = metrics_task.await;
+    result
+}
+
+/// The `migrate` mode: applies migrations to every shard primary.
+pub async fn run_migrations(settings: Settings) -> Result<(), StartupError> {
+    let core = Core::new(&settings)?;
+    db::migrate_all(&core.cluster)
+        .await
+        .map_err(StartupError::Migrate)
+}
+
+/// Creates `count` users with `concurrency` inserts in flight and returns their ids (benchmark
+/// data; emails are random so the command can run twice).
+pub async fn seed_users(
+    settings: Settings,
+    count: usize,
+    concurrency: usize,
+) -> Result<Vec<i64>, StartupError> {
+    use futures::StreamExt;
+    let core = Core::new(&settings)?;
+    let run = hex::encode(rand::random::<[u8; 4]>());
+    let cluster = &core.cluster;
+    let results: Vec<Result<Option<i64>, DbError>> = futures::stream::iter(0..count)
+        .map(|index| {
+            let email = format!("seed-{run}-{index}@bench.invalid");
+            async move {
+                match db::users::create(cluster, &format!("Seed user {index}"), &email).await? {
+                    db::users::Created::User(user, _) => Ok(Some(user.id)),
+                    db::users::Created::EmailTaken => Ok(None),
+                }
+            }
+        })
+        .buffer_unordered(concurrency.max(1))
+        .collect()
+        .await;
+    let mut ids = Vec::with_capacity(count);
+    for result in results {
+        if let Some(id) = result.map_err(StartupError::Seed)? {
+            ids.push(id);
+        }
+    }
+    Ok(ids)
+}
+
+/// Re-reads the config file every few seconds and swaps in a changed shard map without a restart.
+/// The file's map is compared with the one in force (not with the file's previous text), so a
+/// change made between start-up and the first poll is not missed. An invalid document is
+/// reported and ignored (the running map stays).
+async fn watch_config(path: PathBuf, cluster: Arc<Cluster>, shutdown: CancellationToken) {
+    let mut last: Option<String> = None;
+    loop {
+        if let Ok(text) = std::fs::read_to_string(&path)
+            && last.as_deref() != Some(text.as_str())
+        {
+            last = Some(text);
+            match load_runtime_config(&path) {
+                Ok(config) if config.shard_map != *cluster.topology().map() => {
+                    cluster.replace_map(&config.shard_map);
+                    tracing::info!(shards = config.shard_map.shards.len(), "shard map reloaded");
+                }
+                Ok(_) => {}
+                Err(error) => tracing::error!(error = %error, "ignoring an invalid config update"),
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(CONFIG_POLL) => {}
+        }
+    }
+}
+
+/// A token cancelled on SIGTERM or Ctrl-C.
+pub fn shutdown_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let trigger = token.clone();
+    tokio::spawn(async move {
+        let terminate = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut signal) => {
+                    signal.recv().await;
+                }
+                Err(error) => {
+                    tracing::error!(%error, "cannot listen for SIGTERM");
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            () = terminate => {}
+        }
+        tracing::info!("shutdown requested; draining");
+        trigger.cancel();
+    });
+    token
+}

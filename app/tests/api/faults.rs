@@ -1,0 +1,475 @@
+//! Faults: Redis down, replicas down or lagging, a primary down, a worker killed mid-message.
+//! Tests that break a shared component use a stack (or a Redis) of their own.
+
+use std::{
+    process::{Child, Command},
+    time::{Duration, Instant},
+};
+
+use redis::AsyncCommands;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::support::{Stack, TestApp, app_on, eventually, hex_token, own_stack, test_config};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_stopped_reads_and_writes_still_succeed_quickly_and_orders_are_relayed_later() {
+    let stack = own_stack();
+    let app = app_on(&stack, |config| config.cache.redis_timeout_ms = 50).await;
+    let user = app.create_user().await;
+    let user_id = user["id"].as_i64().expect("id");
+    let path = format!("/api/users/{user_id}");
+    assert_eq!(app.get(&path).await.status(), StatusCode::OK);
+
+    stack.redis.stop();
+    let bounded = Duration::from_millis(1500);
+    let started = Instant::now();
+    let read = app.get(&path).await;
+    assert_eq!(read.status(), StatusCode::OK);
+    assert!(
+        started.elapsed() < bounded,
+        "read took {:?}",
+        started.elapsed()
+    );
+
+    let started = Instant::now();
+    let renamed = app.put(&path, &json!({ "name": "Offline edit" })).await;
+    assert_eq!(renamed.status(), StatusCode::OK);
+    assert!(
+        started.elapsed() < bounded,
+        "write took {:?}",
+        started.elapsed()
+    );
+    let read: Value = app.get(&path).await.json().await.expect("json");
+    assert_eq!(
+        read["name"], "Offline edit",
+        "served from the database, not a stale cache"
+    );
+
+    let started = Instant::now();
+    let order = app
+        .post(
+            "/api/orders",
+            &json!({ "user_id": user_id, "items": [{ "sku": "a", "quantity": 1 }], "total": 5 }),
+        )
+        .await;
+    assert_eq!(order.status(), StatusCode::CREATED);
+    assert!(started.elapsed() < bounded);
+    let second = app.create_user().await;
+    assert!(second["id"].as_i64().is_some());
+    // The limiter fails open by configuration.
+    assert_eq!(app.get("/api/data").await.status(), StatusCode::OK);
+    // Sessions need Redis: 503 with Retry-After, not a hang or a 500.
+    let session = app
+        .post("/api/sessions", &json!({ "user_id": user_id }))
+        .await;
+    assert_eq!(session.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(session.headers().contains_key("retry-after"));
+
+    stack.redis.start();
+    let mut redis = app.redis().await;
+    eventually(
+        "the outbox to reach Redis after it returned",
+        Duration::from_secs(15),
+        || {
+            let mut redis = redis.clone();
+            async move {
+                let email: u64 = redis.xlen("email:send").await.ok()?;
+                let analytics: u64 = redis.xlen("analytics:track").await.ok()?;
+                (email == 1 && analytics == 1).then_some(())
+            }
+        },
+    )
+    .await;
+    // The invalidation of the offline edit was relayed too: its generation is set.
+    let generation: Option<u64> = redis.get(format!("user:{user_id}:gen")).await.expect("get");
+    assert!(generation.is_some_and(|generation| generation > 0));
+}
+
+#[tokio::test]
+async fn with_redis_stopped_a_fail_closed_limiter_answers_503() {
+    let stack = own_stack();
+    let app = app_on(&stack, |config| {
+        config.rate_limit.failure_mode = scaled_contract::FailureMode::FailClosed;
+    })
+    .await;
+    stack.redis.stop();
+    let response = app.get("/api/data").await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(response.headers().contains_key("retry-after"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_use_replicas_fall_back_when_one_stops_and_the_writer_reads_its_writes_under_lag() {
+    let stack = own_stack();
+    let app = app_on(&stack, |_| {}).await;
+    let user = app.create_user().await;
+    let id = user["id"].as_i64().expect("id");
+    let shard = app.shard_of(id);
+    // Distinct ids so each read misses the cache and reaches the database.
+    let readable: Vec<i64> = {
+        let mut ids = Vec::new();
+        for _ in 0..3 {
+            ids.push(app.create_user_on(shard).await["id"].as_i64().expect("id"));
+        }
+        ids
+    };
+    tokio::time::sleep(Duration::from_millis(600)).await; // replica probes mark them healthy
+    let replica_reads = app
+        .metric(
+            "db_queries_total",
+            &[r#"query="user_by_id""#, r#"role="replica""#],
+        )
+        .await;
+    assert_eq!(
+        app.get(&format!("/api/users/{}", readable[0]))
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        app.metric(
+            "db_queries_total",
+            &[r#"query="user_by_id""#, r#"role="replica""#]
+        )
+        .await,
+        replica_reads + 1.0,
+        "a plain read goes to a replica"
+    );
+
+    // Lag the replica: a write is not visible there for a while, yet the writer sees it.
+    let servers = &stack.shards[shard as usize];
+    servers.replica.set_apply_delay(Duration::from_secs(30));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let path = format!("/api/users/{id}");
+    let response = app.put(&path, &json!({ "name": "Fresh" })).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let token = response.headers()["x-consistency-token"]
+        .to_str()
+        .expect("token")
+        .to_string();
+    let on_replica: String = sqlx::query_scalar("SELECT name FROM users WHERE id = $1")
+        .bind(id)
+        .fetch_one(&app.pool_on(&servers.replica))
+        .await
+        .expect("replica read");
+    assert_ne!(on_replica, "Fresh", "the replica really lags");
+    let read: Value = app
+        .client
+        .get(format!("{}{path}", app.address))
+        .header("x-consistency-token", token)
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(read["name"], "Fresh", "read-your-writes despite the lag");
+    // Other readers see it too: the cache generation keeps lagging replicas out of cache fills.
+    let read: Value = app.get(&path).await.json().await.expect("json");
+    assert_eq!(read["name"], "Fresh");
+
+    // Stop the replica: reads fall back to the primary.
+    servers.replica.stop();
+    for id in &readable[1..] {
+        let started = Instant::now();
+        assert_eq!(
+            app.get(&format!("/api/users/{id}")).await.status(),
+            StatusCode::OK
+        );
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_primary_makes_its_shards_writes_503_while_the_other_shard_works() {
+    let stack = own_stack();
+    let app = app_on(&stack, |config| config.database.acquire_timeout_ms = 500).await;
+    let on_zero = app.create_user_on(0).await;
+    let on_one = app.create_user_on(1).await;
+    stack.shards[0].primary.stop();
+
+    let started = Instant::now();
+    let order = app
+        .post("/api/orders", &json!({ "user_id": on_zero["id"], "items": [{ "sku": "a", "quantity": 1 }], "total": 1 }))
+        .await;
+    assert_eq!(order.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "fails fast: {:?}",
+        started.elapsed()
+    );
+    let retry_after: u64 = order.headers()["retry-after"]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("seconds");
+    assert!(retry_after >= 1);
+    let body: Value = order.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "unavailable");
+    assert!(
+        !body.to_string().to_lowercase().contains("connection"),
+        "no internals leak: {body}"
+    );
+
+    let renamed = app
+        .put(
+            &format!("/api/users/{}", on_zero["id"]),
+            &json!({ "name": "x" }),
+        )
+        .await;
+    assert_eq!(renamed.status(), StatusCode::SERVICE_UNAVAILABLE);
+
+    let order = app
+        .post("/api/orders", &json!({ "user_id": on_one["id"], "items": [{ "sku": "a", "quantity": 1 }], "total": 1 }))
+        .await;
+    assert_eq!(order.status(), StatusCode::CREATED);
+    assert_eq!(
+        app.get(&format!("/api/users/{}", on_one["id"]))
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    // One primary is still up, so the pod stays ready.
+    assert_eq!(app.get("/ready").await.status(), StatusCode::OK);
+    stack.shards[1].primary.stop();
+    assert_eq!(
+        app.get("/ready").await.status(),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+}
+
+/// The real binary in worker mode.
+fn spawn_worker(config_path: &std::path::Path, pod: &str, ack_delay_ms: u64) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_scaled-app"))
+        .args([
+            "worker",
+            "--queues",
+            "email:send,analytics:track",
+            "--concurrency",
+            "2",
+        ])
+        .arg(format!("--ack-delay-ms={ack_delay_ms}"))
+        .env("SCALED_CONFIG", config_path)
+        .env("SCALED_SESSION_SECRET", "test")
+        .env("SCALED_POD_NAME", pod)
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .expect("start the worker binary")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_a_worker_mid_message_loses_nothing_and_applies_every_message_once() {
+    let app = TestApp::spawn().await;
+    let orders = 30;
+    let mut users = Vec::new();
+    for _ in 0..orders {
+        let user = app.create_user().await;
+        let id = user["id"].as_i64().expect("id");
+        app.create_order(id).await;
+        users.push(id);
+    }
+    let directory = tempfile::tempdir().expect("tempdir");
+    let config_path = directory.path().join("config.json");
+    std::fs::write(&config_path, app.config.to_json()).expect("write config");
+
+    let count = |sql: &'static str| {
+        let app = &app;
+        async move {
+            let mut total = 0;
+            for shard in 0..2 {
+                total += sqlx::query_scalar::<_, i64>(sql)
+                    .fetch_one(&app.primary(shard).await)
+                    .await
+                    .expect("count");
+            }
+            total
+        }
+    };
+    // Effects are committed and then held unacknowledged for 300 ms, so the kill lands in the
+    // window between commit and ack.
+    let mut doomed = spawn_worker(&config_path, &format!("doomed-{}", hex_token()), 300);
+    eventually(
+        "the first worker to apply some messages",
+        Duration::from_secs(30),
+        || async { (count("SELECT count(*) FROM processed_messages").await >= 4).then_some(()) },
+    )
+    .await;
+    doomed.kill().expect("kill -9");
+    doomed.wait().expect("reaped");
+    let mut redis = app.redis().await;
+    let pending: redis::streams::StreamPendingReply = redis
+        .xpending("email:send", "scaled-workers")
+        .await
+        .expect("xpending");
+    let pending_analytics: redis::streams::StreamPendingReply = redis
+        .xpending("analytics:track", "scaled-workers")
+        .await
+        .expect("xpending");
+    assert!(
+        pending.count() + pending_analytics.count() > 0,
+        "the kill left messages in flight"
+    );
+
+    let mut survivor = spawn_worker(&config_path, &format!("survivor-{}", hex_token()), 0);
+    eventually(
+        "every message to be applied",
+        Duration::from_secs(60),
+        || async {
+            (count("SELECT count(*) FROM processed_messages").await == 2 * orders).then_some(())
+        },
+    )
+    .await;
+    // Give a duplicate a chance to show up, then check that each effect happened exactly once.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(count("SELECT count(*) FROM sent_emails").await, orders);
+    assert_eq!(
+        count("SELECT count(DISTINCT order_id) FROM sent_emails").await,
+        orders
+    );
+    assert_eq!(
+        count("SELECT COALESCE(sum(count), 0)::bigint FROM analytics_counters").await,
+        orders
+    );
+    eventually("the streams to drain", Duration::from_secs(10), || {
+        let mut redis = redis.clone();
+        async move {
+            let pending: redis::streams::StreamPendingReply =
+                redis.xpending("email:send", "scaled-workers").await.ok()?;
+            let length: u64 = redis.xlen("email:send").await.ok()?;
+            (pending.count() == 0 && length == 0).then_some(())
+        }
+    })
+    .await;
+    let dead: u64 = redis.xlen("email:send:dead").await.expect("xlen");
+    assert_eq!(dead, 0);
+    survivor.kill().expect("stop the survivor");
+    survivor.wait().expect("reaped");
+    let _ = users;
+}
+
+#[tokio::test]
+async fn the_shard_map_is_reloaded_from_the_config_file_without_a_restart() {
+    let stack: &Stack = Stack::shared();
+    let database = stack.create_database().await;
+    let config = test_config(stack, &database, 200);
+    let directory = tempfile::tempdir().expect("tempdir");
+    let path = directory.path().join("config.json");
+    // Start with every slot on shard 0, then move them all to shard 1.
+    let mut all_on_zero = config.clone();
+    all_on_zero.shard_map =
+        scaled_contract::ShardMap::from_assignment(&vec![0; 1024], stack.endpoints()).expect("map");
+    std::fs::write(&path, all_on_zero.to_json()).expect("write");
+    let mut settings = scaled_app::config::Settings::from_runtime(
+        all_on_zero,
+        scaled_app::config::Secret::new("s"),
+    );
+    settings.config_path = Some(path.clone());
+    let application = scaled_app::startup::Application::build(settings)
+        .await
+        .expect("starts");
+    let cluster = application.state().cluster.clone();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(application.run_until_stopped(shutdown.clone()));
+    assert_eq!(cluster.shard_for_user(12345).index, 0);
+    let mut all_on_one = config;
+    all_on_one.shard_map =
+        scaled_contract::ShardMap::from_assignment(&vec![1; 1024], stack.endpoints()).expect("map");
+    std::fs::write(&path, all_on_one.to_json()).expect("write");
+    eventually(
+        "the new map to be in force",
+        Duration::from_secs(10),
+        || async { (cluster.shard_for_user(12345).index == 1).then_some(()) },
+    )
+    .await;
+    shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_binary_drains_and_exits_cleanly_on_sigterm() {
+    let app = TestApp::spawn().await;
+    let mut config = app.config.clone();
+    let port = crate::support::free_port();
+    config.http_port = port;
+    config.metrics_port = 0;
+    let directory = tempfile::tempdir().expect("tempdir");
+    let path = directory.path().join("config.json");
+    std::fs::write(&path, config.to_json()).expect("write config");
+    let mut server = Command::new(env!("CARGO_BIN_EXE_scaled-app"))
+        .arg("serve")
+        .env("SCALED_CONFIG", &path)
+        .env("SCALED_SESSION_SECRET", "test")
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .expect("start the server binary");
+    let base = format!("http://127.0.0.1:{port}");
+    eventually("the binary to serve", Duration::from_secs(20), || async {
+        let response = app.client.get(format!("{base}/health")).send().await.ok()?;
+        (response.status() == StatusCode::OK).then_some(())
+    })
+    .await;
+    // Requests in flight when SIGTERM arrives still complete.
+    let user = app.create_user().await;
+    let reads = (0..50).map(|_| {
+        app.client
+            .get(format!("{base}/api/users/{}", user["id"]))
+            .send()
+    });
+    let in_flight = futures::future::join_all(reads);
+    let terminate = async {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(server.id().to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    };
+    let (responses, ()) = tokio::join!(in_flight, terminate);
+    for response in responses.into_iter().flatten() {
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = server.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the server did not exit after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "exit status {status}");
+}
+
+#[tokio::test]
+async fn an_exhausted_pool_answers_503_quickly_instead_of_queueing() {
+    let app = TestApp::spawn_with(|config| {
+        config.database.pool_size = 1;
+        config.database.max_overflow = 0;
+        config.database.acquire_timeout_ms = 200;
+    })
+    .await;
+    let user = app.create_user().await;
+    let user_id = user["id"].as_i64().expect("id");
+    // Hold the shard's only primary connection.
+    let shard = app.state.cluster.shard_for_user(user_id);
+    let held = shard.primary.acquire().await.expect("the only connection");
+    let started = Instant::now();
+    let response = app
+        .post(
+            "/api/orders",
+            &json!({ "user_id": user_id, "items": [{ "sku": "a", "quantity": 1 }], "total": 1 }),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(response.headers().contains_key("retry-after"));
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
+    drop(held);
+    app.create_order(user_id).await;
+}

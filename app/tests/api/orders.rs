@@ -1,0 +1,130 @@
+//! Orders: stored on the user's shard with their queue messages (outbox), relayed to Redis.
+
+use std::time::Duration;
+
+use redis::AsyncCommands;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::support::{TestApp, eventually};
+
+#[tokio::test]
+async fn an_order_is_stored_on_its_users_shard_and_its_messages_reach_both_streams() {
+    let app = TestApp::spawn().await;
+    let user = app.create_user().await;
+    let user_id = user["id"].as_i64().expect("id");
+    let order = app.create_order(user_id).await;
+    assert_eq!(order["total"], 19.98);
+    assert_eq!(order["items"], json!([{ "sku": "sku-1", "quantity": 2 }]));
+
+    let pool = app.primary(app.shard_of(user_id)).await;
+    let (stored,): (i64,) = sqlx::query_as("SELECT total_cents FROM orders WHERE id = $1")
+        .bind(order["id"].as_i64().expect("id"))
+        .fetch_one(&pool)
+        .await
+        .expect("the order is on the user's shard");
+    assert_eq!(stored, 1998);
+
+    let mut redis = app.redis().await;
+    let entries: Vec<String> =
+        eventually("both messages in Redis", Duration::from_secs(10), || {
+            let mut redis = redis.clone();
+            async move {
+                let email: redis::streams::StreamRangeReply =
+                    redis.xrange_all("email:send").await.ok()?;
+                let analytics: redis::streams::StreamRangeReply =
+                    redis.xrange_all("analytics:track").await.ok()?;
+                let payloads: Vec<String> = email
+                    .ids
+                    .iter()
+                    .chain(analytics.ids.iter())
+                    .filter_map(|entry| entry.get::<String>("payload"))
+                    .collect();
+                (payloads.len() == 2).then_some(payloads)
+            }
+        })
+        .await;
+    let messages: Vec<Value> = entries
+        .iter()
+        .map(|text| serde_json::from_str(text).expect("json payload"))
+        .collect();
+    assert!(messages.iter().any(
+        |message| message["type"] == "order_confirmation" && message["order_id"] == order["id"]
+    ));
+    assert!(
+        messages
+            .iter()
+            .any(|message| message["event"] == "order_created" && message["user_id"] == user_id)
+    );
+    assert_ne!(messages[0]["event_id"], messages[1]["event_id"]);
+    // Relayed rows leave the outbox.
+    let (left,): (i64,) =
+        sqlx::query_as("SELECT count(*) FROM outbox WHERE stream <> 'cache:invalidate'")
+            .fetch_one(&pool)
+            .await
+            .expect("count");
+    assert_eq!(left, 0);
+    let _: () = redis.del("unused").await.expect("redis still fine");
+}
+
+#[tokio::test]
+async fn an_order_for_an_unknown_user_is_422_naming_user_id() {
+    let app = TestApp::spawn().await;
+    let response = app
+        .post(
+            "/api/orders",
+            &json!({ "user_id": 987654321, "items": [{ "sku": "a", "quantity": 1 }], "total": 1 }),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["error"]["field"], "user_id");
+}
+
+#[tokio::test]
+async fn invalid_orders_are_422_and_say_which_field_and_why() {
+    let app = TestApp::spawn().await;
+    let user = app.create_user().await;
+    let cases = [
+        (
+            json!({ "user_id": user["id"], "items": [], "total": 1 }),
+            "items",
+        ),
+        (
+            json!({ "user_id": user["id"], "items": [{ "sku": "a", "quantity": 0 }], "total": 1 }),
+            "items[0].quantity",
+        ),
+        (
+            json!({ "user_id": user["id"], "items": [{ "sku": "", "quantity": 1 }], "total": 1 }),
+            "items[0].sku",
+        ),
+        (
+            json!({ "user_id": user["id"], "items": [{ "sku": "a", "quantity": 1 }], "total": -5 }),
+            "total",
+        ),
+        (
+            json!({ "user_id": user["id"], "items": [{ "sku": "a", "quantity": 1 }], "total": 1.234 }),
+            "total",
+        ),
+        (
+            json!({ "user_id": -1, "items": [{ "sku": "a", "quantity": 1 }], "total": 1 }),
+            "user_id",
+        ),
+    ];
+    for (body, field) in cases {
+        let response = app.post("/api/orders", &body).await;
+        assert_eq!(
+            response.status(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{body}"
+        );
+        let error: Value = response.json().await.expect("json");
+        assert_eq!(error["error"]["field"], field, "{error}");
+        assert!(
+            !error["error"]["message"]
+                .as_str()
+                .expect("message")
+                .is_empty()
+        );
+    }
+}

@@ -1,0 +1,829 @@
+//! Test harness: real Postgres (two shards, each a primary plus a streaming replica made with
+//! `pg_basebackup -R`) and a real redis-server, on free loopback ports in temporary directories.
+//!
+//! One shared stack serves most tests (each test gets its own database, cloned from a migrated
+//! template, and its own Redis database number); fault tests start stacks of their own. Every
+//! stack has a watchdog process that stops it when the test binary exits, because a `static`
+//! is never dropped. Postgres refuses to run as root, so as root the servers run as the
+//! unprivileged user `scaledtest` (created on first use).
+
+use std::{
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc, Mutex, OnceLock,
+        atomic::{AtomicU32, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use reqwest::StatusCode;
+use scaled_app::{
+    config::{Secret, Settings},
+    db::MIGRATOR,
+    http::AppState,
+    startup::Application,
+};
+use scaled_contract::{RuntimeConfig, ShardEndpoints, slot_for_key};
+use serde_json::{Value, json};
+use sqlx::{Connection, PgConnection, PgPool, postgres::PgConnectOptions};
+use tokio_util::sync::CancellationToken;
+
+const SERVICE_USER: &str = "scaledtest";
+const TEMPLATE_DATABASE: &str = "template_app";
+
+fn pg_bin(tool: &str) -> PathBuf {
+    let dir =
+        std::env::var("SCALED_PG_BIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into());
+    Path::new(&dir).join(tool)
+}
+
+fn is_root() -> bool {
+    static ROOT: OnceLock<bool> = OnceLock::new();
+    *ROOT.get_or_init(|| {
+        Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|output| String::from_utf8_lossy(&output.stdout).trim() == "0")
+            .unwrap_or(false)
+    })
+}
+
+/// A command run as the unprivileged service user when we are root.
+fn service_command(program: &Path) -> Command {
+    if is_root() {
+        let mut command = Command::new("runuser");
+        command.args(["-u", SERVICE_USER, "--"]).arg(program);
+        command
+    } else {
+        Command::new(program)
+    }
+}
+
+fn run(command: &mut Command, what: &str) {
+    let output = command
+        .output()
+        .unwrap_or_else(|error| panic!("{what}: cannot run: {error}"));
+    assert!(
+        output.status.success(),
+        "{what} failed: {}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+fn prepare_directory(dir: &Path) {
+    if !is_root() {
+        return;
+    }
+    static USER: OnceLock<()> = OnceLock::new();
+    USER.get_or_init(|| {
+        let exists = Command::new("id")
+            .arg("-u")
+            .arg(SERVICE_USER)
+            .output()
+            .is_ok_and(|output| output.status.success());
+        if !exists {
+            run(
+                Command::new("useradd").args([
+                    "--system",
+                    "--no-create-home",
+                    "--shell",
+                    "/usr/sbin/nologin",
+                    SERVICE_USER,
+                ]),
+                "create the test service user",
+            );
+        }
+    });
+    run(
+        Command::new("chown")
+            .arg("-R")
+            .arg(format!("{SERVICE_USER}:"))
+            .arg(dir),
+        "chown the stack directory",
+    );
+}
+
+/// A free loopback port (the listener is closed again; a race with another process is unlikely).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .expect("a free loopback port")
+}
+
+/// One Postgres server.
+pub struct Postgres {
+    data: PathBuf,
+    socket_dir: PathBuf,
+    log: PathBuf,
+    /// Loopback port.
+    pub port: u16,
+}
+
+impl Postgres {
+    fn init(dir: &Path, name: &str) -> Self {
+        let server = Self::layout(dir, name);
+        run(
+            service_command(&pg_bin("initdb"))
+                .arg("-D")
+                .arg(&server.data)
+                .args([
+                    "-U",
+                    "app",
+                    "--auth=trust",
+                    "-N",
+                    "-E",
+                    "UTF8",
+                    "--locale=C",
+                ]),
+            "initdb",
+        );
+        server
+    }
+
+    fn replica_of(primary: &Postgres, dir: &Path, name: &str) -> Self {
+        let server = Self::layout(dir, name);
+        run(
+            service_command(&pg_bin("pg_basebackup"))
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &primary.port.to_string(),
+                    "-U",
+                    "app",
+                    "-D",
+                ])
+                .arg(&server.data)
+                .args(["-R", "-X", "stream", "-c", "fast"]),
+            "pg_basebackup",
+        );
+        server
+    }
+
+    fn layout(dir: &Path, name: &str) -> Self {
+        let socket_dir = dir.join(format!("{name}-socket"));
+        std::fs::create_dir_all(&socket_dir).expect("create the socket directory");
+        prepare_directory(&socket_dir);
+        Postgres {
+            data: dir.join(name),
+            log: dir.join(format!("{name}.log")),
+            socket_dir,
+            port: free_port(),
+        }
+    }
+
+    /// Starts the server and waits until it accepts connections.
+    pub fn start(&self) {
+        let options = format!(
+            "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off -c full_page_writes=off \
+             -c max_connections=400 -c shared_buffers=32MB -c max_wal_senders=10",
+            self.port,
+            self.socket_dir.display()
+        );
+        run(
+            service_command(&pg_bin("pg_ctl"))
+                .arg("-D")
+                .arg(&self.data)
+                .arg("-l")
+                .arg(&self.log)
+                .args(["-w", "-t", "60", "-o", &options, "start"]),
+            "pg_ctl start",
+        );
+    }
+
+    /// Stops the server at once (like a crash).
+    pub fn stop(&self) {
+        let _ = service_command(&pg_bin("pg_ctl"))
+            .arg("-D")
+            .arg(&self.data)
+            .args(["-m", "immediate", "-w", "stop"])
+            .output();
+    }
+
+    /// Makes a replica apply WAL only after `delay` (replication lag on demand).
+    pub fn set_apply_delay(&self, delay: Duration) {
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.data.join("postgresql.conf"))
+            .expect("open postgresql.conf");
+        writeln!(file, "recovery_min_apply_delay = '{}ms'", delay.as_millis())
+            .expect("append the delay");
+        run(
+            service_command(&pg_bin("pg_ctl"))
+                .arg("-D")
+                .arg(&self.data)
+                .arg("reload"),
+            "pg_ctl reload",
+        );
+    }
+
+    /// `host:port`.
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn stop_command(&self) -> String {
+        let prefix = if is_root() {
+            format!("runuser -u {SERVICE_USER} -- ")
+        } else {
+            String::new()
+        };
+        format!(
+            "{prefix}{} -D {} -m immediate stop >/dev/null 2>&1",
+            pg_bin("pg_ctl").display(),
+            self.data.display()
+        )
+    }
+}
+
+/// One redis-server.
+pub struct RedisServer {
+    child: Mutex<Option<Child>>,
+    dir: PathBuf,
+    /// Loopback port.
+    pub port: u16,
+}
+
+impl RedisServer {
+    fn new(dir: &Path) -> Self {
+        let server = RedisServer {
+            child: Mutex::new(None),
+            dir: dir.to_path_buf(),
+            port: free_port(),
+        };
+        server.start();
+        server
+    }
+
+    /// Starts (or restarts) the server on its port and waits for it.
+    pub fn start(&self) {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .args(["--databases", "256", "--loglevel", "warning"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (apt-get install redis-server)");
+        *self.child.lock().expect("redis child lock") = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the server (SIGKILL).
+    pub fn stop(&self) {
+        if let Some(mut child) = self.child.lock().expect("redis child lock").take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// `redis://127.0.0.1:<port>/<database>`.
+    pub fn url(&self, database: u32) -> String {
+        format!("redis://127.0.0.1:{}/{database}", self.port)
+    }
+
+    fn pid(&self) -> Option<u32> {
+        self.child
+            .lock()
+            .expect("redis child lock")
+            .as_ref()
+            .map(Child::id)
+    }
+}
+
+/// Primary and replica of one shard.
+pub struct ShardServers {
+    /// Read-write primary.
+    pub primary: Postgres,
+    /// Streaming replica.
+    pub replica: Postgres,
+}
+
+/// Two shards and a Redis.
+pub struct Stack {
+    dir: PathBuf,
+    /// Shards by index.
+    pub shards: Vec<ShardServers>,
+    /// Redis.
+    pub redis: RedisServer,
+    watchdog: Mutex<Option<Child>>,
+}
+
+impl Stack {
+    /// The stack shared by all tests of this binary.
+    pub fn shared() -> &'static Stack {
+        static SHARED: OnceLock<Stack> = OnceLock::new();
+        SHARED.get_or_init(Stack::start)
+    }
+
+    /// A new stack (for tests that break things).
+    pub fn start() -> Stack {
+        let dir = tempfile::Builder::new()
+            .prefix("scaled-app-test-")
+            .tempdir()
+            .expect("create a temporary directory")
+            .keep();
+        prepare_directory(&dir);
+        let shards: Vec<ShardServers> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..2)
+                .map(|index| {
+                    let dir = &dir;
+                    scope.spawn(move || {
+                        let primary = Postgres::init(dir, &format!("shard{index}-primary"));
+                        primary.start();
+                        let replica =
+                            Postgres::replica_of(&primary, dir, &format!("shard{index}-replica"));
+                        replica.start();
+                        ShardServers { primary, replica }
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|handle| handle.join().expect("shard start-up"))
+                .collect()
+        });
+        let redis = RedisServer::new(&dir);
+        let stack = Stack {
+            dir,
+            shards,
+            redis,
+            watchdog: Mutex::new(None),
+        };
+        stack.arm_watchdog();
+        stack.create_template();
+        stack
+    }
+
+    /// Stops everything when this process is gone, however it ended.
+    fn arm_watchdog(&self) {
+        let mut cleanup: Vec<String> = self
+            .shards
+            .iter()
+            .flat_map(|shard| [shard.replica.stop_command(), shard.primary.stop_command()])
+            .collect();
+        if let Some(pid) = self.redis.pid() {
+            cleanup.push(format!("kill -9 {pid} 2>/dev/null"));
+        }
+        cleanup.push(format!("rm -rf {}", self.dir.display()));
+        let script = format!(
+            "while kill -0 {} 2>/dev/null; do sleep 1; done; {}",
+            std::process::id(),
+            cleanup.join("; ")
+        );
+        let child = Command::new("sh")
+            .args(["-c", &script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn the watchdog");
+        *self.watchdog.lock().expect("watchdog lock") = Some(child);
+    }
+
+    fn create_template(&self) {
+        // On a thread of its own: the caller may be inside an async test, where a nested
+        // runtime may not block.
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| self.create_template_blocking())
+                .join()
+                .expect("template set-up");
+        });
+    }
+
+    fn create_template_blocking(&self) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime for set-up");
+        runtime.block_on(async {
+            for shard in &self.shards {
+                let mut admin = connect(&shard.primary, "postgres").await;
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "CREATE DATABASE {TEMPLATE_DATABASE}"
+                )))
+                .execute(&mut admin)
+                .await
+                .expect("create the template database");
+                let mut template = connect(&shard.primary, TEMPLATE_DATABASE).await;
+                MIGRATOR
+                    .run(&mut template)
+                    .await
+                    .expect("migrate the template");
+                template
+                    .close()
+                    .await
+                    .expect("close the template connection");
+            }
+        });
+    }
+
+    /// The endpoints of every shard.
+    pub fn endpoints(&self) -> Vec<ShardEndpoints> {
+        self.shards
+            .iter()
+            .enumerate()
+            .map(|(index, shard)| ShardEndpoints {
+                index: index as u32,
+                primary: shard.primary.address(),
+                replicas: vec![shard.replica.address()],
+            })
+            .collect()
+    }
+
+    /// A fresh database on every shard, cloned from the migrated template, visible on the
+    /// replicas before this returns.
+    pub async fn create_database(&self) -> String {
+        static NEXT: AtomicU32 = AtomicU32::new(1);
+        // CREATE DATABASE ... TEMPLATE needs the template to be idle; one at a time.
+        static CREATING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+        let name = format!(
+            "t{}_{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let _guard = CREATING.lock().await;
+        for shard in &self.shards {
+            let mut admin = connect(&shard.primary, "postgres").await;
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "CREATE DATABASE {name} TEMPLATE {TEMPLATE_DATABASE}"
+            )))
+            .execute(&mut admin)
+            .await
+            .expect("create a test database");
+        }
+        for shard in &self.shards {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while PgConnection::connect_with(&options(&shard.replica, &name))
+                .await
+                .is_err()
+            {
+                assert!(
+                    Instant::now() < deadline,
+                    "the replica never saw database {name}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        name
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        for shard in &self.shards {
+            shard.replica.stop();
+            shard.primary.stop();
+        }
+        self.redis.stop();
+        if let Some(mut watchdog) = self.watchdog.lock().expect("watchdog lock").take() {
+            let _ = watchdog.kill();
+            let _ = watchdog.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn options(server: &Postgres, database: &str) -> PgConnectOptions {
+    PgConnectOptions::new()
+        .host("127.0.0.1")
+        .port(server.port)
+        .username("app")
+        .database(database)
+}
+
+async fn connect(server: &Postgres, database: &str) -> PgConnection {
+    PgConnection::connect_with(&options(server, database))
+        .await
+        .expect("connect to a test server")
+}
+
+/// The Redis database number for the next test (0 is left unused).
+fn next_redis_database() -> u32 {
+    static NEXT: AtomicU32 = AtomicU32::new(1);
+    let number = NEXT.fetch_add(1, Ordering::Relaxed);
+    assert!(
+        number < 256,
+        "more tests than Redis databases; raise --databases"
+    );
+    number
+}
+
+/// A test configuration: small pools, generous Redis budgets (a loaded CI machine must not turn
+/// cache lookups into misses), fast queue timings.
+pub fn test_config(stack: &Stack, database: &str, redis_database: u32) -> RuntimeConfig {
+    let mut config =
+        RuntimeConfig::local(stack.endpoints(), &stack.redis.url(redis_database), 1024)
+            .expect("valid config");
+    config.http_port = 0;
+    config.metrics_port = 0;
+    config.database.name = database.to_string();
+    config.database.pool_size = 1;
+    config.database.max_overflow = 15;
+    config.database.acquire_timeout_ms = 2_000;
+    config.cache.redis_timeout_ms = 1_000;
+    config.rate_limit.limit = 10;
+    config.queues.claim_idle_ms = 1_500;
+    config.queues.retry_backoff_ms = 100;
+    config.queues.max_attempts = 3;
+    config
+}
+
+/// One running app (serve mode, in process) with its own database and Redis database.
+pub struct TestApp {
+    /// `http://127.0.0.1:<port>`.
+    pub address: String,
+    /// `http://127.0.0.1:<metrics port>`.
+    pub metrics_address: String,
+    /// Client without redirects or cookies (tests handle cookies explicitly).
+    pub client: reqwest::Client,
+    /// The document the app runs with.
+    pub config: RuntimeConfig,
+    /// The app's state (cluster, cache, metrics).
+    pub state: AppState,
+    redis_url: String,
+    shutdown: CancellationToken,
+    /// Read-your-writes tokens of every write made through this app's helpers, merged per shard
+    /// (what a browser's cookie jar would hold).
+    tokens: Mutex<std::collections::BTreeMap<u32, u64>>,
+}
+
+impl TestApp {
+    /// An app on the shared stack.
+    pub async fn spawn() -> TestApp {
+        Self::spawn_with(|_| {}).await
+    }
+
+    /// An app on the shared stack with a tweaked config.
+    pub async fn spawn_with(tweak: impl FnOnce(&mut RuntimeConfig)) -> TestApp {
+        let stack = Stack::shared();
+        let database = stack.create_database().await;
+        let mut config = test_config(stack, &database, next_redis_database());
+        tweak(&mut config);
+        Self::spawn_config(config).await
+    }
+
+    /// A second app (another "pod") sharing this one's database and Redis.
+    pub async fn another_pod(&self) -> TestApp {
+        Self::spawn_config(self.config.clone()).await
+    }
+
+    /// An app running `config`.
+    pub async fn spawn_config(config: RuntimeConfig) -> TestApp {
+        let settings = Settings::from_runtime(config.clone(), Secret::new("test-session-secret"));
+        let application = Application::build(settings).await.expect("the app starts");
+        let address = format!("http://{}", application.http_addr());
+        let metrics_address = format!("http://{}", application.metrics_addr());
+        let state = application.state().clone();
+        let shutdown = CancellationToken::new();
+        tokio::spawn(application.run_until_stopped(shutdown.clone()));
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("a client");
+        let app = TestApp {
+            address,
+            metrics_address,
+            client,
+            redis_url: config.redis.url.clone(),
+            config,
+            state,
+            shutdown,
+            tokens: Mutex::new(std::collections::BTreeMap::new()),
+        };
+        // L1 only fills once the invalidation subscription is up; wait so tests are deterministic.
+        app.wait_until_subscribed().await;
+        app
+    }
+
+    async fn wait_until_subscribed(&self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut connection = self.redis().await;
+        loop {
+            let (_, count): (String, u64) = redis::cmd("PUBSUB")
+                .arg("NUMSUB")
+                .arg(scaled_app::cache::INVALIDATION_CHANNEL)
+                .query_async::<Vec<(String, u64)>>(&mut connection)
+                .await
+                .ok()
+                .and_then(|mut pairs| pairs.pop())
+                .unwrap_or_default();
+            if count > 0 || Instant::now() > deadline {
+                // Give the listener a moment to flip its flag after SUBSCRIBE returned.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// `POST path` with a JSON body.
+    pub async fn post(&self, path: &str, body: &Value) -> reqwest::Response {
+        let response = self
+            .client
+            .post(format!("{}{path}", self.address))
+            .json(body)
+            .send()
+            .await
+            .expect("request sent");
+        self.remember_token(&response);
+        response
+    }
+
+    /// `PUT path` with a JSON body.
+    pub async fn put(&self, path: &str, body: &Value) -> reqwest::Response {
+        let response = self
+            .client
+            .put(format!("{}{path}", self.address))
+            .json(body)
+            .send()
+            .await
+            .expect("request sent");
+        self.remember_token(&response);
+        response
+    }
+
+    fn remember_token(&self, response: &reqwest::Response) {
+        let Some(text) = response
+            .headers()
+            .get("x-consistency-token")
+            .and_then(|value| value.to_str().ok())
+        else {
+            return;
+        };
+        let mut tokens = self.tokens.lock().expect("token lock");
+        for part in text.split('-') {
+            if let Some((shard, lsn)) = part.split_once('.')
+                && let (Ok(shard), Ok(lsn)) = (shard.parse::<u32>(), lsn.parse::<u64>())
+            {
+                let entry = tokens.entry(shard).or_insert(0);
+                *entry = (*entry).max(lsn);
+            }
+        }
+    }
+
+    /// `GET path` carrying the tokens of this app's earlier writes (read-your-writes).
+    pub async fn get_consistent(&self, path: &str) -> reqwest::Response {
+        let token = self
+            .tokens
+            .lock()
+            .expect("token lock")
+            .iter()
+            .map(|(shard, lsn)| format!("{shard}.{lsn}"))
+            .collect::<Vec<_>>()
+            .join("-");
+        self.client
+            .get(format!("{}{path}", self.address))
+            .header("x-consistency-token", token)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    /// `GET path`.
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(format!("{}{path}", self.address))
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    /// Creates a user with a unique email and returns it.
+    pub async fn create_user(&self) -> Value {
+        let email = format!("user-{}@example.org", hex_token());
+        let response = self
+            .post(
+                "/api/users",
+                &json!({ "name": "Test User", "email": email }),
+            )
+            .await;
+        assert_eq!(response.status(), StatusCode::CREATED);
+        response.json().await.expect("a JSON user")
+    }
+
+    /// Creates a user on shard `shard`.
+    pub async fn create_user_on(&self, shard: u32) -> Value {
+        loop {
+            let user = self.create_user().await;
+            if self.shard_of(user["id"].as_i64().expect("an id")) == shard {
+                return user;
+            }
+        }
+    }
+
+    /// Which shard a user id lives on.
+    pub fn shard_of(&self, id: i64) -> u32 {
+        let map = &self.config.shard_map;
+        map.assignment()[slot_for_key(&id.to_string(), map.slots) as usize]
+    }
+
+    /// Places an order and returns it.
+    pub async fn create_order(&self, user_id: i64) -> Value {
+        let body = json!({ "user_id": user_id, "items": [{ "sku": "sku-1", "quantity": 2 }], "total": 19.98 });
+        let response = self.post("/api/orders", &body).await;
+        assert_eq!(response.status(), StatusCode::CREATED);
+        response.json().await.expect("a JSON order")
+    }
+
+    /// The sum of every sample of `name` whose labels contain all of `labels` (`key="value"`).
+    pub async fn metric(&self, name: &str, labels: &[&str]) -> f64 {
+        let text = self
+            .client
+            .get(format!("{}/metrics", self.metrics_address))
+            .send()
+            .await
+            .expect("scrape")
+            .text()
+            .await
+            .expect("metrics text");
+        text.lines()
+            .filter(|line| line.starts_with(name) && !line.starts_with('#'))
+            .filter(|line| line[name.len()..].starts_with(['{', ' ']))
+            .filter(|line| labels.iter().all(|label| line.contains(label)))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// A pool on the primary of `shard`, for assertions.
+    pub async fn primary(&self, shard: u32) -> PgPool {
+        let server = &Stack::shared().shards[shard as usize].primary;
+        self.pool_on(server)
+    }
+
+    /// A pool on an arbitrary server of some stack, for this app's database.
+    pub fn pool_on(&self, server: &Postgres) -> PgPool {
+        sqlx::postgres::PgPoolOptions::new()
+            .max_connections(2)
+            .connect_lazy_with(options(server, &self.config.database.name))
+    }
+
+    /// A connection to this app's Redis database.
+    pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.redis_url.as_str())
+            .expect("a redis url")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect to redis")
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Sixteen random hex characters.
+pub fn hex_token() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+/// Polls `check` until it returns `Some`, or fails after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A stack of its own, shared by `Arc` between an app and the test body.
+pub fn own_stack() -> Arc<Stack> {
+    Arc::new(Stack::start())
+}
+
+/// An app on `stack` with its own database.
+pub async fn app_on(stack: &Stack, tweak: impl FnOnce(&mut RuntimeConfig)) -> TestApp {
+    let database = stack.create_database().await;
+    let mut config = test_config(stack, &database, 1);
+    tweak(&mut config);
+    TestApp::spawn_config(config).await
+}
