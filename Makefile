@@ -6,18 +6,22 @@ CARGO ?= cargo
 CRD_FILE := crds/scaled.dev_scaledapps.yaml
 CHART_CRD := charts/scaledapp-operator/crds/scaled.dev_scaledapps.yaml
 
-.PHONY: help deps test fmt-check clippy unit crds crds-check stack stack-down bench
+.PHONY: help deps test fmt-check clippy unit e2e crds crds-check stack stack-down bench bench-scale demo demo-down cluster-up cluster-down
 
 help:
+	@echo "make demo        local control plane + operator + examples/shop.yaml, shown until Ready (KIND=1: kind)"
+	@echo "make demo-down   stop what make demo started"
 	@echo "make test        fmt check, clippy -D warnings, generated-file checks, all tests"
 	@echo "make crds        regenerate $(CRD_FILE) and docs/api.md from the Rust types"
 	@echo "make crds-check  fail if $(CRD_FILE), the chart's copy or docs/api.md is stale"
+	@echo "make e2e         the end-to-end suite on the local control plane (builds it on first use)"
 	@echo "make stack       run the app locally on real Postgres (2 shards + replicas) and Redis"
+	@echo "make bench-scale 100 ScaledApps at once: time to Ready, operator RSS, API requests"
 
 deps:
 	@scripts/install-deps.sh
 
-test: deps fmt-check clippy crds-check unit
+test: deps fmt-check clippy crds-check unit e2e
 
 fmt-check:
 	$(CARGO) fmt --all -- --check
@@ -26,7 +30,22 @@ clippy:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 unit:
-	$(CARGO) test --workspace
+	$(CARGO) test --workspace --exclude scaled-e2e
+
+e2e: deps
+	e2e/run.sh
+
+demo: deps
+	scripts/demo.sh
+
+demo-down:
+	scripts/demo-down.sh
+
+cluster-up:
+	e2e/cluster/up.sh
+
+cluster-down:
+	e2e/cluster/down.sh
 
 crds:
 	@mkdir -p crds
@@ -52,3 +71,6 @@ stack-down:
 
 bench: deps
 	scripts/bench-app.sh
+
+bench-scale: deps
+	e2e/bench-scale.sh

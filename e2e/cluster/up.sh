@@ -103,6 +103,9 @@ rules:
       - group: coordination.k8s.io
         resources: ["leases"]
     namespaces: ["kube-node-lease", "kube-system"]
+  # Every request of the operator's ServiceAccount (reads too), for the scale benchmark.
+  - level: Metadata
+    users: ["system:serviceaccount:scaledapp-system:scaledapp-operator"]
   - level: Metadata
     verbs: ["create", "update", "patch", "delete", "deletecollection"]
   - level: None

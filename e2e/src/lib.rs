@@ -144,9 +144,15 @@ impl TestNamespace {
 
     /// Deletes the namespace (and so everything in it).
     pub async fn delete(self) {
-        let _ = Api::<Namespace>::all(self.client.clone())
+        if let Err(error) = Api::<Namespace>::all(self.client.clone())
             .delete(&self.name, &DeleteParams::background())
-            .await;
+            .await
+        {
+            eprintln!(
+                "warning: failed to delete test namespace {}: {error}",
+                self.name
+            );
+        }
     }
 }
 

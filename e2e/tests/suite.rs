@@ -544,13 +544,14 @@ async fn delete_and_check_data(policy: DataPolicy, keeps_data: bool) {
 
     namespace
         .apps()
-        .delete("minimal", &DeleteParams::foreground())
+        .delete("minimal", &DeleteParams::default())
         .await
         .expect("delete");
     let deployments = namespace.api::<Deployment>();
+    // The garbage collector is shared with every other test's namespace clean-up: be patient.
     eventually(
         "children garbage-collected",
-        Duration::from_secs(120),
+        Duration::from_secs(240),
         || async {
             let left = deployments.list(&ListParams::default()).await?.items.len()
                 + namespace
@@ -587,7 +588,7 @@ async fn delete_and_check_data(policy: DataPolicy, keeps_data: bool) {
     } else {
         eventually(
             "Secrets and PVCs removed",
-            Duration::from_secs(120),
+            Duration::from_secs(240),
             || async {
                 let secret = secrets.get_opt("minimal-postgres").await?;
                 let pvcs = claims.list(&ListParams::default()).await?.items;

@@ -1,21 +1,30 @@
 //! Invalid ScaledApps are refused by the API server itself (schema and CEL rules), with a
 //! message that says what to fix: one case per rule.
 
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::{ApiResource, DynamicObject, Patch, PatchParams, PostParams};
+use kube::{Api, Client};
 use scaled_e2e::*;
 use scaledapp_operator::crd::ScaledApp;
 use serde_json::{Value, json};
 
-/// The shop example as JSON with `change` applied to it.
-fn shop_with(change: impl FnOnce(&mut Value)) -> ScaledApp {
+/// The shop example as raw JSON with `change` applied (raw, because some invalid values cannot
+/// even be expressed in the Rust types).
+fn shop_with(change: impl FnOnce(&mut Value)) -> DynamicObject {
     let mut value = serde_json::to_value(example("shop")).expect("json");
     change(&mut value);
-    serde_json::from_value(value).expect("still a ScaledApp shape")
+    serde_json::from_value(value).expect("an object with metadata")
 }
 
-async fn refused(namespace: &TestNamespace, app: ScaledApp, expected: &str) {
-    let error = namespace
-        .apps()
+fn raw_apps(client: &Client, namespace: &TestNamespace) -> Api<DynamicObject> {
+    Api::namespaced_with(
+        client.clone(),
+        &namespace.name,
+        &ApiResource::erase::<ScaledApp>(&()),
+    )
+}
+
+async fn refused(client: &Client, namespace: &TestNamespace, app: DynamicObject, expected: &str) {
+    let error = raw_apps(client, namespace)
         .create(&PostParams::default(), &app)
         .await
         .expect_err("the API server must refuse this ScaledApp");
@@ -30,7 +39,8 @@ async fn refused(namespace: &TestNamespace, app: ScaledApp, expected: &str) {
 async fn the_api_server_refuses_each_invalid_spec_with_what_to_fix() {
     let client = client().await;
     let namespace = TestNamespace::create(&client, "validation").await;
-    let cases: Vec<(&str, ScaledApp, &str)> = vec![
+    let apps = raw_apps(&client, &namespace);
+    let cases: Vec<(&str, DynamicObject, &str)> = vec![
         (
             "name too long",
             shop_with(|v| v["metadata"]["name"] = json!("a-name-that-is-longer-than-thirty-chars")),
@@ -127,7 +137,7 @@ async fn the_api_server_refuses_each_invalid_spec_with_what_to_fix() {
     ];
     let mut failures = Vec::new();
     for (case, app, expected) in cases {
-        let result = namespace.apps().create(&PostParams::default(), &app).await;
+        let result = apps.create(&PostParams::default(), &app).await;
         match result {
             Ok(_) => failures.push(format!("{case}: accepted")),
             Err(error) if !error.to_string().contains(expected) => {
@@ -168,6 +178,7 @@ async fn shards_and_slots_cannot_be_changed_after_creation() {
     .await
     .expect("replica count may change");
     refused(
+        &client,
         &namespace,
         shop_with(|v| v["metadata"]["name"] = json!("Bad_Name")),
         "metadata.name",
