@@ -1,8 +1,9 @@
 //! Worker pools: the app image in `worker` mode, one Deployment and one HPA per pool.
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
-use k8s_openapi::api::core::v1::{Container, ContainerPort, ExecAction, Probe};
+use k8s_openapi::api::core::v1::{Container, ContainerPort, HTTPGetAction, Probe};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::app::{env, pod_template, volume_mounts};
 use super::{
@@ -45,14 +46,13 @@ fn deployment(app: &ValidatedApp, pool: &WorkerPoolSpec, name: String) -> Deploy
         }]),
         env: Some(env(app)),
         resources: Some(resources(&pool.resources)),
-        // A worker has no HTTP API; it proves liveness by refreshing a heartbeat file.
+        // A worker has no user-facing HTTP API; its metrics port answers /health while the
+        // process runs.
         liveness_probe: Some(Probe {
-            exec: Some(ExecAction {
-                command: Some(vec![
-                    "scaled-app".into(),
-                    "healthcheck".into(),
-                    "--worker".into(),
-                ]),
+            http_get: Some(HTTPGetAction {
+                path: Some("/health".into()),
+                port: IntOrString::String("metrics".into()),
+                ..HTTPGetAction::default()
             }),
             period_seconds: Some(15),
             failure_threshold: Some(4),
