@@ -43,39 +43,37 @@ pub async fn client() -> Client {
 
 /// Runs kubectl against the cluster; returns stdout, fails with stderr.
 pub fn kubectl(args: &[&str]) -> Result<String> {
-    let binary = std::env::var("SCALEDAPP_KUBECTL").unwrap_or_else(|_| "kubectl".into());
-    let output = Command::new(&binary)
-        .args(args)
-        .env("KUBECONFIG", kubeconfig())
-        .output()
-        .with_context(|| format!("failed to run {binary}"))?;
-    if !output.status.success() {
-        bail!(
-            "kubectl {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    run_kubectl(args, None)
 }
 
 /// Runs kubectl with `input` on stdin.
 pub fn kubectl_stdin(args: &[&str], input: &str) -> Result<String> {
+    run_kubectl(args, Some(input))
+}
+
+fn run_kubectl(args: &[&str], input: Option<&str>) -> Result<String> {
     use std::io::Write;
+    use std::process::Stdio;
     let binary = std::env::var("SCALEDAPP_KUBECTL").unwrap_or_else(|_| "kubectl".into());
     let mut child = Command::new(&binary)
         .args(args)
         .env("KUBECONFIG", kubeconfig())
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .with_context(|| format!("failed to run {binary}"))?;
-    child
-        .stdin
-        .take()
-        .expect("stdin is piped")
-        .write_all(input.as_bytes())?;
+    if let Some(input) = input {
+        child
+            .stdin
+            .take()
+            .expect("stdin is piped")
+            .write_all(input.as_bytes())?;
+    }
     let output = child.wait_with_output()?;
     if !output.status.success() {
         bail!(

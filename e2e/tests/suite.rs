@@ -38,6 +38,15 @@ async fn merge_spec(namespace: &TestNamespace, name: &str, spec: serde_json::Val
         .expect("spec patch accepted");
 }
 
+/// A fresh namespace holding `examples/shop.yaml`, already Ready.
+async fn ready_shop(prefix: &str) -> TestNamespace {
+    let client = client().await;
+    let namespace = TestNamespace::create(&client, prefix).await;
+    create(&namespace, &example("shop")).await;
+    wait_ready(&namespace.apps(), "shop", READY_TIMEOUT).await;
+    namespace
+}
+
 fn names<K: kube::Resource>(items: &[K]) -> BTreeSet<String> {
     items
         .iter()
@@ -317,10 +326,7 @@ fn scaled_contract_from(document: &str) -> serde_json::Value {
 
 #[tokio::test]
 async fn spec_changes_converge() {
-    let client = client().await;
-    let namespace = TestNamespace::create(&client, "changes").await;
-    create(&namespace, &example("shop")).await;
-    wait_ready(&namespace.apps(), "shop", READY_TIMEOUT).await;
+    let namespace = ready_shop("changes").await;
 
     let mut workers = example("shop").spec.workers;
     workers.retain(|pool| pool.name != "analytics");
@@ -393,10 +399,7 @@ async fn spec_changes_converge() {
 
 #[tokio::test]
 async fn a_child_edited_or_deleted_by_hand_is_reverted_or_recreated() {
-    let client = client().await;
-    let namespace = TestNamespace::create(&client, "drift").await;
-    create(&namespace, &example("shop")).await;
-    wait_ready(&namespace.apps(), "shop", READY_TIMEOUT).await;
+    let namespace = ready_shop("drift").await;
 
     let hpas = namespace.api::<HorizontalPodAutoscaler>();
     hpas.patch(
@@ -482,10 +485,7 @@ async fn an_unrealisable_spec_is_reported_not_half_applied() {
 
 #[tokio::test]
 async fn pausing_stops_changes_and_says_so() {
-    let client = client().await;
-    let namespace = TestNamespace::create(&client, "paused").await;
-    create(&namespace, &example("shop")).await;
-    wait_ready(&namespace.apps(), "shop", READY_TIMEOUT).await;
+    let namespace = ready_shop("paused").await;
     merge_spec(&namespace, "shop", json!({"paused": true})).await;
     let apps = namespace.apps();
     eventually("Paused=True", Duration::from_secs(30), || async {
@@ -616,10 +616,7 @@ async fn deleting_removes_volumes_and_secrets_under_the_delete_policy() {
 
 #[tokio::test]
 async fn a_converged_scaledapp_costs_no_writes() {
-    let client = client().await;
-    let namespace = TestNamespace::create(&client, "quiet").await;
-    create(&namespace, &example("shop")).await;
-    wait_ready(&namespace.apps(), "shop", READY_TIMEOUT).await;
+    let namespace = ready_shop("quiet").await;
     // Let stragglers (status of the last pods, HPA status) settle, then watch for a full minute.
     let settle = std::env::var("SCALEDAPP_E2E_QUIET_SECONDS")
         .ok()

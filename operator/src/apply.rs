@@ -27,7 +27,7 @@ use sha2::{Digest, Sha256};
 use crate::metrics::Metrics;
 use crate::render::{
     APPLIED_HASH_ANNOTATION, AppObjects, Desired, INSTANCE_LABEL, MANAGED_BY_LABEL, MANAGER,
-    RedisObjects, SecretTemplate, ShardObjects, WorkerObjects,
+    RedisObjects, SecretTemplate, ShardObjects, WorkerObjects, manifest,
 };
 
 /// Failures talking to the API server; all transient from the reconciler's point of view.
@@ -371,10 +371,7 @@ impl<'a> Applier<'a> {
         object
             .annotations_mut()
             .insert(APPLIED_HASH_ANNOTATION.to_string(), hash.clone());
-        let mut manifest =
-            serde_json::to_value(&object).expect("k8s-openapi types always serialise");
-        manifest["apiVersion"] = K::api_version(&()).into();
-        manifest["kind"] = kind.into();
+        let manifest = manifest(&object);
         let api: Api<K> = Api::namespaced(self.client.clone(), self.namespace);
         self.metrics.record_write(kind);
         let applied = api
@@ -537,9 +534,7 @@ impl<'a> Applier<'a> {
         if live_matches {
             return Ok(());
         }
-        let mut manifest = serde_json::to_value(&metadata).expect("Secret serialises");
-        manifest["apiVersion"] = "v1".into();
-        manifest["kind"] = "Secret".into();
+        let manifest = manifest(&metadata);
         self.metrics.record_write("Secret");
         api.patch(
             &name,

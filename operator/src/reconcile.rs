@@ -272,6 +272,17 @@ mod tests {
         (fake, context)
     }
 
+    /// The pass wrote nothing but the ScaledApp's status and Events.
+    fn assert_only_status_and_events(fake: &FakeApi) {
+        let writes = fake.take_writes();
+        assert!(
+            writes
+                .iter()
+                .all(|w| w.ends_with("/status") || w.contains("events")),
+            "{writes:#?}"
+        );
+    }
+
     fn stored(fake: &FakeApi) -> Arc<ScaledApp> {
         Arc::new(
             serde_json::from_value(fake.get(APPS, "shop").expect("stored")).expect("ScaledApp"),
@@ -360,13 +371,7 @@ mod tests {
             .await
             .expect("reconcile");
         assert_eq!(action, Action::await_change());
-        let writes = fake.take_writes();
-        assert!(
-            writes
-                .iter()
-                .all(|w| w.ends_with("/status") || w.contains("events")),
-            "{writes:#?}"
-        );
+        assert_only_status_and_events(&fake);
         let status = stored(&fake).status.clone().expect("status");
         let ready = status
             .conditions
@@ -385,13 +390,7 @@ mod tests {
         reconcile(stored(&fake), context.clone())
             .await
             .expect("reconcile");
-        let writes = fake.take_writes();
-        assert!(
-            writes
-                .iter()
-                .all(|w| w.ends_with("/status") || w.contains("events")),
-            "{writes:#?}"
-        );
+        assert_only_status_and_events(&fake);
         let status = stored(&fake).status.clone().expect("status");
         assert!(
             status

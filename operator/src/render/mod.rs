@@ -210,8 +210,8 @@ impl Desired {
     }
 }
 
-/// An object with `apiVersion` and `kind` set, as `kubectl` expects it.
-fn manifest<K>(object: &K) -> serde_json::Value
+/// An object with `apiVersion` and `kind` set, as `kubectl` and server-side apply expect it.
+pub fn manifest<K>(object: &K) -> serde_json::Value
 where
     K: kube::Resource<DynamicType = ()> + Serialize,
 {
