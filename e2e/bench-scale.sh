@@ -67,6 +67,25 @@ print(reads, writes)
 PY
 }
 
+last_write() { # seconds from RFC3339 time $1 to the operator's last write
+  python3 - "$SCALEDAPP_AUDIT_LOG" "$1" <<'PY'
+import json, sys
+from datetime import datetime
+path, start = sys.argv[1:3]
+user = "system:serviceaccount:scaledapp-system:scaledapp-operator"
+last = start
+for line in open(path):
+    try:
+        event = json.loads(line)
+    except ValueError:
+        continue
+    if event.get("user", {}).get("username") == user and event.get("verb") in ("create", "update", "patch", "delete"):
+        last = max(last, event.get("requestReceivedTimestamp", ""))
+parse = lambda text: datetime.fromisoformat(text.replace("Z", "+00:00"))
+print(f"{(parse(last) - parse(start)).total_seconds():.1f}")
+PY
+}
+
 start_ts=$(date -u +%Y-%m-%dT%H:%M:%S.%6NZ)
 start=$(date +%s.%N)
 log "applying ${COUNT} ScaledApps"
@@ -96,4 +115,5 @@ all Ready after:            ${elapsed} s
 operator peak RSS:          $(( rss_after / 1024 )) MiB (VmHWM; ${rss_kib} KiB when all were Ready)
 requests while converging:  ${conv_reads} reads, ${conv_writes} writes
 requests in the ${QUIET} s after: ${quiet_reads} reads, ${quiet_writes} writes
+last operator write:        $(last_write "${ready_ts}") s after all were Ready
 RESULT

@@ -2,16 +2,21 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
-use futures::StreamExt;
+use std::fmt::Debug;
+
+use futures::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::runtime::controller::Controller;
-use kube::runtime::watcher;
-use kube::{Api, Client};
+use kube::core::PartialObjectMeta;
+use kube::runtime::controller::{Config, Controller};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource};
+use serde::de::DeserializeOwned;
 use tracing::debug;
 
 use crate::context::Context;
@@ -19,31 +24,47 @@ use crate::crd::ScaledApp;
 use crate::reconcile::{error_policy, reconcile};
 use crate::render::{MANAGED_BY_LABEL, MANAGER};
 
+/// Seconds of quiet before a burst of child events becomes one reconcile: a rollout of a
+/// StatefulSet emits an event per pod, and reconciling each would re-read and re-write status.
+const DEBOUNCE: Duration = Duration::from_millis(500);
+/// Reconciles in flight at once; bounds memory and the burst of requests on start-up.
+const CONCURRENCY: u16 = 8;
+
+/// Changes to children of kind `K`: only ours (by label), and only their metadata, since owner
+/// references are all a trigger needs; watch traffic and memory stay independent of the rest of
+/// the cluster and of pod specs.
+fn child_events<K>(
+    client: &Client,
+) -> impl Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    let config = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGER}"));
+    watcher(Api::<PartialObjectMeta<K>>::all(client.clone()), config).touched_objects()
+}
+
 /// Runs the controller until `shutdown` completes.
 pub async fn run(
     client: Client,
     context: Arc<Context>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
-    // Only our children: keeps watch traffic and memory independent of the rest of the cluster.
-    let children = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGER}"));
     Controller::new(
         Api::<ScaledApp>::all(client.clone()),
         watcher::Config::default(),
     )
-    .owns(Api::<Deployment>::all(client.clone()), children.clone())
-    .owns(Api::<StatefulSet>::all(client.clone()), children.clone())
-    .owns(Api::<Service>::all(client.clone()), children.clone())
-    .owns(Api::<ConfigMap>::all(client.clone()), children.clone())
-    .owns(
-        Api::<PodDisruptionBudget>::all(client.clone()),
-        children.clone(),
+    .with_config(
+        Config::default()
+            .debounce(DEBOUNCE)
+            .concurrency(CONCURRENCY),
     )
-    .owns(
-        Api::<HorizontalPodAutoscaler>::all(client.clone()),
-        children.clone(),
-    )
-    .owns(Api::<NetworkPolicy>::all(client), children)
+    .owns_stream(child_events::<Deployment>(&client))
+    .owns_stream(child_events::<StatefulSet>(&client))
+    .owns_stream(child_events::<Service>(&client))
+    .owns_stream(child_events::<ConfigMap>(&client))
+    .owns_stream(child_events::<PodDisruptionBudget>(&client))
+    .owns_stream(child_events::<HorizontalPodAutoscaler>(&client))
+    .owns_stream(child_events::<NetworkPolicy>(&client))
     .graceful_shutdown_on(shutdown)
     .run(reconcile, error_policy, context)
     .for_each(|result| async move {
