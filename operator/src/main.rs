@@ -143,7 +143,9 @@ async fn status(
 async fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Crd => {
-            let yaml = serde_yaml::to_string(&ScaledApp::crd()).expect("the CRD serialises");
+            let yaml =
+                serde_yaml::to_string(&scaledapp_operator::crd::custom_resource_definition())
+                    .expect("the CRD serialises");
             print!("---\n{yaml}");
             ExitCode::SUCCESS
         }
