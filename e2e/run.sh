@@ -11,7 +11,7 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "${ROOT}"
-# shellcheck source=../scripts/lib/local-operator.sh
+# shellcheck source=scripts/lib/local-operator.sh
 source scripts/lib/local-operator.sh
 log() { printf '[e2e %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 

@@ -3,7 +3,7 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "${ROOT}"
-# shellcheck source=lib/local-operator.sh
+# shellcheck source=scripts/lib/local-operator.sh
 source scripts/lib/local-operator.sh
 STATE="${ROOT}/e2e/cluster/.state"
 if [[ "${KIND:-0}" == 1 ]]; then

@@ -643,15 +643,32 @@ async fn a_converged_scaledapp_costs_no_writes() {
     namespace.delete().await;
 }
 
-/// Write requests by the operator's ServiceAccount in `namespace`, from the API server's audit log.
+/// Write requests by the operator's ServiceAccount in `namespace`, from the API server's audit
+/// log (every file of it: the API server rotates it at 100 MB).
 fn audit_writes(namespace: &str) -> usize {
     let path = std::env::var("SCALEDAPP_AUDIT_LOG")
         .expect("SCALEDAPP_AUDIT_LOG names the API server audit log");
     let user = std::env::var("SCALEDAPP_OPERATOR_USER")
         .expect("SCALEDAPP_OPERATOR_USER names the operator's identity");
-    let text = std::fs::read_to_string(&path).unwrap_or_default();
-    text.lines()
-        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+    let path = std::fs::canonicalize(&path).expect("the audit log exists");
+    let directory = path.parent().expect("the audit log is in a directory");
+    let files = std::fs::read_dir(directory)
+        .expect("read the audit log directory")
+        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+        .filter(|file| {
+            file.file_name()
+                .and_then(|name| name.to_str())
+                .is_some_and(|name| name.starts_with("audit") && name.ends_with(".log"))
+        });
+    files
+        .flat_map(|file| {
+            std::fs::read_to_string(file)
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+                .collect::<Vec<_>>()
+        })
+        .filter(|event| event["stage"] == "ResponseComplete")
         .filter(|event| event["user"]["username"] == user.as_str())
         .filter(|event| event["objectRef"]["namespace"] == namespace)
         .filter(|event| {

@@ -7,6 +7,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use kube::Client;
 use kube_lease_manager::{LeaseManagerBuilder, LeaseManagerError};
@@ -85,6 +86,43 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// How long in-flight reconciles may take to finish after a stop signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+
+/// Waits until the API server answers; retries every 2 s, logging each failure.
+async fn wait_for_api(client: &Client) -> bool {
+    loop {
+        match client.apiserver_version().await {
+            Ok(_) => return true,
+            Err(error) => {
+                warn!(%error, "the API server does not answer yet; retrying");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        }
+    }
+}
+
+/// Runs the controller until `stopped` completes, then gives in-flight reconciles
+/// [`SHUTDOWN_GRACE`] to finish: a controller whose watches are stuck retrying an unreachable
+/// API server must not keep the process alive after SIGTERM.
+async fn run_controller(client: Client, context: Arc<Context>, stop: watch::Receiver<bool>) {
+    let deadline = {
+        let mut stop = stop.clone();
+        async move {
+            let _ = stop.wait_for(|stopped| *stopped).await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        }
+    };
+    let stopped = async move {
+        let mut stop = stop;
+        let _ = stop.wait_for(|stopped| *stopped).await;
+    };
+    tokio::select! {
+        _ = controller::run(client, context, stopped) => {}
+        _ = deadline => warn!(grace = ?SHUTDOWN_GRACE, "reconciles did not finish in time; stopping anyway"),
+    }
+}
+
 /// Runs the operator until a signal (Ok) or a fatal error.
 pub async fn run(settings: RunSettings) -> Result<(), RunError> {
     let client = Client::try_default().await.map_err(RunError::Client)?;
@@ -145,7 +183,7 @@ pub async fn run(settings: RunSettings) -> Result<(), RunError> {
             info!("leading: starting the controller");
             let mut lost = leading.clone();
             tokio::select! {
-                _ = controller::run(client, context, stopped()) => Ok(()),
+                _ = run_controller(client, context, stop.clone()) => Ok(()),
                 _ = lost.wait_for(|leader| !*leader) => Err(RunError::LostLeadership),
             }
         } else {
@@ -164,8 +202,16 @@ pub async fn run(settings: RunSettings) -> Result<(), RunError> {
         }
         outcome
     } else {
-        ready.store(true, Ordering::Relaxed);
-        controller::run(client, context, stopped()).await;
+        // Without a lease to take, readiness means the API server has answered once.
+        let mut stop_wait = stop.clone();
+        let connected = tokio::select! {
+            connected = wait_for_api(&client) => connected,
+            _ = stop_wait.wait_for(|stopped| *stopped) => false,
+        };
+        if connected {
+            ready.store(true, Ordering::Relaxed);
+            run_controller(client, context, stop.clone()).await;
+        }
         Ok(())
     };
     match probe_task.await {
