@@ -6,7 +6,7 @@ CARGO ?= cargo
 CRD_FILE := crds/scaled.dev_scaledapps.yaml
 CHART_CRD := charts/scaledapp-operator/crds/scaled.dev_scaledapps.yaml
 
-.PHONY: help deps test fmt-check clippy unit e2e crds crds-check stack stack-down bench bench-scale demo demo-down cluster-up cluster-down
+.PHONY: help deps test fmt-check clippy unit e2e crds crds-check stack stack-down bench bench-scale demo demo-down cluster-up cluster-down images images-check e2e-kind e2e-kind-down
 
 help:
 	@echo "make demo        local control plane + operator + examples/shop.yaml, shown until Ready (KIND=1: kind)"
@@ -17,6 +17,9 @@ help:
 	@echo "make e2e         the end-to-end suite on the local control plane (builds it on first use)"
 	@echo "make stack       run the app locally on real Postgres (2 shards + replicas) and Redis"
 	@echo "make bench-scale 100 ScaledApps at once: time to Ready, operator RSS, API requests"
+	@echo "make images      operator + app images as OCI layouts under target/images (no Docker needed)"
+	@echo "make images-check check the images and run them from their own root filesystem (root)"
+	@echo "make e2e-kind    kind cluster, images, chart, e2e suite and real-pod checks (needs Docker)"
 
 deps:
 	@scripts/install-deps.sh
@@ -74,3 +77,16 @@ bench: deps
 
 bench-scale: deps
 	e2e/bench-scale.sh
+
+images:
+	scripts/build-images.sh
+
+images-check: images
+	scripts/check-images.sh
+
+e2e-kind:
+	e2e/kind/up.sh
+	e2e/kind/test.sh
+
+e2e-kind-down:
+	e2e/kind/down.sh

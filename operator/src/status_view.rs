@@ -162,6 +162,9 @@ pub async fn fetch(
     })
 }
 
+/// Width of the component label column (fits `worker <15-character pool name>`).
+const LABEL: usize = 22;
+
 struct Paint {
     colour: bool,
 }
@@ -187,12 +190,12 @@ impl Paint {
 fn workload_line(
     paint: &Paint,
     view: &StatusView,
-    label: &str,
+    (label, width): (&str, usize),
     workload: &WorkloadStatus,
 ) -> String {
     let ready = workload.desired > 0 && workload.ready >= workload.desired;
     let mut line = format!(
-        "{label:<10} {:<28} {}",
+        "{label:<width$} {:<30} {}",
         workload.name,
         paint.state(ready, &workload.summary)
     );
@@ -239,48 +242,73 @@ pub fn format_tree(view: &StatusView, colour: bool) -> String {
             paint.wrap("33", "paused: the operator makes no changes")
         );
     }
-    let mut lines = Vec::new();
+    // (node, children) pairs, drawn as a two-level tree.
+    let mut nodes: Vec<(String, Vec<String>)> = Vec::new();
     if let Some(workload) = &status.app {
-        lines.push(workload_line(&paint, view, "app", workload));
+        nodes.push((
+            workload_line(&paint, view, ("app", LABEL), workload),
+            Vec::new(),
+        ));
     }
     match (&status.redis, &app.spec.cache.external_redis) {
-        (Some(workload), _) => lines.push(workload_line(&paint, view, "redis", workload)),
-        (None, Some(external)) => {
-            lines.push(format!("{:<10} {} (external)", "redis", external.url))
-        }
+        (Some(workload), _) => nodes.push((
+            workload_line(&paint, view, ("redis", LABEL), workload),
+            Vec::new(),
+        )),
+        (None, Some(external)) => nodes.push((
+            format!("{:<LABEL$} {} (external)", "redis", external.url),
+            Vec::new(),
+        )),
         (None, None) => {}
     }
     for shard in &status.shards {
-        lines.push(format!(
-            "shard {:<4} slots {} ({} slots)",
-            shard.index, shard.slot_ranges, shard.slots
-        ));
-        lines.push(format!(
-            "  {}",
-            workload_line(&paint, view, "primary", &shard.primary)
-        ));
+        let mut children = vec![workload_line(
+            &paint,
+            view,
+            ("primary", LABEL - 3),
+            &shard.primary,
+        )];
         if let Some(replicas) = &shard.replicas {
-            lines.push(format!(
-                "  {}",
-                workload_line(&paint, view, "replicas", replicas)
+            children.push(workload_line(
+                &paint,
+                view,
+                ("replicas", LABEL - 3),
+                replicas,
             ));
         }
-    }
-    for pool in &status.workers {
-        let label = format!("worker {}", pool.pool);
-        lines.push(format!(
-            "{}  queues {}",
-            workload_line(&paint, view, &label, &pool.workload),
-            pool.queues.join(",")
+        let label = format!("shard {}", shard.index);
+        nodes.push((
+            format!(
+                "{label:<LABEL$} slots {} ({} slots)",
+                shard.slot_ranges, shard.slots
+            ),
+            children,
         ));
     }
-    for (index, line) in lines.iter().enumerate() {
-        let branch = if index + 1 == lines.len() {
-            "└─"
-        } else {
-            "├─"
-        };
-        let _ = writeln!(out, "{branch} {line}");
+    for pool in &status.workers {
+        let line = workload_line(
+            &paint,
+            view,
+            (&format!("worker {}", pool.pool), LABEL),
+            &pool.workload,
+        );
+        nodes.push((
+            format!("{line}  queues {}", pool.queues.join(",")),
+            Vec::new(),
+        ));
+    }
+    for (index, (node, children)) in nodes.iter().enumerate() {
+        let last = index + 1 == nodes.len();
+        let _ = writeln!(out, "{} {node}", if last { "└─" } else { "├─" });
+        for (child_index, child) in children.iter().enumerate() {
+            let trunk = if last { "  " } else { "│ " };
+            let branch = if child_index + 1 == children.len() {
+                "└─"
+            } else {
+                "├─"
+            };
+            let _ = writeln!(out, "{trunk} {branch} {child}");
+        }
     }
     if let Some(endpoints) = &status.endpoints {
         let _ = writeln!(out, "\n{}", paint.bold("Endpoints"));
@@ -375,12 +403,12 @@ mod tests {
         for expected in [
             "ScaledApp default/shop",
             "Ready=False (ComponentsNotReady)",
-            "app        shop-app",
+            "app                    shop-app",
             "HPA 3..50",
-            "redis      shop-redis",
-            "shard 0    slots 0-511 (512 slots)",
-            "primary    shop-shard-0-primary",
-            "replicas   shop-shard-1-replica",
+            "redis                  shop-redis",
+            "shard 0                slots 0-511 (512 slots)",
+            "├─ primary             shop-shard-0-primary",
+            "└─ replicas            shop-shard-1-replica",
             "worker email",
             "queues email:send",
             "Progressing",
