@@ -14,7 +14,10 @@ source scripts/lib/local-operator.sh
 say() { printf '\n\033[1m==> %s\033[0m\n' "$*" >&2; }
 
 say "Building the operator"
-cargo build --release -p scaledapp-operator 2>&1 | grep -E '^\s*(Compiling scaled|Finished|error)' >&2 || true
+echo "    (a first build compiles about 300 crates: a few minutes on 2 cores)" >&2
+cargo build --release -p scaledapp-operator 2>&1 |
+  awk '/Compiling/ { n++; if (n % 25 == 0) { printf "    compiled %d crates...\n", n; fflush() } }
+       /Finished|^error/ { print "    " $0; fflush() }' >&2 || true
 BIN="${ROOT}/target/release/scaledapp-operator"
 [[ -x "${BIN}" ]] || { echo "the operator did not build" >&2; exit 1; }
 
