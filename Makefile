@@ -24,7 +24,7 @@ help:
 deps:
 	@scripts/install-deps.sh
 
-test: deps fmt-check clippy crds-check unit e2e
+test: deps fmt-check clippy crds-check unit e2e images-check
 
 fmt-check:
 	$(CARGO) fmt --all -- --check
