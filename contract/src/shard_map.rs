@@ -220,15 +220,6 @@ impl ShardMap {
             .collect()
     }
 
-    /// Slots owned per shard, ordered by shard index.
-    pub fn slots_per_shard(&self) -> Vec<u32> {
-        let mut counts = vec![0u32; self.shards.len()];
-        for range in &self.ranges {
-            counts[range.shard as usize] += range.end - range.start + 1;
-        }
-        counts
-    }
-
     /// Checks that shards are numbered in order and ranges tile `0..slots`.
     pub fn validate(&self) -> Result<(), ShardMapError> {
         check_counts(self.slots, self.shards.len() as u32)?;

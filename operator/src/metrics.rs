@@ -94,15 +94,6 @@ impl Metrics {
         self.writes.with_label_values(&[kind]).inc();
     }
 
-    /// Total write requests so far (all kinds).
-    pub fn total_writes(&self) -> u64 {
-        prometheus::core::Collector::collect(&self.writes)
-            .iter()
-            .flat_map(|family| family.get_metric())
-            .map(|metric| metric.get_counter().value() as u64)
-            .sum()
-    }
-
     /// The text exposition format.
     pub fn encode(&self) -> String {
         prometheus::TextEncoder::new()
