@@ -1,6 +1,6 @@
 //! The ScaledApp service. A request flows
 //! `http` (router, errors) -> `cache` (L1 moka, L2 Redis) -> `db` (slot -> shard, replica or
-//! primary); writes commit data and outbox rows together, `queue::relay` moves the outbox into
+//! primary); writes commit data and outbox rows together, `relay` moves the outbox into
 //! Redis Streams, and `worker` applies each message once in effect. `startup` wires the three
 //! modes (`serve`, `worker`, `migrate`) from `config`.
 
@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod queue;
 pub mod ratelimit;
 pub mod redis_client;
+pub mod relay;
 pub mod sessions;
 pub mod startup;
 pub mod telemetry;

@@ -13,9 +13,10 @@ use crate::{
     db::{self, Cluster, DbError},
     http::{self, AppState, MetricsSources},
     metrics::Metrics,
-    queue::{QueueError, relay::Relay},
+    queue::QueueError,
     ratelimit::RateLimiter,
     redis_client::RedisClient,
+    relay::Relay,
     sessions::SessionStore,
     worker::{self, FaultInjection},
 };

@@ -38,6 +38,15 @@ pub const ENV_CONFIG_PATH: &str = "SCALED_CONFIG";
 /// Environment variable with the pod name, used as the queue consumer name.
 pub const ENV_POD_NAME: &str = "SCALED_POD_NAME";
 
+/// Queue of order confirmation emails.
+pub const EMAIL_QUEUE: &str = "email:send";
+/// Queue of analytics events.
+pub const ANALYTICS_QUEUE: &str = "analytics:track";
+/// Every queue the app has a handler for. A worker pool may only name these: a message on any
+/// other stream would find no handler and go straight to the dead-letter stream, so the operator's
+/// CRD refuses other names.
+pub const KNOWN_QUEUES: [&str; 2] = [EMAIL_QUEUE, ANALYTICS_QUEUE];
+
 /// Everything the app needs to know about the stack around it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -1,9 +1,7 @@
 //! Redis Streams as work queues: one consumer group per stream, at-least-once delivery, explicit
 //! acknowledgement after the effect commits, delayed retries of a consumer's own failures,
 //! reclaiming of a dead consumer's messages with `XAUTOCLAIM`, and a dead-letter stream.
-//! No database or HTTP in here; [`relay`] moves the outbox into these streams.
-
-pub mod relay;
+//! No database or HTTP in here; `crate::relay` moves the outbox into these streams.
 
 use std::{collections::HashMap, time::Duration};
 
@@ -18,12 +16,12 @@ use redis::{
 
 use crate::redis_client::{RedisCallError, RedisClient};
 
-/// Order confirmation emails.
-pub const EMAIL_STREAM: &str = "email:send";
 /// Analytics events.
-pub const ANALYTICS_STREAM: &str = "analytics:track";
-/// Every queue this app knows.
-pub const STREAMS: [&str; 2] = [EMAIL_STREAM, ANALYTICS_STREAM];
+pub use scaled_contract::ANALYTICS_QUEUE as ANALYTICS_STREAM;
+/// Order confirmation emails.
+pub use scaled_contract::EMAIL_QUEUE as EMAIL_STREAM;
+/// Every queue this app has a handler for (the operator refuses worker pools naming others).
+pub use scaled_contract::KNOWN_QUEUES as STREAMS;
 /// The consumer group all workers join.
 pub const GROUP: &str = "scaled-workers";
 /// Field of a stream entry holding the JSON message.

@@ -12,11 +12,11 @@ use sqlx::Connection;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::PAYLOAD_FIELD;
 use crate::{
     cache::UserCache,
     db::{Cluster, DbError, Shard, outbox, users},
     metrics::Metrics,
+    queue::PAYLOAD_FIELD,
     redis_client::{RedisCallError, RedisClient},
 };
 
