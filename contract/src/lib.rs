@@ -9,6 +9,7 @@
 //! Compatibility rule: fields may be added with `#[serde(default)]`; renaming or removing a field
 //! needs a new [`RuntimeConfig::schema_version`].
 
+pub mod instance;
 mod shard_map;
 
 pub use shard_map::{

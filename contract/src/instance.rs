@@ -1,0 +1,249 @@
+//! The contract between the operator and `scaled-instance`, the Postgres instance manager that
+//! runs as PID 1 of every Postgres container.
+//!
+//! - The operator renders an [`InstanceConfig`] into the `<name>-postgres` ConfigMap under
+//!   [`INSTANCE_CONFIG_KEY`]; it is mounted at [`INSTANCE_CONFIG_PATH`]. Per-shard and per-pod
+//!   facts come as environment variables (`ENV_*` below), passwords from the generated Secret.
+//! - Which pod of a shard is the primary is decided by the operator alone and recorded in the
+//!   ScaledApp's status: `status.shards[i].primaryPod` for the entry whose `index` is the shard
+//!   ([`PRIMARY_POD_FIELD`]). Instance managers read it from the API and obey it: the named pod
+//!   runs (or promotes itself to) primary, every other pod follows it as a streaming replica, and
+//!   a pod that cannot confirm it is still the named primary stops accepting writes.
+//! - Each instance manager serves an [`InstanceStatus`] at `GET /status` on
+//!   [`INSTANCE_STATUS_PORT`] (with `/healthz`, `/readyz` and `/metrics`); the operator reads it to
+//!   pick primaries and to report replication in the ScaledApp's status.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Key of the instance configuration inside the `<name>-postgres` ConfigMap.
+pub const INSTANCE_CONFIG_KEY: &str = "instance.json";
+/// Directory the ConfigMap is mounted at in Postgres pods.
+pub const INSTANCE_CONFIG_DIR: &str = "/etc/scaled-instance";
+/// Full path of the instance configuration in Postgres pods.
+pub const INSTANCE_CONFIG_PATH: &str = "/etc/scaled-instance/instance.json";
+/// Port of the instance manager's `/status`, `/healthz`, `/readyz` and `/metrics`.
+pub const INSTANCE_STATUS_PORT: u16 = 8008;
+/// The schema version of [`InstanceConfig`] this crate writes and understands.
+pub const INSTANCE_SCHEMA_VERSION: u32 = 1;
+/// Field of a `status.shards[]` entry naming the pod chosen as the shard's primary.
+pub const PRIMARY_POD_FIELD: &str = "primaryPod";
+/// Name of the file, inside the data directory, that records which ScaledApp shard created it.
+pub const IDENTITY_FILE: &str = "scaled-instance.json";
+
+/// Environment variable: this pod's name (downward API).
+pub const ENV_INSTANCE_POD: &str = "SCALED_POD_NAME";
+/// Environment variable: this pod's namespace (downward API).
+pub const ENV_INSTANCE_NAMESPACE: &str = "SCALED_NAMESPACE";
+/// Environment variable: the shard index this pod belongs to.
+pub const ENV_INSTANCE_SHARD: &str = "SCALED_SHARD";
+/// Environment variable: the password of the `postgres` superuser.
+pub const ENV_SUPERUSER_PASSWORD: &str = "SCALED_SUPERUSER_PASSWORD";
+/// Environment variable: the password of the replication role.
+pub const ENV_REPLICATION_PASSWORD: &str = "SCALED_REPLICATION_PASSWORD";
+/// Environment variable: the password of the application role (same name the app reads).
+pub const ENV_APP_PASSWORD: &str = crate::ENV_DATABASE_PASSWORD;
+
+/// Settings every instance of a ScaledApp shares.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceConfig {
+    /// Layout version; the instance manager refuses versions it does not know.
+    pub schema_version: u32,
+    /// Name of the ScaledApp. With the namespace and the shard index it is the identity written
+    /// into every data directory ([`IDENTITY_FILE`]); a data directory with another identity is
+    /// never touched.
+    pub scaled_app: String,
+    /// Data directory (`PGDATA`); its parent is the volume mount.
+    pub data_dir: String,
+    /// Directory holding `postgres`, `initdb`, `pg_basebackup`, `pg_rewind` and `pg_ctl`; when
+    /// absent they are looked up on `PATH`, then with `pg_config --bindir`, then under
+    /// `/usr/lib/postgresql/*/bin` (Debian's layout).
+    #[serde(default)]
+    pub bin_dir: Option<String>,
+    /// Database the app uses; created, owned by [`Self::app_user`], if missing.
+    pub database: String,
+    /// Application role (password in [`ENV_APP_PASSWORD`]).
+    pub app_user: String,
+    /// Role replicas stream with (password in [`ENV_REPLICATION_PASSWORD`]).
+    pub replication_user: String,
+    /// Pods per shard (`1 + replicasPerShard`): pods `<statefulSet>-0` ... `<statefulSet>-(n-1)`.
+    /// The primary keeps one physical replication slot per other pod and drops slots of pods
+    /// beyond this count.
+    pub instances: u32,
+    /// Settings written into `postgresql.conf` (the instance manager adds the ones it owns:
+    /// `port`, `listen_addresses`, `hba_file`, `primary_conninfo`, `primary_slot_name`).
+    pub parameters: BTreeMap<String, String>,
+    /// Whether commits wait for one replica (`synchronous_standby_names = 'ANY 1 (*)'`).
+    pub synchronous_replication: bool,
+    /// A primary that cannot confirm, for this long, that the ScaledApp's status still names it
+    /// stops accepting writes (split-brain guard).
+    pub fence_after_seconds: u32,
+    /// Port Postgres listens on.
+    pub postgres_port: u16,
+    /// Port of the instance manager's HTTP endpoints.
+    pub status_port: u16,
+}
+
+/// The role an instance is in, as the instance manager reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum InstanceRole {
+    /// Waiting for the operator to name a primary, or preparing the data directory.
+    Pending,
+    /// Cloning the primary with `pg_basebackup` (into a temporary directory).
+    Cloning,
+    /// Running read-write.
+    Primary,
+    /// Running as a streaming hot standby.
+    Replica,
+    /// Promotion to primary is in progress.
+    Promoting,
+    /// Was primary, and is no longer allowed to accept writes (not named in the status, or the
+    /// API could not confirm it for `fenceAfterSeconds`); Postgres is stopped or read-only.
+    Fenced,
+    /// The instance refuses to start; [`InstanceStatus::problem`] says why.
+    Refused,
+}
+
+/// Why an instance refuses to run or could not follow its primary.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceProblem {
+    /// CamelCase reason, for example `MajorVersionMismatch`, `ForeignDataDirectory`.
+    pub reason: String,
+    /// What was found and what to do about it.
+    pub message: String,
+}
+
+/// What one instance manager reports at `GET /status`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceStatus {
+    /// Pod name.
+    pub pod: String,
+    /// Shard index.
+    pub shard: u32,
+    /// Current role.
+    pub role: InstanceRole,
+    /// Whether Postgres accepts connections in the role it should have.
+    pub ready: bool,
+    /// Major version of the server binaries.
+    #[serde(default)]
+    pub server_major_version: Option<u32>,
+    /// Major version of the data directory (`PG_VERSION`), when there is one.
+    #[serde(default)]
+    pub data_major_version: Option<u32>,
+    /// `pg_control`'s database system identifier: equal on a primary and its replicas.
+    #[serde(default)]
+    pub system_identifier: Option<String>,
+    /// Current timeline.
+    #[serde(default)]
+    pub timeline: Option<u32>,
+    /// Primary: `pg_current_wal_lsn()`, as bytes since 0/0.
+    #[serde(default)]
+    pub current_lsn: Option<u64>,
+    /// Replica: `pg_last_wal_receive_lsn()` (written and flushed by the WAL receiver).
+    #[serde(default)]
+    pub received_lsn: Option<u64>,
+    /// Replica: `pg_last_wal_replay_lsn()`.
+    #[serde(default)]
+    pub replayed_lsn: Option<u64>,
+    /// Replica: bytes between the primary's current position and this replica's replay
+    /// position, when the primary could be asked.
+    #[serde(default)]
+    pub lag_bytes: Option<u64>,
+    /// Replica: seconds since the last replayed transaction's commit on the primary, 0 when
+    /// replay has caught up.
+    #[serde(default)]
+    pub lag_seconds: Option<f64>,
+    /// The pod this instance follows (replica) or believes it is (primary).
+    #[serde(default)]
+    pub primary_pod: Option<String>,
+    /// Replicas streaming from this primary right now, by pod name.
+    #[serde(default)]
+    pub streaming_replicas: Vec<String>,
+    /// Why the instance refuses to run, or what went wrong last.
+    #[serde(default)]
+    pub problem: Option<InstanceProblem>,
+    /// Times this replica threw its data away and cloned the primary again.
+    #[serde(default)]
+    pub reclones: u32,
+    /// Why the last re-clone happened.
+    #[serde(default)]
+    pub last_reclone_reason: Option<String>,
+}
+
+/// The identity recorded in [`IDENTITY_FILE`] inside a data directory.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DataIdentity {
+    /// Namespace of the ScaledApp.
+    pub namespace: String,
+    /// Name of the ScaledApp.
+    pub scaled_app: String,
+    /// Shard index.
+    pub shard: u32,
+}
+
+/// A physical replication slot name for a pod: lowercase letters, digits and `_` only.
+pub fn slot_name(pod: &str) -> String {
+    pod.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// Text form of an LSN (`0/3000060`) from its byte position.
+pub fn format_lsn(lsn: u64) -> String {
+    format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF)
+}
+
+/// Byte position of an LSN in text form (`0/3000060`).
+pub fn parse_lsn(text: &str) -> Option<u64> {
+    let (high, low) = text.split_once('/')?;
+    let high = u64::from_str_radix(high, 16).ok()?;
+    let low = u64::from_str_radix(low, 16).ok()?;
+    (high <= 0xFFFF_FFFF && low <= 0xFFFF_FFFF).then_some((high << 32) | low)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lsns_round_trip_between_text_and_bytes() {
+        for text in ["0/0", "0/3000060", "1/A", "FFFFFFFF/FFFFFFFF"] {
+            let bytes = parse_lsn(text).expect("parses");
+            assert_eq!(format_lsn(bytes), text);
+        }
+        assert_eq!(parse_lsn("0/3000060"), Some(0x0300_0060));
+        assert_eq!(parse_lsn("nonsense"), None);
+        assert_eq!(parse_lsn("1/100000000"), None);
+    }
+
+    #[test]
+    fn slot_names_are_legal_postgres_identifiers() {
+        assert_eq!(slot_name("shop-shard-1-2"), "shop_shard_1_2");
+    }
+
+    #[test]
+    fn a_status_document_round_trips_and_tolerates_missing_optional_fields() {
+        let status: InstanceStatus = serde_json::from_str(
+            r#"{"pod":"shop-shard-0-1","shard":0,"role":"Replica","ready":true}"#,
+        )
+        .expect("minimal document parses");
+        assert_eq!(status.role, InstanceRole::Replica);
+        assert_eq!(status.reclones, 0);
+        let text = serde_json::to_string(&status).expect("serialises");
+        assert_eq!(
+            serde_json::from_str::<InstanceStatus>(&text).expect("parses"),
+            status
+        );
+    }
+}
