@@ -38,6 +38,9 @@ pub const ENV_INSTANCE_POD: &str = "SCALED_POD_NAME";
 pub const ENV_INSTANCE_NAMESPACE: &str = "SCALED_NAMESPACE";
 /// Environment variable: the shard index this pod belongs to.
 pub const ENV_INSTANCE_SHARD: &str = "SCALED_SHARD";
+/// Environment variable: the DNS domain of the shard's pods, `<statefulSet>.<namespace>.svc`
+/// (the StatefulSet's headless Service), so a peer answers at `<pod>.<domain>`.
+pub const ENV_INSTANCE_PEER_DOMAIN: &str = "SCALED_PEER_DOMAIN";
 /// Environment variable: the password of the `postgres` superuser.
 pub const ENV_SUPERUSER_PASSWORD: &str = "SCALED_SUPERUSER_PASSWORD";
 /// Environment variable: the password of the replication role.
