@@ -32,7 +32,8 @@ pub const SCHEMA_VERSION: u32 = 1;
 pub const ENV_DATABASE_PASSWORD: &str = "SCALED_DATABASE_PASSWORD";
 /// Environment variable carrying the Redis password (absent when Redis has none).
 pub const ENV_REDIS_PASSWORD: &str = "SCALED_REDIS_PASSWORD";
-/// Environment variable carrying the secret used to sign session ids and ETags.
+/// Environment variable carrying the secret that keys the hash under which session ids are stored
+/// in Redis (a dump of Redis then yields no usable cookie). ETags are plain content hashes.
 pub const ENV_SESSION_SECRET: &str = "SCALED_SESSION_SECRET";
 /// Environment variable naming the config file (defaults to [`CONFIG_PATH`]).
 pub const ENV_CONFIG_PATH: &str = "SCALED_CONFIG";

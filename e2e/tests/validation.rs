@@ -74,6 +74,11 @@ async fn the_api_server_refuses_each_invalid_spec_with_what_to_fix() {
             "may not be more than 15",
         ),
         (
+            "queue the app has no handler for",
+            shop_with(|v| v["spec"]["workers"][0]["queues"] = json!(["email:send", "sms:send"])),
+            "may only name queues the app handles: email:send, analytics:track",
+        ),
+        (
             "queue name malformed",
             shop_with(|v| v["spec"]["workers"][0]["queues"] = json!(["Email Send"])),
             "spec.workers[0].queues[0]",

@@ -1,5 +1,6 @@
-//! Apply: make the cluster match [`Desired`] with server-side apply under one field manager, in
-//! a fixed order, then prune children that are no longer rendered.
+//! Apply: make the cluster match the rendered [`Children`] with server-side apply under one field
+//! manager, in apply order, then prune children that are no longer rendered; or, while paused,
+//! only read them.
 //!
 //! A reconcile that finds nothing to change writes nothing. Every child carries a hash of what
 //! was last applied ([`APPLIED_HASH_ANNOTATION`]); an object is re-applied only when that hash
@@ -8,26 +9,23 @@
 //! another manager took over, or a field someone removed, leaves our entry changed.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::fmt::Debug;
+use std::convert::Infallible;
+use std::future::{Future, ready};
 use std::sync::Mutex;
 
-use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
-use k8s_openapi::api::networking::v1::NetworkPolicy;
-use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::{ByteString, NamespaceResourceScope};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, Resource, ResourceExt};
 use rand::distr::{Alphanumeric, SampleString};
 use serde::Serialize;
-use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
+use crate::children::{Applied, Children, Live, LiveObject, Rendered, Step};
+use crate::kinds::{Child, Inventory};
 use crate::metrics::Metrics;
 use crate::render::{
-    APPLIED_HASH_ANNOTATION, AppObjects, Desired, INSTANCE_LABEL, MANAGED_BY_LABEL, MANAGER,
-    RedisObjects, SecretTemplate, ShardObjects, WorkerObjects, manifest,
+    APPLIED_HASH_ANNOTATION, INSTANCE_LABEL, MANAGED_BY_LABEL, MANAGER, SecretTemplate, manifest,
 };
 
 /// Failures talking to the API server; all transient from the reconciler's point of view.
@@ -85,25 +83,20 @@ pub enum ApplyError {
     },
 }
 
-/// What the cluster holds after an apply (or after a read, when paused): the workloads whose
-/// status decides readiness, and what was changed.
-#[derive(Clone, Debug, Default)]
-pub struct Observed {
-    /// Deployments by name.
-    pub deployments: BTreeMap<String, Deployment>,
-    /// StatefulSets by name.
-    pub statefulsets: BTreeMap<String, StatefulSet>,
-    /// `Kind/name` of each object created.
+/// What one apply changed, as `Kind/name` per object.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Changes {
+    /// Objects created.
     pub created: Vec<String>,
-    /// `Kind/name` of each object updated.
+    /// Objects updated.
     pub updated: Vec<String>,
-    /// `Kind/name` of each object deleted.
+    /// Objects deleted.
     pub pruned: Vec<String>,
 }
 
-impl Observed {
-    /// Whether this pass wrote anything.
-    pub fn changed(&self) -> bool {
+impl Changes {
+    /// Whether the apply wrote anything.
+    pub fn any(&self) -> bool {
         !(self.created.is_empty() && self.updated.is_empty() && self.pruned.is_empty())
     }
 }
@@ -154,7 +147,6 @@ pub struct Applier<'a> {
     instance: &'a str,
     cache: &'a AppliedCache,
     metrics: &'a Metrics,
-    observed: Observed,
 }
 
 /// Hash of a rendered object, stable across runs (serde_json writes struct fields in order).
@@ -194,7 +186,6 @@ impl<'a> Applier<'a> {
             instance,
             cache,
             metrics,
-            observed: Observed::default(),
         }
     }
 
@@ -205,14 +196,8 @@ impl<'a> Applier<'a> {
         )
     }
 
-    async fn list<K>(&self) -> Result<BTreeMap<String, K>, ApplyError>
-    where
-        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
-            + k8s_openapi::Resource
-            + Clone
-            + DeserializeOwned
-            + Debug,
-    {
+    /// This ScaledApp's children of kind `K`, by name.
+    pub async fn list<K: Child>(&self) -> Result<BTreeMap<String, K>, ApplyError> {
         let api: Api<K> = Api::namespaced(self.client.clone(), self.namespace);
         let list = api
             .list(&ListParams::default().labels(&self.selector()))
@@ -230,137 +215,53 @@ impl<'a> Applier<'a> {
             .collect())
     }
 
-    /// Applies every desired object, prunes the rest, and returns what the cluster now holds.
-    pub async fn apply(mut self, desired: &Desired) -> Result<Observed, ApplyError> {
-        let Desired {
-            config,
-            postgres_scripts,
-            secrets,
-            app,
-            redis,
-            shards,
-            workers,
-            network_policies,
-        } = desired;
-
-        for template in secrets {
-            self.ensure_secret(template).await?;
+    /// Ensures the Secrets, applies every rendered child, prunes the rest, and returns the
+    /// children as the API server now holds them, with what changed.
+    pub async fn apply(
+        &self,
+        rendered: &Children<Rendered>,
+    ) -> Result<(Children<Applied>, Changes), ApplyError> {
+        let mut changes = Changes::default();
+        for template in &rendered.secrets {
+            self.ensure_secret(template, &mut changes).await?;
         }
-
-        // Configuration and policies first, so workloads never start without them; databases
-        // before the app that migrates them; the app before the workers that use its schema.
-        let mut config_maps = self.list::<ConfigMap>().await?;
-        let mut policies = self.list::<NetworkPolicy>().await?;
-        let mut services = self.list::<Service>().await?;
-        let mut statefulsets = self.list::<StatefulSet>().await?;
-        let mut deployments = self.list::<Deployment>().await?;
-        let mut budgets = self.list::<PodDisruptionBudget>().await?;
-        let mut autoscalers = self.list::<HorizontalPodAutoscaler>().await?;
-
-        for config_map in [config, postgres_scripts] {
-            self.apply_one(config_map, &mut config_maps).await?;
-        }
-        for policy in network_policies {
-            self.apply_one(policy, &mut policies).await?;
-        }
-        for ShardObjects {
-            index: _,
-            primary,
-            primary_service,
-            replicas,
-            replica_service,
-        } in shards
-        {
-            self.apply_one(primary_service, &mut services).await?;
-            let primary = self.apply_one(primary, &mut statefulsets).await?;
-            self.observed
-                .statefulsets
-                .insert(primary.name_any(), primary);
-            if let Some(service) = replica_service {
-                self.apply_one(service, &mut services).await?;
-            }
-            if let Some(replicas) = replicas {
-                let replicas = self.apply_one(replicas, &mut statefulsets).await?;
-                self.observed
-                    .statefulsets
-                    .insert(replicas.name_any(), replicas);
-            }
-        }
-        if let Some(RedisObjects {
-            statefulset,
-            service,
-        }) = redis
-        {
-            self.apply_one(service, &mut services).await?;
-            let redis = self.apply_one(statefulset, &mut statefulsets).await?;
-            self.observed.statefulsets.insert(redis.name_any(), redis);
-        }
-        let AppObjects {
-            deployment,
-            service,
-            disruption_budget,
-            autoscaler,
-        } = app;
-        let deployment = self.apply_one(deployment, &mut deployments).await?;
-        self.observed
-            .deployments
-            .insert(deployment.name_any(), deployment);
-        self.apply_one(service, &mut services).await?;
-        self.apply_one(disruption_budget, &mut budgets).await?;
-        if let Some(autoscaler) = autoscaler {
-            self.apply_one(autoscaler, &mut autoscalers).await?;
-        }
-        for WorkerObjects {
-            pool: _,
-            deployment,
-            autoscaler,
-        } in workers
-        {
-            let deployment = self.apply_one(deployment, &mut deployments).await?;
-            self.observed
-                .deployments
-                .insert(deployment.name_any(), deployment);
-            self.apply_one(autoscaler, &mut autoscalers).await?;
-        }
-
-        // What is left in the maps was not rendered this time: prune it (dependents first).
-        self.prune(autoscalers).await?;
-        self.prune(budgets).await?;
-        self.prune(deployments).await?;
-        self.prune(statefulsets).await?;
-        self.prune(services).await?;
-        self.prune(policies).await?;
-        self.prune(config_maps).await?;
-        Ok(self.observed)
+        let mut step = ApplyStep {
+            applier: self,
+            inventory: Inventory::list(self).await?,
+            changes,
+        };
+        let applied = rendered.map(&mut step).await?;
+        let ApplyStep {
+            inventory,
+            mut changes,
+            ..
+        } = step;
+        // What is left on the shelves was not rendered this time.
+        changes.pruned = inventory.prune(self).await?;
+        Ok((applied, changes))
     }
 
-    /// Reads the workloads without changing anything (used while paused).
-    pub async fn observe(self) -> Result<Observed, ApplyError> {
-        Ok(Observed {
-            deployments: self.list::<Deployment>().await?,
-            statefulsets: self.list::<StatefulSet>().await?,
-            ..Observed::default()
-        })
+    /// Reads the children without changing anything (used while paused).
+    pub async fn observe(
+        &self,
+        rendered: &Children<Rendered>,
+    ) -> Result<Children<Live>, ApplyError> {
+        let mut step = ObserveStep(Inventory::list(self).await?);
+        let Ok(live) = rendered.map(&mut step).await;
+        Ok(live)
     }
 
-    async fn apply_one<K>(
-        &mut self,
+    async fn apply_one<K: Child>(
+        &self,
         desired: &K,
-        live: &mut BTreeMap<String, K>,
-    ) -> Result<K, ApplyError>
-    where
-        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
-            + k8s_openapi::Resource
-            + Clone
-            + Serialize
-            + DeserializeOwned
-            + Debug,
-    {
+        inventory: &mut Inventory,
+        changes: &mut Changes,
+    ) -> Result<K, ApplyError> {
         let name = desired.name_any();
         let kind = kind::<K>();
         let key = format!("{kind}/{}/{name}", self.namespace);
         let hash = content_hash(desired);
-        let existing = live.remove(&name);
+        let existing = K::shelf(inventory).remove(&name);
         if let Some(existing) = &existing
             && self.unchanged(&key, &hash, existing)
         {
@@ -397,9 +298,9 @@ impl<'a> Applier<'a> {
         );
         let label = format!("{kind}/{name}");
         if existing.is_some() {
-            self.observed.updated.push(label);
+            changes.updated.push(label);
         } else {
-            self.observed.created.push(label);
+            changes.created.push(label);
         }
         Ok(applied)
     }
@@ -420,15 +321,13 @@ impl<'a> Applier<'a> {
         })
     }
 
-    async fn prune<K>(&mut self, leftovers: BTreeMap<String, K>) -> Result<(), ApplyError>
-    where
-        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
-            + k8s_openapi::Resource
-            + Clone
-            + DeserializeOwned
-            + Debug,
-    {
+    /// Deletes `leftovers` this ScaledApp controls; returns `Kind/name` of each one deleted.
+    pub async fn prune<K: Child>(
+        &self,
+        leftovers: BTreeMap<String, K>,
+    ) -> Result<Vec<String>, ApplyError> {
         let api: Api<K> = Api::namespaced(self.client.clone(), self.namespace);
+        let mut pruned = Vec::new();
         for (name, object) in leftovers {
             // Only what this ScaledApp controls: a same-named instance label is not proof.
             let owned = object.owner_references().iter().any(|owner| {
@@ -454,14 +353,18 @@ impl<'a> Applier<'a> {
             }
             self.cache
                 .forget(&format!("{}/{}/{name}", kind::<K>(), self.namespace));
-            self.observed.pruned.push(format!("{}/{name}", kind::<K>()));
+            pruned.push(format!("{}/{name}", kind::<K>()));
         }
-        Ok(())
+        Ok(pruned)
     }
 
     /// Creates a Secret with fresh random values if it does not exist; never overwrites values.
     /// Labels and owner references are then kept by server-side apply of the metadata alone.
-    async fn ensure_secret(&mut self, template: &SecretTemplate) -> Result<(), ApplyError> {
+    async fn ensure_secret(
+        &self,
+        template: &SecretTemplate,
+        changes: &mut Changes,
+    ) -> Result<(), ApplyError> {
         let api: Api<Secret> = Api::namespaced(self.client.clone(), self.namespace);
         let name = template.name().to_string();
         let secret_error = |source| ApplyError::Secret {
@@ -500,7 +403,7 @@ impl<'a> Applier<'a> {
                 )
                 .await
             {
-                Ok(_) => self.observed.created.push(format!("Secret/{name}")),
+                Ok(_) => changes.created.push(format!("Secret/{name}")),
                 // Another operator replica (or an earlier, interrupted pass) created it first.
                 Err(kube::Error::Api(status)) if status.code == 409 => {}
                 Err(source) => return Err(secret_error(source)),
@@ -549,4 +452,34 @@ impl<'a> Applier<'a> {
 
 fn kind<K: k8s_openapi::Resource>() -> &'static str {
     K::KIND
+}
+
+/// Applies one child at a time, taking it off the inventory's shelf.
+struct ApplyStep<'s, 'a> {
+    applier: &'s Applier<'a>,
+    inventory: Inventory,
+    changes: Changes,
+}
+
+impl Step<Rendered, Applied> for ApplyStep<'_, '_> {
+    type Error = ApplyError;
+    fn child<K: Child>(&mut self, child: &K) -> impl Future<Output = Result<K, ApplyError>> + Send {
+        self.applier
+            .apply_one(child, &mut self.inventory, &mut self.changes)
+    }
+}
+
+/// Looks each child up on the inventory's shelf.
+struct ObserveStep(Inventory);
+
+impl Step<Rendered, Live> for ObserveStep {
+    type Error = Infallible;
+    fn child<K: Child>(
+        &mut self,
+        child: &K,
+    ) -> impl Future<Output = Result<LiveObject<K>, Infallible>> + Send {
+        let name = child.name_any();
+        let object = K::shelf(&mut self.0).remove(&name);
+        ready(Ok(LiveObject { name, object }))
+    }
 }

@@ -1,16 +1,19 @@
 //! The ScaledApp operator. One reconcile is a pipeline whose middle is pure:
 //!
-//! read (the ScaledApp) -> [`validate`] (spec -> `ValidatedApp`) -> [`render`] (-> every child,
-//! typed) -> [`apply`] (server-side apply in a fixed order, prune the rest) -> [`status`]
-//! (conditions from what the children report, one status patch when something changed).
-//! [`reconcile`] drives it; [`controller`] wires it to watches; [`run`] adds leader election,
-//! probes and shutdown.
+//! read (the ScaledApp) -> [`validate`] (spec -> `ValidatedApp`) -> [`render`] (->
+//! `Children<Rendered>`, every child typed) -> [`apply`] (server-side apply in a fixed order,
+//! prune the rest -> `Children<Applied>`) -> [`status`] (conditions read off the applied
+//! children, one status patch when something changed). [`children`] is the one child set the
+//! stages hand on; [`kinds`] is the one table of child kinds. [`reconcile`] drives it;
+//! [`controller`] wires it to watches; [`run`] adds leader election, probes and shutdown.
 
 pub mod api_docs;
 pub mod apply;
+pub mod children;
 pub mod context;
 pub mod controller;
 pub mod crd;
+pub mod kinds;
 pub mod metrics;
 pub mod reconcile;
 pub mod render;

@@ -1,6 +1,7 @@
-//! The reconcile driver: read -> validate -> render -> apply -> status. Only `apply` and the
-//! status write touch the API; everything between them is pure. It never asks why it ran: the
-//! same ScaledApp and cluster always lead to the same actions.
+//! The reconcile driver, a straight line: validate -> render -> apply (or, while paused, observe)
+//! -> one status computed from the [`Outcome`] -> one status write -> one Event step. Only the
+//! apply and the two writes touch the API; everything between them is pure. It never asks why it
+//! ran: the same ScaledApp and cluster always lead to the same actions.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,11 +14,11 @@ use kube::runtime::events::{Event, EventType};
 use kube::{Api, Resource, ResourceExt};
 use tracing::{info, instrument, warn};
 
-use crate::apply::{Applier, ApplyError, Observed};
+use crate::apply::{Applier, ApplyError};
 use crate::context::Context;
 use crate::crd::{ScaledApp, ScaledAppStatus};
 use crate::render::{MANAGER, render};
-use crate::status::{Report, components, compute, with_failure};
+use crate::status::{self, Observed, Outcome, READY};
 use crate::validate::validate;
 
 /// How often a converged ScaledApp is looked at again even without events (drift that no watch
@@ -96,78 +97,64 @@ async fn run(app: &ScaledApp, context: &Context) -> Result<Action, ReconcileErro
     let namespace = app
         .namespace()
         .ok_or_else(|| ReconcileError::NoNamespace(app.name_any()))?;
-    let name = app.name_any();
-    let generation = app.metadata.generation.unwrap_or_default();
-    let now = Time(Timestamp::now());
     let current = app.status.as_ref();
+    let outcome = reconcile_children(app, context, &namespace).await;
+    let status = status::compute(
+        current,
+        app.metadata.generation.unwrap_or_default(),
+        app.spec.paused,
+        &outcome,
+        &Time(Timestamp::now()),
+    );
+    let written = write_status(context, app, &namespace, current, &status).await?;
+    publish_events(context, app, &outcome, written).await;
+    match outcome {
+        // Permanent until the spec changes: reported, now wait for that change.
+        Outcome::Invalid(_) => Ok(Action::await_change()),
+        Outcome::ApplyFailed(error) => Err(error.into()),
+        Outcome::Applied { .. } => {
+            let ready = status
+                .conditions
+                .iter()
+                .any(|condition| condition.type_ == READY && condition.status == "True");
+            Ok(Action::requeue(if ready { RESYNC } else { PROGRESS_CHECK }))
+        }
+    }
+}
 
+/// Validate, render, and apply (or only observe, while paused).
+async fn reconcile_children(app: &ScaledApp, context: &Context, namespace: &str) -> Outcome {
     let validated = match validate(app) {
         Ok(validated) => validated,
-        Err(invalid) => {
-            // Permanent until the spec changes: report it and wait for that change.
-            let message = invalid.to_string();
-            let report = Report::Invalid {
-                reason: invalid.reason(),
-                message: message.clone(),
-            };
-            let status = compute(current, generation, app.spec.paused, &report, &now);
-            if write_status(context, app, &namespace, current, &status).await? {
-                publish(
-                    context,
-                    app,
-                    EventType::Warning,
-                    invalid.reason(),
-                    "Validate",
-                    message,
-                )
-                .await;
-            }
-            return Ok(Action::await_change());
-        }
+        Err(invalid) => return Outcome::Invalid(invalid),
     };
-
-    let desired = render(&validated);
+    let rendered = render(&validated);
     let applier = Applier::new(
         context.client.clone(),
-        &namespace,
-        &name,
+        namespace,
+        &validated.name,
         &context.applied,
         &context.metrics,
     );
-    let observed = if app.spec.paused {
-        applier.observe().await
+    let result = if app.spec.paused {
+        applier
+            .observe(&rendered)
+            .await
+            .map(|live| (Observed::Live(Box::new(live)), Default::default()))
     } else {
-        applier.apply(&desired).await
+        applier
+            .apply(&rendered)
+            .await
+            .map(|(applied, changes)| (Observed::Applied(Box::new(applied)), changes))
     };
-    let observed: Observed = match observed {
-        Ok(observed) => observed,
-        Err(error) => {
-            let base = current.cloned().unwrap_or_default();
-            let status = with_failure(base, "ApplyFailed", error.to_string(), generation, &now);
-            if write_status(context, app, &namespace, current, &status).await? {
-                publish(
-                    context,
-                    app,
-                    EventType::Warning,
-                    "ApplyFailed",
-                    "Apply",
-                    error.to_string(),
-                )
-                .await;
-            }
-            return Err(error.into());
-        }
-    };
-    announce(context, app, &observed).await;
-
-    let report = Report::Components(Box::new(components(&validated, &desired, &observed)));
-    let status = compute(current, generation, app.spec.paused, &report, &now);
-    write_status(context, app, &namespace, current, &status).await?;
-    let ready = status
-        .conditions
-        .iter()
-        .any(|condition| condition.type_ == crate::status::READY && condition.status == "True");
-    Ok(Action::requeue(if ready { RESYNC } else { PROGRESS_CHECK }))
+    match result {
+        Ok((children, changes)) => Outcome::Applied {
+            app: Box::new(validated),
+            children,
+            changes,
+        },
+        Err(error) => Outcome::ApplyFailed(error),
+    }
 }
 
 /// Writes the status if it differs from the current one; returns whether it wrote.
@@ -202,28 +189,53 @@ async fn write_status(
     Ok(true)
 }
 
-/// One Event per kind of change, naming the objects.
-async fn announce(context: &Context, app: &ScaledApp, observed: &Observed) {
-    if !observed.changed() {
-        return;
-    }
-    info!(created = ?observed.created, updated = ?observed.updated, pruned = ?observed.pruned, "children changed");
-    for (reason, objects) in [
-        ("Created", &observed.created),
-        ("Updated", &observed.updated),
-        ("Pruned", &observed.pruned),
-    ] {
-        if !objects.is_empty() {
+/// Events for this pass: a Warning when the spec is invalid or the apply failed (once, when the
+/// status changed to say so), one Normal Event per kind of change naming the objects.
+async fn publish_events(context: &Context, app: &ScaledApp, outcome: &Outcome, written: bool) {
+    match outcome {
+        Outcome::Invalid(invalid) if written => {
             publish(
                 context,
                 app,
-                EventType::Normal,
-                reason,
-                "Apply",
-                objects.join(", "),
+                EventType::Warning,
+                invalid.reason(),
+                "Validate",
+                invalid.to_string(),
             )
             .await;
         }
+        Outcome::ApplyFailed(error) if written => {
+            publish(
+                context,
+                app,
+                EventType::Warning,
+                "ApplyFailed",
+                "Apply",
+                error.to_string(),
+            )
+            .await;
+        }
+        Outcome::Applied { changes, .. } if changes.any() => {
+            info!(created = ?changes.created, updated = ?changes.updated, pruned = ?changes.pruned, "children changed");
+            for (reason, objects) in [
+                ("Created", &changes.created),
+                ("Updated", &changes.updated),
+                ("Pruned", &changes.pruned),
+            ] {
+                if !objects.is_empty() {
+                    publish(
+                        context,
+                        app,
+                        EventType::Normal,
+                        reason,
+                        "Apply",
+                        objects.join(", "),
+                    )
+                    .await;
+                }
+            }
+        }
+        _ => {}
     }
 }
 

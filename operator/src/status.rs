@@ -1,17 +1,20 @@
-//! Status: computed purely from what the children report, then written with one server-side
-//! apply of the status subresource, and only when it differs from what is already there.
+//! Status: computed purely from a reconcile's [`Outcome`] (the spec was invalid, the apply
+//! failed, or the children as applied or read). `reconcile` writes it with one server-side apply
+//! of the status subresource, and only when it differs from what is already there.
 //!
 //! Conditions follow the Kubernetes API conventions: one entry per type, `observedGeneration`
 //! on each, and `lastTransitionTime` moving only when the condition's status flips.
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use crate::apply::Observed;
+use crate::apply::{ApplyError, Changes};
+use crate::children::{Applied, Children, Live, Observation};
 use crate::crd::{Endpoints, ScaledAppStatus, ShardStatus, WorkerPoolStatus, WorkloadStatus};
-use crate::render::{Desired, child_name, service_host};
+use crate::render::{POSTGRES_PORT, REDIS_PORT};
 use crate::shards::describe_slots;
-use crate::validate::ValidatedApp;
+use crate::validate::{InvalidSpec, ValidatedApp};
 
 /// Condition: every component is ready.
 pub const READY: &str = "Ready";
@@ -23,17 +26,30 @@ pub const DEGRADED: &str = "Degraded";
 pub const PAUSED: &str = "Paused";
 
 /// What one reconcile found out.
-#[derive(Clone, Debug)]
-pub enum Report {
+#[derive(Debug)]
+pub enum Outcome {
     /// The spec cannot be realised; nothing was changed.
-    Invalid {
-        /// CamelCase reason.
-        reason: &'static str,
-        /// What to fix.
-        message: String,
+    Invalid(InvalidSpec),
+    /// The API server refused a change; what is known about the children stays.
+    ApplyFailed(ApplyError),
+    /// The children were applied (or, while paused, read).
+    Applied {
+        /// The validated spec.
+        app: Box<ValidatedApp>,
+        /// The children as the cluster holds them.
+        children: Observed,
+        /// What the apply changed (nothing while paused).
+        changes: Changes,
     },
-    /// The children as they are now.
-    Components(Box<Components>),
+}
+
+/// The children as the cluster holds them.
+#[derive(Debug)]
+pub enum Observed {
+    /// As returned by the apply.
+    Applied(Box<Children<Applied>>),
+    /// As read while paused.
+    Live(Box<Children<Live>>),
 }
 
 /// Per-component state, as it goes into status.
@@ -62,12 +78,13 @@ fn workload(name: String, desired: i32, ready: i32) -> WorkloadStatus {
     }
 }
 
-fn deployment_status(
-    name: String,
-    live: Option<&Deployment>,
+fn deployment_status<S: Observation>(
+    deployment: &S::Of<Deployment>,
     minimum: i32,
     rolling: &mut Vec<String>,
 ) -> WorkloadStatus {
+    let name = S::name(deployment);
+    let live = S::object(deployment);
     // An HPA-managed Deployment starts at 1 replica until the HPA raises it to its minimum;
     // the minimum is what readiness waits for.
     let desired = live
@@ -86,11 +103,12 @@ fn deployment_status(
     workload(name, desired, ready)
 }
 
-fn statefulset_status(
-    name: String,
-    live: Option<&StatefulSet>,
+fn statefulset_status<S: Observation>(
+    statefulset: &S::Of<StatefulSet>,
     rolling: &mut Vec<String>,
 ) -> WorkloadStatus {
+    let name = S::name(statefulset);
+    let live = S::object(statefulset);
     let desired = live
         .and_then(|s| s.spec.as_ref())
         .and_then(|spec| spec.replicas)
@@ -106,82 +124,70 @@ fn statefulset_status(
     workload(name, desired, ready)
 }
 
-/// Reads each component's readiness off the observed children.
-pub fn components(app: &ValidatedApp, desired: &Desired, observed: &Observed) -> Components {
+/// `host:port` of a Service in the ScaledApp's namespace.
+fn address<S: Observation>(app: &ValidatedApp, service: &S::Of<Service>, port: i32) -> String {
+    format!("{}.{}.svc:{port}", S::name(service), app.namespace)
+}
+
+/// Reads each component's readiness and address off the children.
+pub fn components<S: Observation>(app: &ValidatedApp, children: &Children<S>) -> Components {
     let mut rolling = Vec::new();
-    let name_of = |meta: &kube::api::ObjectMeta| meta.name.clone().unwrap_or_default();
-    let app_name = name_of(&desired.app.deployment.metadata);
-    let app_status = deployment_status(
-        app_name.clone(),
-        observed.deployments.get(&app_name),
+    let app_status = deployment_status::<S>(
+        &children.app.deployment,
         app.spec.app.replicas.min,
         &mut rolling,
     );
-    let redis = desired.redis.as_ref().map(|redis| {
-        let name = name_of(&redis.statefulset.metadata);
-        statefulset_status(name.clone(), observed.statefulsets.get(&name), &mut rolling)
-    });
-    let shards = desired
+    let redis = children
+        .redis
+        .as_ref()
+        .map(|redis| statefulset_status::<S>(&redis.statefulset, &mut rolling));
+    let shards = children
         .shards
         .iter()
-        .map(|shard| {
-            let primary_name = name_of(&shard.primary.metadata);
-            let primary = statefulset_status(
-                primary_name.clone(),
-                observed.statefulsets.get(&primary_name),
-                &mut rolling,
-            );
-            let replicas = shard.replicas.as_ref().map(|replicas| {
-                let name = name_of(&replicas.metadata);
-                statefulset_status(name.clone(), observed.statefulsets.get(&name), &mut rolling)
-            });
-            ShardStatus {
-                index: shard.index as i32,
-                slots: app
-                    .shard_assignment
-                    .iter()
-                    .filter(|owner| **owner == shard.index)
-                    .count() as i32,
-                primary,
-                replicas,
-                slot_ranges: describe_slots(&app.shard_assignment, shard.index),
-            }
+        .map(|shard| ShardStatus {
+            index: shard.index as i32,
+            slots: app
+                .shard_assignment
+                .iter()
+                .filter(|owner| **owner == shard.index)
+                .count() as i32,
+            primary: statefulset_status::<S>(&shard.primary, &mut rolling),
+            replicas: shard
+                .replicas
+                .as_ref()
+                .map(|replicas| statefulset_status::<S>(replicas, &mut rolling)),
+            slot_ranges: describe_slots(&app.shard_assignment, shard.index),
         })
         .collect();
-    let workers = desired
+    let workers = children
         .workers
         .iter()
         .zip(&app.spec.workers)
-        .map(|(objects, pool)| {
-            let name = name_of(&objects.deployment.metadata);
-            WorkerPoolStatus {
-                pool: objects.pool.clone(),
-                queues: pool.queues.clone(),
-                workload: deployment_status(
-                    name.clone(),
-                    observed.deployments.get(&name),
-                    pool.replicas.min,
-                    &mut rolling,
-                ),
-            }
+        .map(|(objects, pool)| WorkerPoolStatus {
+            pool: objects.pool.clone(),
+            queues: pool.queues.clone(),
+            workload: deployment_status::<S>(&objects.deployment, pool.replicas.min, &mut rolling),
         })
         .collect();
-    let config = crate::render::runtime_config(app);
+    let redis_endpoint = match (&children.redis, &app.spec.cache.external_redis) {
+        (Some(redis), _) => format!("redis://{}", address::<S>(app, &redis.service, REDIS_PORT)),
+        (None, Some(external)) => external.url.clone(),
+        (None, None) => String::new(),
+    };
     Components {
         app: app_status,
         redis,
         shards,
         workers,
         endpoints: Endpoints {
-            app: format!("{}:80", service_host(app, &child_name(app, "app"))),
-            redis: config.redis.url.clone(),
-            primaries: config
-                .shard_map
+            app: address::<S>(app, &children.app.service, 80),
+            redis: redis_endpoint,
+            primaries: children
                 .shards
                 .iter()
-                .map(|shard| shard.primary.clone())
+                .map(|shard| address::<S>(app, &shard.primary_service, POSTGRES_PORT))
                 .collect(),
-            config_map: child_name(app, "config"),
+            config_map: S::name(&children.config),
         },
         rolling,
     }
@@ -234,12 +240,67 @@ fn condition(
 }
 
 /// The status for this pass. `current` is the status on the object, used to keep transition
-/// times and component details (an invalid spec does not erase what is known about children).
+/// times and component details (an invalid spec or a failed apply does not erase what is known
+/// about children).
 pub fn compute(
     current: Option<&ScaledAppStatus>,
     generation: i64,
     paused: bool,
-    report: &Report,
+    outcome: &Outcome,
+    now: &Time,
+) -> ScaledAppStatus {
+    match outcome {
+        Outcome::Invalid(invalid) => from_finding(
+            current,
+            generation,
+            paused,
+            &Finding::Invalid {
+                reason: invalid.reason(),
+                message: invalid.to_string(),
+            },
+            now,
+        ),
+        Outcome::ApplyFailed(error) => with_failure(
+            current.cloned().unwrap_or_default(),
+            "ApplyFailed",
+            error.to_string(),
+            generation,
+            now,
+        ),
+        Outcome::Applied { app, children, .. } => {
+            let components = match children {
+                Observed::Applied(children) => components(app, children),
+                Observed::Live(children) => components(app, children),
+            };
+            from_finding(
+                current,
+                generation,
+                paused,
+                &Finding::Components(Box::new(components)),
+                now,
+            )
+        }
+    }
+}
+
+/// What status is computed from, once the outcome is read.
+enum Finding {
+    /// The spec cannot be realised.
+    Invalid {
+        /// CamelCase reason.
+        reason: &'static str,
+        /// What to fix.
+        message: String,
+    },
+    /// The children as they are now.
+    Components(Box<Components>),
+}
+
+fn from_finding(
+    current: Option<&ScaledAppStatus>,
+    generation: i64,
+    paused: bool,
+    finding: &Finding,
     now: &Time,
 ) -> ScaledAppStatus {
     let mut status = current.cloned().unwrap_or_default();
@@ -256,8 +317,8 @@ pub fn compute(
             now,
         )
     };
-    let conditions = match report {
-        Report::Invalid { reason, message } => vec![
+    let conditions = match finding {
+        Finding::Invalid { reason, message } => vec![
             condition(READY, false, reason, message.clone(), generation, now),
             condition(
                 PROGRESSING,
@@ -270,7 +331,7 @@ pub fn compute(
             condition(DEGRADED, true, reason, message.clone(), generation, now),
             paused_condition,
         ],
-        Report::Components(components) => {
+        Finding::Components(components) => {
             status.app = Some(components.app.clone());
             status.redis = components.redis.clone();
             status.shards = components.shards.clone();
@@ -358,7 +419,7 @@ pub fn compute(
 }
 
 /// A failed apply, reported without losing what is known about the children.
-pub fn with_failure(
+fn with_failure(
     mut status: ScaledAppStatus,
     reason: &str,
     message: String,
@@ -387,66 +448,19 @@ pub fn with_failure(
 mod tests {
     use super::*;
     use crate::render::render;
-    use crate::test_support::validated_example;
-    use k8s_openapi::api::apps::v1::{DeploymentStatus, StatefulSetStatus};
+    use crate::test_support::{all_ready, applied, nothing_yet, validated_example};
     use k8s_openapi::jiff::Timestamp;
 
     fn at(seconds: i64) -> Time {
         Time(Timestamp::from_second(seconds).expect("valid"))
     }
 
-    /// Every rendered workload, reporting all replicas ready.
-    fn all_ready(desired: &Desired) -> Observed {
-        let mut observed = Observed::default();
-        let ready_deployment = |d: &Deployment, replicas: i32| {
-            let mut d = d.clone();
-            d.metadata.generation = Some(1);
-            if let Some(spec) = d.spec.as_mut() {
-                spec.replicas = Some(replicas);
-            }
-            d.status = Some(DeploymentStatus {
-                observed_generation: Some(1),
-                ready_replicas: Some(replicas),
-                updated_replicas: Some(replicas),
-                replicas: Some(replicas),
-                ..DeploymentStatus::default()
-            });
-            d
-        };
-        let ready_sts = |s: &StatefulSet| {
-            let mut s = s.clone();
-            let replicas = s.spec.as_ref().and_then(|spec| spec.replicas).unwrap_or(1);
-            s.metadata.generation = Some(1);
-            s.status = Some(StatefulSetStatus {
-                observed_generation: Some(1),
-                ready_replicas: Some(replicas),
-                updated_replicas: Some(replicas),
-                replicas,
-                ..StatefulSetStatus::default()
-            });
-            s
-        };
-        let mut add_deployment = |d: Deployment| {
-            observed
-                .deployments
-                .insert(d.metadata.name.clone().expect("named"), d);
-        };
-        add_deployment(ready_deployment(&desired.app.deployment, 3));
-        for pool in &desired.workers {
-            add_deployment(ready_deployment(&pool.deployment, 1));
-        }
-        let mut sets = vec![];
-        for shard in &desired.shards {
-            sets.push(ready_sts(&shard.primary));
-            sets.extend(shard.replicas.iter().map(ready_sts));
-        }
-        sets.extend(desired.redis.iter().map(|r| ready_sts(&r.statefulset)));
-        for set in sets {
-            observed
-                .statefulsets
-                .insert(set.metadata.name.clone().expect("named"), set);
-        }
-        observed
+    fn fresh(app: &ValidatedApp) -> Outcome {
+        applied(app, Observed::Live(Box::new(nothing_yet(&render(app)))))
+    }
+
+    fn ready(app: &ValidatedApp) -> Outcome {
+        applied(app, Observed::Applied(Box::new(all_ready(&render(app)))))
     }
 
     fn get<'a>(status: &'a ScaledAppStatus, type_: &str) -> &'a Condition {
@@ -460,9 +474,7 @@ mod tests {
     #[test]
     fn a_fresh_scaledapp_is_not_ready_and_says_what_it_waits_for() {
         let app = validated_example("shop");
-        let desired = render(&app);
-        let report = Report::Components(Box::new(components(&app, &desired, &Observed::default())));
-        let status = compute(None, 1, false, &report, &at(100));
+        let status = compute(None, 1, false, &fresh(&app), &at(100));
         let ready = get(&status, READY);
         assert_eq!(ready.status, "False");
         assert_eq!(ready.reason, "ComponentsNotReady");
@@ -492,9 +504,7 @@ mod tests {
     #[test]
     fn all_components_ready_makes_ready_true_with_summaries() {
         let app = validated_example("shop");
-        let desired = render(&app);
-        let report = Report::Components(Box::new(components(&app, &desired, &all_ready(&desired))));
-        let status = compute(None, 1, false, &report, &at(100));
+        let status = compute(None, 1, false, &ready(&app), &at(100));
         assert_eq!(
             get(&status, READY).status,
             "True",
@@ -516,18 +526,14 @@ mod tests {
     #[test]
     fn transition_time_moves_only_when_the_status_flips() {
         let app = validated_example("shop");
-        let desired = render(&app);
-        let not_ready =
-            Report::Components(Box::new(components(&app, &desired, &Observed::default())));
-        let ready = Report::Components(Box::new(components(&app, &desired, &all_ready(&desired))));
-        let first = compute(None, 1, false, &not_ready, &at(100));
-        let again = compute(Some(&first), 1, false, &not_ready, &at(200));
+        let first = compute(None, 1, false, &fresh(&app), &at(100));
+        let again = compute(Some(&first), 1, false, &fresh(&app), &at(200));
         assert_eq!(get(&again, READY).last_transition_time, at(100));
         assert_eq!(
             again, first,
             "an unchanged world yields an identical status (so nothing is written)"
         );
-        let flipped = compute(Some(&again), 1, false, &ready, &at(300));
+        let flipped = compute(Some(&again), 1, false, &ready(&app), &at(300));
         assert_eq!(get(&flipped, READY).last_transition_time, at(300));
         assert_eq!(
             get(&flipped, DEGRADED).last_transition_time,
@@ -539,13 +545,12 @@ mod tests {
     #[test]
     fn an_invalid_spec_keeps_component_details_and_names_the_reason() {
         let app = validated_example("shop");
-        let desired = render(&app);
-        let report = Report::Components(Box::new(components(&app, &desired, &all_ready(&desired))));
-        let before = compute(None, 1, false, &report, &at(100));
-        let invalid = Report::Invalid {
-            reason: "ConnectionBudgetExceeded",
-            message: "lower database.pool".into(),
-        };
+        let before = compute(None, 1, false, &ready(&app), &at(100));
+        let invalid = Outcome::Invalid(InvalidSpec::ConnectionBudget {
+            pods: 100,
+            per_pod: 60,
+            needed: 6000,
+        });
         let after = compute(Some(&before), 2, false, &invalid, &at(200));
         assert_eq!(get(&after, READY).reason, "ConnectionBudgetExceeded");
         assert_eq!(get(&after, DEGRADED).status, "True");
@@ -556,16 +561,15 @@ mod tests {
     #[test]
     fn an_autoscaled_app_is_not_ready_below_its_minimum() {
         let app = validated_example("shop");
-        let desired = render(&app);
-        let mut observed = all_ready(&desired);
+        let mut children = all_ready(&render(&app));
         // Before the HPA acts, the Deployment runs its default single replica.
-        let deployment = observed.deployments.get_mut("shop-app").expect("app");
+        let deployment = &mut children.app.deployment;
         deployment.spec.as_mut().expect("spec").replicas = Some(1);
         let status = deployment.status.as_mut().expect("status");
         status.ready_replicas = Some(1);
         status.updated_replicas = Some(1);
-        let report = Report::Components(Box::new(components(&app, &desired, &observed)));
-        let status = compute(None, 1, false, &report, &at(100));
+        let outcome = applied(&app, Observed::Applied(Box::new(children)));
+        let status = compute(None, 1, false, &outcome, &at(100));
         assert_eq!(get(&status, READY).status, "False");
         assert_eq!(status.app.as_ref().map(|a| a.summary.as_str()), Some("1/3"));
     }
@@ -573,9 +577,7 @@ mod tests {
     #[test]
     fn paused_is_reported_as_a_condition() {
         let app = validated_example("shop");
-        let desired = render(&app);
-        let report = Report::Components(Box::new(components(&app, &desired, &all_ready(&desired))));
-        let status = compute(None, 1, true, &report, &at(100));
+        let status = compute(None, 1, true, &ready(&app), &at(100));
         assert_eq!(get(&status, PAUSED).status, "True");
         assert_eq!(get(&status, PAUSED).reason, "PausedByUser");
     }

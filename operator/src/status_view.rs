@@ -357,21 +357,18 @@ pub fn format_tree(view: &StatusView, colour: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::apply::Observed;
     use crate::render::render;
-    use crate::status::{Report, components, compute};
-    use crate::test_support::{example, validated_example};
+    use crate::status::{Observed, compute};
+    use crate::test_support::{applied, example, nothing_yet, validated_example};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
     use k8s_openapi::jiff::Timestamp;
 
     fn view() -> StatusView {
         let validated = validated_example("shop");
-        let desired = render(&validated);
-        let report = Report::Components(Box::new(components(
+        let report = applied(
             &validated,
-            &desired,
-            &Observed::default(),
-        )));
+            Observed::Live(Box::new(nothing_yet(&render(&validated)))),
+        );
         let mut app = example("shop");
         app.status = Some(compute(
             None,

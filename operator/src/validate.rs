@@ -64,7 +64,7 @@ pub enum InvalidSpec {
     /// The shard/slot counts do not make an assignment.
     #[error("database.shards/slots cannot be assigned: {0}")]
     Shards(#[from] ShardMapError),
-    /// A worker pool without queues or with a duplicate name (only reachable from `render -f`).
+    /// Two worker pools with the same name (only reachable from `render -f`: the schema refuses it).
     #[error("worker pool {0:?} is defined more than once; pool names must be unique")]
     DuplicateWorkerPool(String),
 }

@@ -57,8 +57,7 @@ if current ~= '0' then redis.call('PEXPIRE', KEYS[2], ARGV[4]) end
 return 1
 ";
 
-/// Raises the generation to the write's position, drops the value and related keys, and tells
-/// every pod.
+/// Raises the generation to the write's position, drops the value, and tells every pod.
 const INVALIDATE: &str = r"
 local current = tonumber(redis.call('GET', KEYS[1]) or '0')
 if tonumber(ARGV[1]) > current then
@@ -66,7 +65,7 @@ if tonumber(ARGV[1]) > current then
 else
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
-redis.call('DEL', KEYS[2], KEYS[3])
+redis.call('DEL', KEYS[2])
 redis.call('PUBLISH', ARGV[3], ARGV[4])
 return 1
 ";
@@ -266,7 +265,7 @@ impl UserCache {
     }
 
     /// Called after a write to user `id` committed at WAL position `lsn`: drops this pod's
-    /// entry, then raises the generation, deletes L2 and related keys and tells the other pods.
+    /// entry, then raises the generation, deletes the L2 value and tells the other pods.
     /// If Redis is unreachable the outbox row written with the change repeats this later.
     pub async fn invalidate_after_write(&self, id: i64, lsn: u64) {
         self.invalidate_local(id).await;
@@ -288,7 +287,6 @@ impl UserCache {
         let mut invocation = self.invalidate.key(generation_key(id));
         invocation
             .key(value_key(id))
-            .key(format!("user:{id}:profile"))
             .arg(lsn)
             .arg(generation_ttl)
             .arg(INVALIDATION_CHANNEL)

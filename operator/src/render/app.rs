@@ -24,16 +24,17 @@ use super::secrets::{
     redis_secret,
 };
 use super::{
-    APP_UID, AppObjects, autoscaling, child_name, object_meta, resources, restricted_container,
-    restricted_pod, selector_labels,
+    APP_UID, autoscaling, child_name, object_meta, resources, restricted_container, restricted_pod,
+    selector_labels,
 };
+use crate::children::{AppObjects, Rendered};
 use crate::validate::ValidatedApp;
 
 /// Component label of app pods.
 pub const COMPONENT: &str = "app";
 
 /// The app's objects.
-pub fn objects(app: &ValidatedApp) -> AppObjects {
+pub fn objects(app: &ValidatedApp) -> AppObjects<Rendered> {
     AppObjects {
         deployment: deployment(app),
         service: service(app),

@@ -2,8 +2,8 @@
 //! already refused what cannot be built), so it is unit-tested without a cluster and printed by
 //! `scaledapp-operator render`.
 //!
-//! One file per component; this file holds the naming and labelling rules they share and the
-//! [`Desired`] set that `apply` walks.
+//! One file per component (plus `storage`, the volume and StatefulSet pieces Redis and Postgres
+//! share); this file holds the naming and labelling rules they all share.
 
 mod app;
 mod autoscaling;
@@ -12,22 +12,19 @@ mod network;
 mod postgres;
 mod redis;
 mod secrets;
+mod storage;
 mod workers;
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, PodSecurityContext, ResourceRequirements, SeccompProfile,
-    SecurityContext, Service,
+    Capabilities, PodSecurityContext, ResourceRequirements, SeccompProfile, SecurityContext,
 };
-use k8s_openapi::api::networking::v1::NetworkPolicy;
-use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use serde::Serialize;
 
+use crate::children::{Children, Rendered};
 use crate::crd::{DataPolicy, ResourceSpec};
 use crate::validate::ValidatedApp;
 
@@ -58,155 +55,24 @@ pub const REDIS_PORT: i32 = 6379;
 /// User the app image runs as (distroless "nonroot").
 pub const APP_UID: i64 = 65532;
 
-/// Every object the operator wants for one ScaledApp.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Desired {
-    /// The app's runtime configuration (the contract document).
-    pub config: ConfigMap,
-    /// Postgres bootstrap scripts.
-    pub postgres_scripts: ConfigMap,
-    /// Secrets created once with generated values, never overwritten.
-    pub secrets: Vec<SecretTemplate>,
-    /// The app Deployment, Service, PDB and HPA.
-    pub app: AppObjects,
-    /// Redis, unless an external Redis is used.
-    pub redis: Option<RedisObjects>,
-    /// One entry per shard.
-    pub shards: Vec<ShardObjects>,
-    /// One entry per worker pool.
-    pub workers: Vec<WorkerObjects>,
-    /// Who may reach Postgres and Redis.
-    pub network_policies: Vec<NetworkPolicy>,
-}
-
-/// The app's objects.
-#[derive(Clone, Debug, PartialEq)]
-pub struct AppObjects {
-    /// The app Deployment.
-    pub deployment: Deployment,
-    /// The ClusterIP Service in front of it.
-    pub service: Service,
-    /// Keeps voluntary disruptions to one pod at a time.
-    pub disruption_budget: PodDisruptionBudget,
-    /// Present when autoscaling is enabled.
-    pub autoscaler: Option<HorizontalPodAutoscaler>,
-}
-
-/// Redis run by the operator.
-#[derive(Clone, Debug, PartialEq)]
-pub struct RedisObjects {
-    /// Single-pod StatefulSet.
-    pub statefulset: StatefulSet,
-    /// Headless Service naming the pod.
-    pub service: Service,
-}
-
-/// One Postgres shard.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ShardObjects {
-    /// Shard number.
-    pub index: u32,
-    /// The primary (one pod).
-    pub primary: StatefulSet,
-    /// Headless Service of the primary.
-    pub primary_service: Service,
-    /// Streaming replicas, unless `replicasPerShard` is 0.
-    pub replicas: Option<StatefulSet>,
-    /// Read-only headless Service of the replicas.
-    pub replica_service: Option<Service>,
-}
-
-/// One worker pool.
-#[derive(Clone, Debug, PartialEq)]
-pub struct WorkerObjects {
-    /// Pool name.
-    pub pool: String,
-    /// The pool's Deployment.
-    pub deployment: Deployment,
-    /// Scales the pool on queue depth.
-    pub autoscaler: HorizontalPodAutoscaler,
-}
-
 /// Renders every child of a validated ScaledApp.
-pub fn render(app: &ValidatedApp) -> Desired {
-    Desired {
+pub fn render(app: &ValidatedApp) -> Children<Rendered> {
+    Children {
+        secrets: secrets::templates(app),
         config: config::config_map(app),
         postgres_scripts: postgres::scripts(app),
-        secrets: secrets::templates(app),
-        app: app::objects(app),
-        redis: redis::objects(app),
+        network_policies: network::policies(app),
         shards: (0..app.spec.database.shards as u32)
             .map(|index| postgres::shard(app, index))
             .collect(),
+        redis: redis::objects(app),
+        app: app::objects(app),
         workers: app
             .spec
             .workers
             .iter()
             .map(|pool| workers::objects(app, pool))
             .collect(),
-        network_policies: network::policies(app),
-    }
-}
-
-impl Desired {
-    /// Every object as JSON, in apply order, for printing (`render`) and checking.
-    pub fn manifests(&self) -> Vec<serde_json::Value> {
-        let Desired {
-            config,
-            postgres_scripts,
-            secrets,
-            app,
-            redis,
-            shards,
-            workers,
-            network_policies,
-        } = self;
-        let mut out = Vec::new();
-        out.extend(secrets.iter().map(SecretTemplate::to_manifest));
-        out.push(manifest(config));
-        out.push(manifest(postgres_scripts));
-        out.extend(network_policies.iter().map(manifest));
-        for shard in shards {
-            let ShardObjects {
-                index: _,
-                primary,
-                primary_service,
-                replicas,
-                replica_service,
-            } = shard;
-            out.push(manifest(primary_service));
-            out.push(manifest(primary));
-            out.extend(replica_service.iter().map(manifest));
-            out.extend(replicas.iter().map(manifest));
-        }
-        if let Some(RedisObjects {
-            statefulset,
-            service,
-        }) = redis
-        {
-            out.push(manifest(service));
-            out.push(manifest(statefulset));
-        }
-        let AppObjects {
-            deployment,
-            service,
-            disruption_budget,
-            autoscaler,
-        } = app;
-        out.push(manifest(deployment));
-        out.push(manifest(service));
-        out.push(manifest(disruption_budget));
-        out.extend(autoscaler.iter().map(manifest));
-        for WorkerObjects {
-            pool: _,
-            deployment,
-            autoscaler,
-        } in workers
-        {
-            out.push(manifest(deployment));
-            out.push(manifest(autoscaler));
-        }
-        out
     }
 }
 

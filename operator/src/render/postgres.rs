@@ -8,23 +8,22 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
+use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{
     ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
-    EnvVarSource, ExecAction, KeyToPath, PodSpec, PodTemplateSpec, Probe, SecretKeySelector,
-    Volume, VolumeMount,
+    EnvVarSource, ExecAction, KeyToPath, PodSpec, Probe, SecretKeySelector, Volume, VolumeMount,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 
 use super::config::{DATABASE_NAME, DATABASE_USER};
-use super::redis::{claim, headless_service, retention};
 use super::secrets::{
     POSTGRES_APP_KEY, POSTGRES_REPLICATION_KEY, POSTGRES_SUPERUSER_KEY, postgres_secret,
 };
+use super::storage::{StatefulSetParts, claim, headless_service, stateful_set};
 use super::{
-    POSTGRES_PORT, ROLE_LABEL, SHARD_LABEL, ShardObjects, child_name, object_meta, resources,
+    POSTGRES_PORT, ROLE_LABEL, SHARD_LABEL, child_name, object_meta, resources,
     restricted_container, restricted_pod, selector_labels, service_host, shard_name,
 };
+use crate::children::{Rendered, ShardObjects};
 use crate::validate::ValidatedApp;
 
 /// Component label of Postgres pods.
@@ -89,7 +88,7 @@ fn scripts_name(app: &ValidatedApp) -> String {
 }
 
 /// One shard's objects.
-pub fn shard(app: &ValidatedApp, index: u32) -> ShardObjects {
+pub fn shard(app: &ValidatedApp, index: u32) -> ShardObjects<Rendered> {
     let replicas = app.spec.database.replicas_per_shard;
     ShardObjects {
         index,
@@ -310,47 +309,35 @@ fn statefulset(app: &ValidatedApp, index: u32, role: Role) -> StatefulSet {
         labels.insert(SHARD_LABEL.into(), index.to_string());
         labels.insert(ROLE_LABEL.into(), role.as_str().into());
     }
-    StatefulSet {
-        metadata: meta,
-        spec: Some(StatefulSetSpec {
-            replicas: Some(match role {
+    stateful_set(
+        app,
+        StatefulSetParts {
+            meta,
+            selector,
+            replicas: match role {
                 Role::Primary => 1,
                 Role::Replica => app.spec.database.replicas_per_shard,
-            }),
-            service_name: Some(name),
+            },
             // Replicas clone independently; no reason to start them one by one.
-            pod_management_policy: Some("Parallel".into()),
-            selector: LabelSelector {
-                match_labels: Some(selector.clone()),
-                match_expressions: None,
+            pod_management_policy: Some("Parallel"),
+            pod: PodSpec {
+                automount_service_account_token: Some(false),
+                enable_service_links: Some(false),
+                security_context: Some(restricted_pod(POSTGRES_UID)),
+                // Postgres needs time for a clean shutdown checkpoint.
+                termination_grace_period_seconds: Some(60),
+                init_containers,
+                containers: vec![container],
+                volumes: Some(volumes),
+                ..PodSpec::default()
             },
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(selector),
-                    ..ObjectMeta::default()
-                }),
-                spec: Some(PodSpec {
-                    automount_service_account_token: Some(false),
-                    enable_service_links: Some(false),
-                    security_context: Some(restricted_pod(POSTGRES_UID)),
-                    // Postgres needs time for a clean shutdown checkpoint.
-                    termination_grace_period_seconds: Some(60),
-                    init_containers,
-                    containers: vec![container],
-                    volumes: Some(volumes),
-                    ..PodSpec::default()
-                }),
-            },
-            volume_claim_templates: Some(vec![claim(
+            claims: Some(vec![claim(
                 "data",
                 &app.spec.database.storage.size,
                 app.spec.database.storage.storage_class_name.clone(),
             )]),
-            persistent_volume_claim_retention_policy: Some(retention(app.spec.data_policy)),
-            ..StatefulSetSpec::default()
-        }),
-        status: None,
-    }
+        },
+    )
 }
 
 #[cfg(test)]

@@ -2,24 +2,22 @@
 //! comes from the generated Secret and is written into a config file at start, so it never
 //! shows in the pod spec or the process list.
 
-use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
-use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, ExecAction,
-    PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, Probe,
-    SecretKeySelector, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
-    VolumeResourceRequirements,
-};
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use std::collections::BTreeMap;
 
-use super::secrets::{REDIS_PASSWORD_KEY, redis_secret};
-use super::{
-    REDIS_PORT, RedisObjects, child_name, object_meta, restricted_container, restricted_pod,
-    selector_labels,
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{
+    Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, ExecAction, PodSpec,
+    Probe, SecretKeySelector, Service, Volume, VolumeMount,
 };
-use crate::crd::{DataPolicy, RedisSpec};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+
+use super::secrets::{REDIS_PASSWORD_KEY, redis_secret};
+use super::storage::{StatefulSetParts, claim, headless_service, stateful_set};
+use super::{
+    REDIS_PORT, child_name, object_meta, restricted_container, restricted_pod, selector_labels,
+};
+use crate::children::{RedisObjects, Rendered};
+use crate::crd::RedisSpec;
 use crate::validate::ValidatedApp;
 
 /// Component label of Redis pods.
@@ -28,7 +26,7 @@ pub const COMPONENT: &str = "redis";
 const REDIS_UID: i64 = 999;
 
 /// Redis objects, unless an external Redis is configured.
-pub fn objects(app: &ValidatedApp) -> Option<RedisObjects> {
+pub fn objects(app: &ValidatedApp) -> Option<RedisObjects<Rendered>> {
     if app.spec.cache.external_redis.is_some() {
         return None;
     }
@@ -157,105 +155,24 @@ fn statefulset(app: &ValidatedApp, spec: &RedisSpec) -> StatefulSet {
         });
         None
     };
-    StatefulSet {
-        metadata: object_meta(app, name.clone(), COMPONENT),
-        spec: Some(StatefulSetSpec {
-            replicas: Some(1),
-            service_name: Some(name),
-            selector: LabelSelector {
-                match_labels: Some(selector.clone()),
-                match_expressions: None,
+    stateful_set(
+        app,
+        StatefulSetParts {
+            meta: object_meta(app, name, COMPONENT),
+            selector,
+            replicas: 1,
+            pod_management_policy: None,
+            pod: PodSpec {
+                automount_service_account_token: Some(false),
+                enable_service_links: Some(false),
+                security_context: Some(restricted_pod(REDIS_UID)),
+                containers: vec![container],
+                volumes: Some(volumes),
+                ..PodSpec::default()
             },
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(selector),
-                    ..ObjectMeta::default()
-                }),
-                spec: Some(PodSpec {
-                    automount_service_account_token: Some(false),
-                    enable_service_links: Some(false),
-                    security_context: Some(restricted_pod(REDIS_UID)),
-                    containers: vec![container],
-                    volumes: Some(volumes),
-                    ..PodSpec::default()
-                }),
-            },
-            volume_claim_templates: claims,
-            persistent_volume_claim_retention_policy: Some(retention(app.spec.data_policy)),
-            ..StatefulSetSpec::default()
-        }),
-        status: None,
-    }
-}
-
-/// A volume claim template.
-pub fn claim(name: &str, size: &str, storage_class_name: Option<String>) -> PersistentVolumeClaim {
-    PersistentVolumeClaim {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            ..ObjectMeta::default()
+            claims,
         },
-        spec: Some(PersistentVolumeClaimSpec {
-            access_modes: Some(vec!["ReadWriteOnce".into()]),
-            storage_class_name,
-            resources: Some(VolumeResourceRequirements {
-                requests: Some(BTreeMap::from([(
-                    "storage".to_string(),
-                    Quantity(size.into()),
-                )])),
-                limits: None,
-            }),
-            ..PersistentVolumeClaimSpec::default()
-        }),
-        status: None,
-    }
-}
-
-/// PVCs follow the data policy when the StatefulSet is deleted; scaling down never deletes data.
-pub fn retention(
-    policy: DataPolicy,
-) -> k8s_openapi::api::apps::v1::StatefulSetPersistentVolumeClaimRetentionPolicy {
-    k8s_openapi::api::apps::v1::StatefulSetPersistentVolumeClaimRetentionPolicy {
-        when_deleted: Some(
-            match policy {
-                DataPolicy::Retain => "Retain",
-                DataPolicy::Delete => "Delete",
-            }
-            .into(),
-        ),
-        when_scaled: Some("Retain".into()),
-    }
-}
-
-/// A headless Service (stable per-pod DNS names for StatefulSets).
-pub fn headless_service(
-    app: &ValidatedApp,
-    name: String,
-    component: &str,
-    selector: BTreeMap<String, String>,
-    port: i32,
-) -> Service {
-    let mut meta = object_meta(app, name, component);
-    if let (Some(labels), Some(role)) = (meta.labels.as_mut(), selector.get(super::ROLE_LABEL)) {
-        labels.insert(super::ROLE_LABEL.into(), role.clone());
-    }
-    Service {
-        metadata: meta,
-        spec: Some(ServiceSpec {
-            cluster_ip: Some("None".into()),
-            selector: Some(selector),
-            // Replicas must resolve while still starting so pg_basebackup peers and probes work.
-            publish_not_ready_addresses: Some(false),
-            ports: Some(vec![ServicePort {
-                name: Some(component.into()),
-                port,
-                target_port: Some(IntOrString::Int(port)),
-                ..ServicePort::default()
-            }]),
-            ..ServiceSpec::default()
-        }),
-        status: None,
-    }
+    )
 }
 
 fn service(app: &ValidatedApp) -> Service {

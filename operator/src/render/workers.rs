@@ -7,9 +7,10 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::app::{env, pod_template, volume_mounts};
 use super::{
-    POOL_LABEL, WorkerObjects, autoscaling, child_name, object_meta, resources,
-    restricted_container, selector_labels,
+    POOL_LABEL, autoscaling, child_name, object_meta, resources, restricted_container,
+    selector_labels,
 };
+use crate::children::{Rendered, WorkerObjects};
 use crate::crd::WorkerPoolSpec;
 use crate::validate::ValidatedApp;
 
@@ -17,7 +18,7 @@ use crate::validate::ValidatedApp;
 pub const COMPONENT: &str = "worker";
 
 /// A pool's objects.
-pub fn objects(app: &ValidatedApp, pool: &WorkerPoolSpec) -> WorkerObjects {
+pub fn objects(app: &ValidatedApp, pool: &WorkerPoolSpec) -> WorkerObjects<Rendered> {
     let name = child_name(app, &format!("worker-{}", pool.name));
     WorkerObjects {
         pool: pool.name.clone(),

@@ -1,20 +1,15 @@
-//! The `ScaledApp` API (`scaled.dev/v1alpha1`): spec, status, printer columns and the schema/CEL
-//! rules that make the API server refuse an invalid ScaledApp with a message saying what to fix.
-//!
-//! Every field's doc comment becomes `kubectl explain` text, and every default here is written
-//! into the schema, so what a user reads back with `kubectl get -o yaml` is what the operator uses.
+//! The ScaledApp spec: what a user asks for. Every field's doc comment becomes `kubectl explain`
+//! text; schema and CEL rules make the API server refuse what cannot work, saying what to fix.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::EnvVar;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// Longest ScaledApp name: the longest child, `<name>-shard-63-replica`, must stay within the
-/// 52 characters a StatefulSet name may have (its pods get a 63-character revision label).
-pub const MAX_NAME_LENGTH: usize = 30;
+use super::status::ScaledAppStatus;
+use super::{MAX_NAME_LENGTH, defaults};
 
 /// Desired state of a ScaledApp: the whole stack of a high-traffic web service.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -37,7 +32,7 @@ pub const MAX_NAME_LENGTH: usize = 30;
     printcolumn(name = "Workers", type_ = "string", json_path = ".status.workersSummary", description = "Ready/total worker pools"),
     printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason", priority = 1),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
-    validation = Rule::new("size(self.metadata.name) <= 30").message("metadata.name must be at most 30 characters so that every child name (for example <name>-shard-63-replica) fits Kubernetes' limits; choose a shorter name"),
+    validation = Rule::new(format!("size(self.metadata.name) <= {MAX_NAME_LENGTH}")).message(format!("metadata.name must be at most {MAX_NAME_LENGTH} characters so that every child name (for example <name>-shard-63-replica) fits Kubernetes' limits; choose a shorter name").as_str()),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ScaledAppSpec {
@@ -60,7 +55,7 @@ pub struct ScaledAppSpec {
 
     /// Worker pools draining Redis queues. Each pool is a Deployment running the app image in
     /// `worker` mode. Defaults to one pool, `default`, draining `email:send` and `analytics:track`.
-    #[serde(default = "default_workers")]
+    #[serde(default = "defaults::workers")]
     #[schemars(length(max = 8))]
     #[x_kube(
         merge_strategy = ListMerge::Map(vec!["name".into()]),
@@ -108,28 +103,28 @@ pub enum DataPolicy {
 pub struct AppSpec {
     /// Container image of the app. The same image runs the workers (`worker` mode) and the
     /// schema migrations (`migrate` mode).
-    #[serde(default = "default_app_image")]
+    #[serde(default = "defaults::app_image")]
     #[schemars(length(min = 1, max = 512))]
     pub image: String,
 
     /// Port the app serves HTTP on; the Service exposes it as port 80.
-    #[serde(default = "default_app_port")]
+    #[serde(default = "defaults::app_port")]
     #[schemars(range(min = 1024, max = 65535))]
     pub port: u16,
 
     /// Port the app serves Prometheus metrics on (`/metrics`), kept apart from user traffic.
-    #[serde(default = "default_metrics_port")]
+    #[serde(default = "defaults::metrics_port")]
     #[schemars(range(min = 1024, max = 65535))]
     pub metrics_port: u16,
 
     /// Replica bounds. With autoscaling enabled the HPA moves between them; otherwise the
     /// Deployment runs `min` replicas.
-    #[serde(default = "default_app_replicas")]
+    #[serde(default = "defaults::app_replicas")]
     pub replicas: ReplicaRange,
 
     /// CPU and memory for each app container. Requests are required because the CPU target of
     /// the HPA is a percentage of the CPU request.
-    #[serde(default = "default_app_resources")]
+    #[serde(default = "defaults::app_resources")]
     pub resources: ResourceSpec,
 
     /// Extra environment variables for app and worker containers (same format as a Pod's `env`).
@@ -146,21 +141,6 @@ pub struct AppSpec {
     /// Extra annotations for app and worker pods.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub pod_annotations: BTreeMap<String, String>,
-}
-
-impl Default for AppSpec {
-    fn default() -> Self {
-        AppSpec {
-            image: default_app_image(),
-            port: default_app_port(),
-            metrics_port: default_metrics_port(),
-            replicas: default_app_replicas(),
-            resources: default_app_resources(),
-            env: Vec::new(),
-            pod_labels: BTreeMap::new(),
-            pod_annotations: BTreeMap::new(),
-        }
-    }
 }
 
 /// Inclusive replica bounds.
@@ -209,15 +189,15 @@ pub struct ResourceAmounts {
 #[serde(rename_all = "camelCase")]
 pub struct AutoscalingSpec {
     /// Whether to create the app HPA. When false the app runs `app.replicas.min` replicas.
-    #[serde(default = "default_true")]
+    #[serde(default = "defaults::enabled")]
     pub enabled: bool,
     /// Target average CPU utilisation, percent of the CPU request.
-    #[serde(default = "default_cpu_target")]
+    #[serde(default = "defaults::cpu_target")]
     #[schemars(range(min = 10, max = 100))]
     pub target_cpu_utilization_percent: i32,
     /// Target requests per second per app pod (Pods metric `http_requests_per_second`).
     /// Set to 0 to scale on CPU only.
-    #[serde(default = "default_rps_target")]
+    #[serde(default = "defaults::rps_target")]
     #[schemars(range(min = 0, max = 1000000))]
     pub target_requests_per_second: i32,
     /// Target p95 response time in milliseconds per pod (Pods metric
@@ -226,25 +206,12 @@ pub struct AutoscalingSpec {
     #[schemars(range(min = 1, max = 60000))]
     pub target_response_time_ms: Option<i32>,
     /// How fast to add pods.
-    #[serde(default = "default_scale_up")]
+    #[serde(default = "defaults::scale_up")]
     pub scale_up: ScalingRules,
     /// How fast to remove pods. The default window of 300 s is the article's "CPU below 30% for
     /// 5 minutes"; use 600 for its "request rate below 300/s for 10 minutes".
-    #[serde(default = "default_scale_down")]
+    #[serde(default = "defaults::scale_down")]
     pub scale_down: ScalingRules,
-}
-
-impl Default for AutoscalingSpec {
-    fn default() -> Self {
-        AutoscalingSpec {
-            enabled: true,
-            target_cpu_utilization_percent: default_cpu_target(),
-            target_requests_per_second: default_rps_target(),
-            target_response_time_ms: Some(500),
-            scale_up: default_scale_up(),
-            scale_down: default_scale_down(),
-        }
-    }
 }
 
 /// One direction of HPA `behavior`.
@@ -271,7 +238,7 @@ pub struct ScalingRules {
 #[x_kube(validation = Rule::new("!(has(self.redis) && has(self.externalRedis))").message("set either cache.redis (Redis run by the operator) or cache.externalRedis, not both"))]
 pub struct CacheSpec {
     /// Default time to live of Redis (L2) cache entries, in seconds.
-    #[serde(default = "default_cache_ttl")]
+    #[serde(default = "defaults::cache_ttl")]
     #[schemars(range(min = 1, max = 604800))]
     pub default_ttl_seconds: i32,
     /// The in-process (L1) cache of each app pod.
@@ -286,39 +253,19 @@ pub struct CacheSpec {
     pub external_redis: Option<ExternalRedisSpec>,
 }
 
-impl Default for CacheSpec {
-    fn default() -> Self {
-        CacheSpec {
-            default_ttl_seconds: default_cache_ttl(),
-            l1: L1CacheSpec::default(),
-            redis: None,
-            external_redis: None,
-        }
-    }
-}
-
 /// In-process cache; bounded so a hot pod cannot run out of memory, and short-lived because
 /// other pods' writes reach it only by invalidation messages.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct L1CacheSpec {
     /// Most entries per pod.
-    #[serde(default = "default_l1_entries")]
+    #[serde(default = "defaults::l1_entries")]
     #[schemars(range(min = 1, max = 10000000))]
     pub max_entries: i64,
     /// Time to live of an entry, in seconds.
-    #[serde(default = "default_l1_ttl")]
+    #[serde(default = "defaults::l1_ttl")]
     #[schemars(range(min = 1, max = 3600))]
     pub ttl_seconds: i32,
-}
-
-impl Default for L1CacheSpec {
-    fn default() -> Self {
-        L1CacheSpec {
-            max_entries: default_l1_entries(),
-            ttl_seconds: default_l1_ttl(),
-        }
-    }
 }
 
 /// Redis run by the operator.
@@ -326,11 +273,11 @@ impl Default for L1CacheSpec {
 #[serde(rename_all = "camelCase")]
 pub struct RedisSpec {
     /// Redis container image.
-    #[serde(default = "default_redis_image")]
+    #[serde(default = "defaults::redis_image")]
     #[schemars(length(min = 1, max = 512))]
     pub image: String,
     /// Redis `maxmemory` in MiB; the container's memory is set 25% above it for overhead.
-    #[serde(default = "default_redis_memory")]
+    #[serde(default = "defaults::redis_memory")]
     #[schemars(range(min = 16, max = 262144))]
     pub max_memory_mib: i32,
     /// What Redis evicts when `maxmemory` is reached.
@@ -339,17 +286,6 @@ pub struct RedisSpec {
     /// Append-only-file persistence on a PVC, so queues and sessions survive a Redis restart.
     #[serde(default)]
     pub persistence: RedisPersistence,
-}
-
-impl Default for RedisSpec {
-    fn default() -> Self {
-        RedisSpec {
-            image: default_redis_image(),
-            max_memory_mib: default_redis_memory(),
-            max_memory_policy: MaxMemoryPolicy::default(),
-            persistence: RedisPersistence::default(),
-        }
-    }
 }
 
 /// Redis eviction policies (`maxmemory-policy`).
@@ -388,25 +324,15 @@ impl MaxMemoryPolicy {
 #[serde(rename_all = "camelCase")]
 pub struct RedisPersistence {
     /// Write an append-only file (fsync every second) to a PVC.
-    #[serde(default = "default_true")]
+    #[serde(default = "defaults::enabled")]
     pub enabled: bool,
     /// Volume size.
-    #[serde(default = "default_redis_storage")]
+    #[serde(default = "defaults::redis_storage")]
     #[schemars(regex(pattern = r"^[0-9]+(Mi|Gi|Ti)$"))]
     pub size: String,
     /// StorageClass of the volume; the cluster default when omitted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_class_name: Option<String>,
-}
-
-impl Default for RedisPersistence {
-    fn default() -> Self {
-        RedisPersistence {
-            enabled: true,
-            size: default_redis_storage(),
-            storage_class_name: None,
-        }
-    }
 }
 
 /// A Redis the operator does not run.
@@ -439,22 +365,22 @@ pub struct SecretKeyRef {
 #[x_kube(validation = Rule::new("!self.synchronousReplication || self.replicasPerShard >= 1").message("database.synchronousReplication needs replicasPerShard >= 1, or every commit would wait forever"))]
 pub struct DatabaseSpec {
     /// Postgres container image (official `postgres` image layout).
-    #[serde(default = "default_postgres_image")]
+    #[serde(default = "defaults::postgres_image")]
     #[schemars(length(min = 1, max = 512))]
     pub image: String,
     /// Number of shards. Each shard is a primary with its own replicas and owns a share of the
     /// slots. Cannot be changed after creation until resharding is supported.
-    #[serde(default = "default_shards")]
+    #[serde(default = "defaults::shards")]
     #[schemars(range(min = 1, max = 64))]
     #[x_kube(validation = Rule::new("self == oldSelf").message("database.shards cannot be changed yet: moving data between shards (resharding) is not supported; set it back to its previous value, or create a new ScaledApp"))]
     pub shards: i32,
     /// Streaming read replicas per shard (0 for none).
-    #[serde(default = "default_replicas_per_shard")]
+    #[serde(default = "defaults::replicas_per_shard")]
     #[schemars(range(min = 0, max = 8))]
     pub replicas_per_shard: i32,
     /// Number of fixed hash slots keys are spread over; slots, not keys, are assigned to shards.
     /// Immutable: changing it would move almost every key.
-    #[serde(default = "default_slots")]
+    #[serde(default = "defaults::slots")]
     #[schemars(range(min = 1, max = 16384))]
     #[x_kube(validation = Rule::new("self == oldSelf").message("database.slots is immutable (changing it would move almost every key to another shard); set it back to its previous value"))]
     pub slots: i32,
@@ -469,23 +395,8 @@ pub struct DatabaseSpec {
     #[serde(default)]
     pub synchronous_replication: bool,
     /// CPU and memory of each Postgres container.
-    #[serde(default = "default_postgres_resources")]
+    #[serde(default = "defaults::postgres_resources")]
     pub resources: ResourceSpec,
-}
-
-impl Default for DatabaseSpec {
-    fn default() -> Self {
-        DatabaseSpec {
-            image: default_postgres_image(),
-            shards: default_shards(),
-            replicas_per_shard: default_replicas_per_shard(),
-            slots: default_slots(),
-            storage: StorageSpec::default(),
-            pool: PoolSpec::default(),
-            synchronous_replication: false,
-            resources: default_postgres_resources(),
-        }
-    }
 }
 
 /// A volume claim.
@@ -493,7 +404,7 @@ impl Default for DatabaseSpec {
 #[serde(rename_all = "camelCase")]
 pub struct StorageSpec {
     /// Size of each volume.
-    #[serde(default = "default_postgres_storage")]
+    #[serde(default = "defaults::postgres_storage")]
     #[schemars(regex(pattern = r"^[0-9]+(Mi|Gi|Ti)$"))]
     pub size: String,
     /// StorageClass; the cluster default when omitted.
@@ -501,41 +412,22 @@ pub struct StorageSpec {
     pub storage_class_name: Option<String>,
 }
 
-impl Default for StorageSpec {
-    fn default() -> Self {
-        StorageSpec {
-            size: default_postgres_storage(),
-            storage_class_name: None,
-        }
-    }
-}
-
 /// Connection pool per pod and shard primary.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct PoolSpec {
     /// Connections kept open.
-    #[serde(default = "default_pool_size")]
+    #[serde(default = "defaults::pool_size")]
     #[schemars(range(min = 1, max = 500))]
     pub size: i32,
     /// Extra connections allowed under burst load.
-    #[serde(default = "default_pool_overflow")]
+    #[serde(default = "defaults::pool_overflow")]
     #[schemars(range(min = 0, max = 1000))]
     pub max_overflow: i32,
     /// Milliseconds a request waits for a connection before it is answered 503.
-    #[serde(default = "default_acquire_timeout")]
+    #[serde(default = "defaults::acquire_timeout")]
     #[schemars(range(min = 10, max = 60000))]
     pub acquire_timeout_ms: i32,
-}
-
-impl Default for PoolSpec {
-    fn default() -> Self {
-        PoolSpec {
-            size: default_pool_size(),
-            max_overflow: default_pool_overflow(),
-            acquire_timeout_ms: default_acquire_timeout(),
-        }
-    }
 }
 
 /// A pool of workers draining queues.
@@ -548,7 +440,8 @@ pub struct WorkerPoolSpec {
         regex(pattern = r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
     )]
     pub name: String,
-    /// Queues (Redis streams) this pool drains, for example `email:send`.
+    /// Queues (Redis streams) this pool drains: `email:send` (order confirmations) and/or
+    /// `analytics:track` (analytics events), the queues the app has handlers for.
     #[schemars(
         length(min = 1, max = 16),
         inner(
@@ -556,22 +449,25 @@ pub struct WorkerPoolSpec {
             regex(pattern = r"^[a-z][a-z0-9_.-]*(:[a-z0-9_.-]+)*$")
         )
     )]
-    #[x_kube(merge_strategy = ListMerge::Set)]
+    #[x_kube(
+        merge_strategy = ListMerge::Set,
+        validation = Rule::new(known_queues_rule()).message(known_queues_message().as_str())
+    )]
     pub queues: Vec<String>,
     /// Replica bounds; the pool's HPA moves between them on queue depth.
-    #[serde(default = "default_worker_replicas")]
+    #[serde(default = "defaults::worker_replicas")]
     pub replicas: ReplicaRange,
     /// Messages waiting per worker replica the HPA aims for (External metric
     /// `scaledapp_queue_depth`, averageValue).
-    #[serde(default = "default_queue_depth")]
+    #[serde(default = "defaults::queue_depth")]
     #[schemars(range(min = 1, max = 1000000))]
     pub target_queue_depth_per_replica: i32,
     /// Messages each worker processes at once.
-    #[serde(default = "default_concurrency")]
+    #[serde(default = "defaults::concurrency")]
     #[schemars(range(min = 1, max = 256))]
     pub concurrency: i32,
     /// CPU and memory of each worker container.
-    #[serde(default = "default_worker_resources")]
+    #[serde(default = "defaults::worker_resources")]
     pub resources: ResourceSpec,
 }
 
@@ -580,27 +476,17 @@ pub struct WorkerPoolSpec {
 #[serde(rename_all = "camelCase")]
 pub struct RateLimitSpec {
     /// Requests allowed per client and window.
-    #[serde(default = "default_rate_limit")]
+    #[serde(default = "defaults::rate_limit")]
     #[schemars(range(min = 1, max = 1000000))]
     pub requests: i32,
     /// Window length in seconds (sliding).
-    #[serde(default = "default_rate_window")]
+    #[serde(default = "defaults::rate_window")]
     #[schemars(range(min = 1, max = 86400))]
     pub window_seconds: i32,
     /// What to do when Redis is unreachable: `FailOpen` lets requests through, `FailClosed`
     /// answers 503.
     #[serde(default)]
     pub failure_mode: RateLimitFailureMode,
-}
-
-impl Default for RateLimitSpec {
-    fn default() -> Self {
-        RateLimitSpec {
-            requests: default_rate_limit(),
-            window_seconds: default_rate_window(),
-            failure_mode: RateLimitFailureMode::default(),
-        }
-    }
 }
 
 /// Rate limiter behaviour without Redis.
@@ -619,17 +505,9 @@ pub enum RateLimitFailureMode {
 pub struct CdnSpec {
     /// `Cache-Control: public, max-age` of public GET responses, in seconds. Per-user responses
     /// are always `private, no-store`.
-    #[serde(default = "default_cdn_max_age")]
+    #[serde(default = "defaults::cdn_max_age")]
     #[schemars(range(min = 0, max = 31536000))]
     pub max_age_seconds: i32,
-}
-
-impl Default for CdnSpec {
-    fn default() -> Self {
-        CdnSpec {
-            max_age_seconds: default_cdn_max_age(),
-        }
-    }
 }
 
 /// Server-side sessions.
@@ -637,307 +515,28 @@ impl Default for CdnSpec {
 #[serde(rename_all = "camelCase")]
 pub struct SessionSpec {
     /// Session lifetime in seconds, renewed on use.
-    #[serde(default = "default_session_ttl")]
+    #[serde(default = "defaults::session_ttl")]
     #[schemars(range(min = 60, max = 2592000))]
     pub ttl_seconds: i32,
     /// Mark the session cookie `Secure` (send over HTTPS only). Turn off only for plain-HTTP
     /// development.
-    #[serde(default = "default_true")]
+    #[serde(default = "defaults::enabled")]
     pub cookie_secure: bool,
 }
 
-impl Default for SessionSpec {
-    fn default() -> Self {
-        SessionSpec {
-            ttl_seconds: default_session_ttl(),
-            cookie_secure: true,
-        }
-    }
+/// CEL: every queue of a pool is one the app has a handler for. A pool draining any other stream
+/// would move each of its messages straight to the dead-letter stream.
+fn known_queues_rule() -> String {
+    let known: Vec<String> = scaled_contract::KNOWN_QUEUES
+        .iter()
+        .map(|queue| format!("'{queue}'"))
+        .collect();
+    format!("self.all(queue, queue in [{}])", known.join(", "))
 }
 
-/// Observed state, written only by the operator.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct ScaledAppStatus {
-    /// The `metadata.generation` this status describes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub observed_generation: Option<i64>,
-    /// `Ready`, `Progressing`, `Degraded` and `Paused`, each with a reason and a message naming
-    /// what blocks readiness.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
-    pub conditions: Vec<Condition>,
-    /// The app Deployment.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub app: Option<WorkloadStatus>,
-    /// Redis (absent when an external Redis is used).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub redis: Option<WorkloadStatus>,
-    /// One entry per shard.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub shards: Vec<ShardStatus>,
-    /// `ready/total` shards, for `kubectl get`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub shards_summary: Option<String>,
-    /// One entry per worker pool.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub workers: Vec<WorkerPoolStatus>,
-    /// `ready/total` worker pools, for `kubectl get`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub workers_summary: Option<String>,
-    /// Endpoints the app is configured with.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub endpoints: Option<Endpoints>,
-}
-
-/// Readiness of one Deployment or StatefulSet.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub struct WorkloadStatus {
-    /// Name of the Deployment or StatefulSet.
-    pub name: String,
-    /// Replicas wanted.
-    pub desired: i32,
-    /// Replicas ready.
-    pub ready: i32,
-    /// `ready/desired`.
-    pub summary: String,
-}
-
-/// One shard.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub struct ShardStatus {
-    /// Shard number.
-    pub index: i32,
-    /// Slots the shard owns.
-    pub slots: i32,
-    /// The primary StatefulSet.
-    pub primary: WorkloadStatus,
-    /// The replica StatefulSet (absent with `replicasPerShard: 0`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub replicas: Option<WorkloadStatus>,
-    /// Slot ranges owned, for example `0-511`.
-    pub slot_ranges: String,
-}
-
-/// One worker pool.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub struct WorkerPoolStatus {
-    /// Pool name.
-    pub pool: String,
-    /// Queues drained.
-    pub queues: Vec<String>,
-    /// The pool's Deployment.
-    pub workload: WorkloadStatus,
-}
-
-/// Where things are.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub struct Endpoints {
-    /// The app Service, `host:port`.
-    pub app: String,
-    /// Redis, `redis://host:port`.
-    pub redis: String,
-    /// Each shard's primary, `host:port`.
-    pub primaries: Vec<String>,
-    /// The ConfigMap holding the app's runtime configuration (shard map and settings).
-    pub config_map: String,
-}
-
-fn default_true() -> bool {
-    true
-}
-fn default_app_image() -> String {
+fn known_queues_message() -> String {
     format!(
-        "ghcr.io/scaled-dev/scaled-app:{}",
-        env!("CARGO_PKG_VERSION")
+        "workers[].queues may only name queues the app handles: {}; remove or rename the others",
+        scaled_contract::KNOWN_QUEUES.join(", ")
     )
-}
-fn default_app_port() -> u16 {
-    8080
-}
-fn default_metrics_port() -> u16 {
-    9090
-}
-fn default_app_replicas() -> ReplicaRange {
-    ReplicaRange { min: 3, max: 50 }
-}
-fn default_app_resources() -> ResourceSpec {
-    ResourceSpec {
-        requests: ResourceAmounts {
-            cpu: "250m".into(),
-            memory: "256Mi".into(),
-        },
-        limits: Some(ResourceAmounts {
-            cpu: "1".into(),
-            memory: "512Mi".into(),
-        }),
-    }
-}
-fn default_cpu_target() -> i32 {
-    70
-}
-fn default_rps_target() -> i32 {
-    1000
-}
-fn default_scale_up() -> ScalingRules {
-    ScalingRules {
-        stabilization_window_seconds: 0,
-        max_percent_per_minute: 100,
-        max_pods_per_minute: 4,
-    }
-}
-fn default_scale_down() -> ScalingRules {
-    ScalingRules {
-        stabilization_window_seconds: 300,
-        max_percent_per_minute: 10,
-        max_pods_per_minute: 1,
-    }
-}
-fn default_cache_ttl() -> i32 {
-    3600
-}
-fn default_l1_entries() -> i64 {
-    10_000
-}
-fn default_l1_ttl() -> i32 {
-    30
-}
-fn default_redis_image() -> String {
-    "redis:7.4-alpine".into()
-}
-fn default_redis_memory() -> i32 {
-    256
-}
-fn default_redis_storage() -> String {
-    "1Gi".into()
-}
-fn default_postgres_image() -> String {
-    "postgres:17-alpine".into()
-}
-fn default_shards() -> i32 {
-    1
-}
-fn default_replicas_per_shard() -> i32 {
-    2
-}
-fn default_slots() -> i32 {
-    1024
-}
-fn default_postgres_storage() -> String {
-    "10Gi".into()
-}
-fn default_postgres_resources() -> ResourceSpec {
-    ResourceSpec {
-        requests: ResourceAmounts {
-            cpu: "500m".into(),
-            memory: "1Gi".into(),
-        },
-        limits: Some(ResourceAmounts {
-            cpu: "2".into(),
-            memory: "2Gi".into(),
-        }),
-    }
-}
-fn default_pool_size() -> i32 {
-    20
-}
-fn default_pool_overflow() -> i32 {
-    40
-}
-fn default_acquire_timeout() -> i32 {
-    2000
-}
-fn default_workers() -> Vec<WorkerPoolSpec> {
-    vec![WorkerPoolSpec {
-        name: "default".into(),
-        queues: vec!["email:send".into(), "analytics:track".into()],
-        replicas: default_worker_replicas(),
-        target_queue_depth_per_replica: default_queue_depth(),
-        concurrency: default_concurrency(),
-        resources: default_worker_resources(),
-    }]
-}
-fn default_worker_replicas() -> ReplicaRange {
-    ReplicaRange { min: 1, max: 10 }
-}
-fn default_queue_depth() -> i32 {
-    100
-}
-fn default_concurrency() -> i32 {
-    4
-}
-fn default_worker_resources() -> ResourceSpec {
-    ResourceSpec {
-        requests: ResourceAmounts {
-            cpu: "100m".into(),
-            memory: "128Mi".into(),
-        },
-        limits: Some(ResourceAmounts {
-            cpu: "500m".into(),
-            memory: "256Mi".into(),
-        }),
-    }
-}
-fn default_rate_limit() -> i32 {
-    100
-}
-fn default_rate_window() -> i32 {
-    60
-}
-fn default_cdn_max_age() -> i32 {
-    3600
-}
-fn default_session_ttl() -> i32 {
-    3600
-}
-
-/// The CustomResourceDefinition as installed: `ScaledApp::crd()` with doc-comment line breaks
-/// inside paragraphs joined, so `kubectl explain` wraps the text itself.
-pub fn custom_resource_definition()
--> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
-    use kube::CustomResourceExt;
-    fn join_lines(value: &mut serde_json::Value) {
-        match value {
-            serde_json::Value::Object(map) => {
-                for (key, child) in map.iter_mut() {
-                    match child {
-                        serde_json::Value::String(text) if key == "description" => {
-                            *text = text
-                                .split("\n\n")
-                                .map(|paragraph| {
-                                    paragraph
-                                        .split('\n')
-                                        .map(str::trim)
-                                        .collect::<Vec<_>>()
-                                        .join(" ")
-                                })
-                                .collect::<Vec<_>>()
-                                .join("\n\n");
-                        }
-                        _ => join_lines(child),
-                    }
-                }
-            }
-            serde_json::Value::Array(items) => items.iter_mut().for_each(join_lines),
-            _ => {}
-        }
-    }
-    let mut value = serde_json::to_value(ScaledApp::crd()).expect("the CRD serialises");
-    join_lines(&mut value);
-    serde_json::from_value(value).expect("joining lines keeps the CRD valid")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn descriptions_have_no_line_breaks_inside_paragraphs() {
-        let yaml = serde_json::to_string(&custom_resource_definition()).expect("json");
-        assert!(yaml.contains("Number of shards. Each shard is a primary with its own replicas and owns a share of the slots."));
-    }
 }

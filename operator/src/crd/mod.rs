@@ -1,0 +1,63 @@
+//! The `ScaledApp` API (`scaled.dev/v1alpha1`): spec, status, printer columns and the schema/CEL
+//! rules that make the API server refuse an invalid ScaledApp with a message saying what to fix.
+//!
+//! Every field's doc comment becomes `kubectl explain` text, and every default here is written
+//! into the schema, so what a user reads back with `kubectl get -o yaml` is what the operator uses.
+
+mod defaults;
+mod spec;
+mod status;
+
+pub use spec::*;
+pub use status::*;
+
+/// Longest ScaledApp name: the longest child, `<name>-shard-63-replica`, must stay within the
+/// 52 characters a StatefulSet name may have (its pods get a 63-character revision label).
+pub const MAX_NAME_LENGTH: usize = 30;
+
+/// The CustomResourceDefinition as installed: `ScaledApp::crd()` with doc-comment line breaks
+/// inside paragraphs joined, so `kubectl explain` wraps the text itself.
+pub fn custom_resource_definition()
+-> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
+    use kube::CustomResourceExt;
+    fn join_lines(value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (key, child) in map.iter_mut() {
+                    match child {
+                        serde_json::Value::String(text) if key == "description" => {
+                            *text = text
+                                .split("\n\n")
+                                .map(|paragraph| {
+                                    paragraph
+                                        .split('\n')
+                                        .map(str::trim)
+                                        .collect::<Vec<_>>()
+                                        .join(" ")
+                                })
+                                .collect::<Vec<_>>()
+                                .join("\n\n");
+                        }
+                        _ => join_lines(child),
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(join_lines),
+            _ => {}
+        }
+    }
+    let mut value = serde_json::to_value(spec::ScaledApp::crd()).expect("the CRD serialises");
+    join_lines(&mut value);
+    serde_json::from_value(value).expect("joining lines keeps the CRD valid")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn descriptions_have_no_line_breaks_inside_paragraphs() {
+        let yaml = serde_json::to_string(&custom_resource_definition()).expect("json");
+        assert!(yaml.contains("Number of shards. Each shard is a primary with its own replicas and owns a share of the slots."));
+    }
+}

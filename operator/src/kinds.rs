@@ -1,0 +1,111 @@
+//! The one table of child kinds. Everything that must know every kind the operator creates is
+//! generated from [`child_kinds!`]: the [`Child`] trait (without which a rendered object cannot be
+//! applied), the [`Inventory`] that apply lists and prunes, and the controller's watches. A new
+//! kind is added in the table; a rendered object of a kind missing from it does not compile.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+
+use futures::Stream;
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::core::PartialObjectMeta;
+use kube::runtime::controller::Controller;
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::apply::{Applier, ApplyError};
+use crate::crd::ScaledApp;
+use crate::render::{MANAGED_BY_LABEL, MANAGER};
+
+/// A kind of object a ScaledApp owns.
+pub trait Child:
+    Resource<DynamicType = (), Scope = NamespaceResourceScope>
+    + k8s_openapi::Resource
+    + Clone
+    + Debug
+    + PartialEq
+    + Serialize
+    + DeserializeOwned
+    + Send
+    + Sync
+    + 'static
+{
+    /// This kind's shelf in an inventory.
+    fn shelf(inventory: &mut Inventory) -> &mut BTreeMap<String, Self>;
+}
+
+/// Changes to children of kind `K`: only ours (by label), and only their metadata, since owner
+/// references are all a trigger needs; watch traffic and memory stay independent of the rest of
+/// the cluster and of pod specs.
+fn child_events<K: Child>(
+    client: &Client,
+) -> impl Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static {
+    let config = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGER}"));
+    watcher(Api::<PartialObjectMeta<K>>::all(client.clone()), config).touched_objects()
+}
+
+macro_rules! child_kinds {
+    ($($shelf:ident: $kind:ty,)+) => {
+        /// The live children of one ScaledApp, one shelf per kind, keyed by name. Apply takes
+        /// each rendered object off its shelf; whatever is left was not rendered and is pruned.
+        #[derive(Debug, Default)]
+        pub struct Inventory {
+            $(
+                #[doc = concat!("`", stringify!($kind), "` children by name.")]
+                pub $shelf: BTreeMap<String, $kind>,
+            )+
+        }
+
+        $(
+            impl Child for $kind {
+                fn shelf(inventory: &mut Inventory) -> &mut BTreeMap<String, Self> {
+                    &mut inventory.$shelf
+                }
+            }
+        )+
+
+        impl Inventory {
+            /// Lists every kind of child of the applier's ScaledApp (one LIST per kind).
+            pub async fn list(applier: &Applier<'_>) -> Result<Self, ApplyError> {
+                Ok(Inventory {
+                    $($shelf: applier.list::<$kind>().await?,)+
+                })
+            }
+
+            /// Deletes what is still on the shelves, in table order (dependents first), and
+            /// returns `Kind/name` of each object deleted.
+            pub async fn prune(self, applier: &Applier<'_>) -> Result<Vec<String>, ApplyError> {
+                let mut pruned = Vec::new();
+                $(pruned.extend(applier.prune::<$kind>(self.$shelf).await?);)+
+                Ok(pruned)
+            }
+        }
+
+        /// The controller, woken by a change to any child of any kind.
+        pub fn watch_every_kind(
+            controller: Controller<ScaledApp>,
+            client: &Client,
+        ) -> Controller<ScaledApp> {
+            controller $(.owns_stream(child_events::<$kind>(client)))+
+        }
+    };
+}
+
+// Prune order: what depends on another kind comes first (an HPA before its Deployment, a
+// Deployment before the Services and ConfigMaps its pods use).
+child_kinds! {
+    autoscalers: HorizontalPodAutoscaler,
+    disruption_budgets: PodDisruptionBudget,
+    deployments: Deployment,
+    stateful_sets: StatefulSet,
+    services: Service,
+    network_policies: NetworkPolicy,
+    config_maps: ConfigMap,
+}

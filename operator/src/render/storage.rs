@@ -1,0 +1,139 @@
+//! What the data-bearing components (Redis, Postgres) share: volume claims, their retention
+//! under the data policy, headless Services, and the StatefulSet around a pod spec.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{
+    StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
+};
+use k8s_openapi::api::core::v1::{
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, Service,
+    ServicePort, ServiceSpec, VolumeResourceRequirements,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use super::{ROLE_LABEL, object_meta};
+use crate::crd::DataPolicy;
+use crate::validate::ValidatedApp;
+
+/// A volume claim template.
+pub fn claim(name: &str, size: &str, storage_class_name: Option<String>) -> PersistentVolumeClaim {
+    PersistentVolumeClaim {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".into()]),
+            storage_class_name,
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([(
+                    "storage".to_string(),
+                    Quantity(size.into()),
+                )])),
+                limits: None,
+            }),
+            ..PersistentVolumeClaimSpec::default()
+        }),
+        status: None,
+    }
+}
+
+/// PVCs follow the data policy when the StatefulSet is deleted; scaling down never deletes data.
+pub fn retention(policy: DataPolicy) -> StatefulSetPersistentVolumeClaimRetentionPolicy {
+    StatefulSetPersistentVolumeClaimRetentionPolicy {
+        when_deleted: Some(
+            match policy {
+                DataPolicy::Retain => "Retain",
+                DataPolicy::Delete => "Delete",
+            }
+            .into(),
+        ),
+        when_scaled: Some("Retain".into()),
+    }
+}
+
+/// A headless Service (stable per-pod DNS names for StatefulSets). Only ready pods are
+/// published, so a client never resolves a pod that does not answer yet.
+pub fn headless_service(
+    app: &ValidatedApp,
+    name: String,
+    component: &str,
+    selector: BTreeMap<String, String>,
+    port: i32,
+) -> Service {
+    let mut meta = object_meta(app, name, component);
+    if let (Some(labels), Some(role)) = (meta.labels.as_mut(), selector.get(ROLE_LABEL)) {
+        labels.insert(ROLE_LABEL.into(), role.clone());
+    }
+    Service {
+        metadata: meta,
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".into()),
+            selector: Some(selector),
+            publish_not_ready_addresses: Some(false),
+            ports: Some(vec![ServicePort {
+                name: Some(component.into()),
+                port,
+                target_port: Some(IntOrString::Int(port)),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        status: None,
+    }
+}
+
+/// The parts in which one data-bearing StatefulSet differs from another.
+pub struct StatefulSetParts {
+    /// Metadata (name, labels, owner); the name is also the governing Service's.
+    pub meta: ObjectMeta,
+    /// Labels of the pods, which the StatefulSet selects on.
+    pub selector: BTreeMap<String, String>,
+    /// Pod count.
+    pub replicas: i32,
+    /// `Parallel` when pods do not depend on their predecessors; `None` keeps the default
+    /// (ordered). Immutable once created.
+    pub pod_management_policy: Option<&'static str>,
+    /// The pod.
+    pub pod: PodSpec,
+    /// Volume claim templates, if the pods keep data.
+    pub claims: Option<Vec<PersistentVolumeClaim>>,
+}
+
+/// A StatefulSet whose volumes follow the ScaledApp's data policy.
+pub fn stateful_set(app: &ValidatedApp, parts: StatefulSetParts) -> StatefulSet {
+    let StatefulSetParts {
+        meta,
+        selector,
+        replicas,
+        pod_management_policy,
+        pod,
+        claims,
+    } = parts;
+    StatefulSet {
+        spec: Some(StatefulSetSpec {
+            replicas: Some(replicas),
+            service_name: meta.name.clone(),
+            pod_management_policy: pod_management_policy.map(String::from),
+            selector: LabelSelector {
+                match_labels: Some(selector.clone()),
+                match_expressions: None,
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(selector),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(pod),
+            },
+            volume_claim_templates: claims,
+            persistent_volume_claim_retention_policy: Some(retention(app.spec.data_policy)),
+            ..StatefulSetSpec::default()
+        }),
+        metadata: meta,
+        status: None,
+    }
+}
