@@ -185,15 +185,9 @@ async fn children_have_the_right_names_owners_labels_and_numbers() {
         .items;
     assert_eq!(
         names(&statefulsets),
-        [
-            "shop-redis",
-            "shop-shard-0-primary",
-            "shop-shard-0-replica",
-            "shop-shard-1-primary",
-            "shop-shard-1-replica"
-        ]
-        .map(String::from)
-        .into()
+        ["shop-redis", "shop-shard-0", "shop-shard-1"]
+            .map(String::from)
+            .into()
     );
     for object in deployments
         .iter()
@@ -281,13 +275,31 @@ async fn children_have_the_right_names_owners_labels_and_numbers() {
     assert_eq!(status.app.as_ref().map(|a| a.summary.as_str()), Some("3/3"));
     assert_eq!(status.shards.len(), 2);
     assert_eq!(status.shards[0].slot_ranges, "0-511");
-    assert_eq!(
-        status.shards[1]
-            .replicas
-            .as_ref()
-            .map(|r| r.summary.as_str()),
-        Some("2/2")
-    );
+    assert_eq!(status.shards[1].stateful_set.summary, "3/3");
+    // The operator chose each shard's first primary and labelled the pods to match, so the
+    // -primary Service selects exactly that pod.
+    for shard in &status.shards {
+        let primary = format!("shop-shard-{}-0", shard.index);
+        assert_eq!(shard.primary_pod.as_deref(), Some(primary.as_str()));
+        let pod = namespace
+            .api::<Pod>()
+            .get(&primary)
+            .await
+            .expect("primary pod");
+        assert_eq!(
+            pod.labels().get("scaled.dev/role").map(String::as_str),
+            Some("primary")
+        );
+        let replica = namespace
+            .api::<Pod>()
+            .get(&format!("shop-shard-{}-1", shard.index))
+            .await
+            .expect("replica pod");
+        assert_eq!(
+            replica.labels().get("scaled.dev/role").map(String::as_str),
+            Some("replica")
+        );
+    }
     assert_eq!(status.workers.len(), 2);
     assert_eq!(
         status.redis.as_ref().map(|r| r.name.as_str()),

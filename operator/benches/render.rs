@@ -4,7 +4,7 @@
 use criterion::{Criterion, criterion_group, criterion_main};
 use scaledapp_operator::crd::{ScaledApp, WorkerPoolSpec};
 use scaledapp_operator::render::render;
-use scaledapp_operator::validate::validate;
+use scaledapp_operator::validate::{Defaults, validate};
 use std::hint::black_box;
 
 fn large_app() -> ScaledApp {
@@ -29,13 +29,13 @@ fn bench(criterion: &mut Criterion) {
     let app = large_app();
     criterion.bench_function("validate+render 8 shards 4 pools", |bencher| {
         bencher.iter(|| {
-            let validated = validate(black_box(&app)).expect("valid");
+            let validated = validate(black_box(&app), &Defaults::default()).expect("valid");
             black_box(render(&validated))
         })
     });
     criterion.bench_function("validate+render+serialise 8 shards 4 pools", |bencher| {
         bencher.iter(|| {
-            let validated = validate(black_box(&app)).expect("valid");
+            let validated = validate(black_box(&app), &Defaults::default()).expect("valid");
             black_box(render(&validated).manifests())
         })
     });

@@ -68,6 +68,9 @@ pub enum ApplyError {
         #[source]
         source: kube::Error,
     },
+    /// Reading the Postgres instances or labelling their pods failed.
+    #[error(transparent)]
+    Instances(crate::instances::InstanceError),
     /// Deleting a child that is no longer rendered failed.
     #[error("failed to prune {kind} {namespace}/{name}: {source}")]
     Prune {

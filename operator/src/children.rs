@@ -15,9 +15,10 @@ use std::future::{Future, ready};
 use futures::FutureExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::ResourceExt;
 
 use crate::kinds::Child;
@@ -98,10 +99,12 @@ pub struct Children<S: Stage> {
     pub secrets: Vec<SecretTemplate>,
     /// The app's runtime configuration (the contract document).
     pub config: S::Of<ConfigMap>,
-    /// Postgres bootstrap scripts.
-    pub postgres_scripts: S::Of<ConfigMap>,
+    /// Settings of the Postgres instance managers.
+    pub postgres_config: S::Of<ConfigMap>,
     /// Who may reach Postgres and Redis.
     pub network_policies: Vec<S::Of<NetworkPolicy>>,
+    /// The identity the Postgres instance managers read their ScaledApp with.
+    pub postgres_access: PostgresAccess<S>,
     /// One entry per shard.
     pub shards: Vec<ShardObjects<S>>,
     /// Redis, unless an external Redis is used.
@@ -134,18 +137,30 @@ pub struct RedisObjects<S: Stage> {
     pub service: S::Of<Service>,
 }
 
+/// The ServiceAccount of the Postgres pods and the one permission it has: reading its own
+/// ScaledApp, whose status names each shard's primary.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PostgresAccess<S: Stage> {
+    /// The Postgres pods' identity.
+    pub service_account: S::Of<ServiceAccount>,
+    /// `get`/`watch` on this one ScaledApp.
+    pub role: S::Of<Role>,
+    /// Grants the role to the account.
+    pub role_binding: S::Of<RoleBinding>,
+}
+
 /// One Postgres shard.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ShardObjects<S: Stage> {
     /// Shard number.
     pub index: u32,
-    /// The primary (one pod).
-    pub primary: S::Of<StatefulSet>,
-    /// Headless Service of the primary.
+    /// The shard's pods: the primary and its replicas, whichever the operator chose.
+    pub statefulset: S::Of<StatefulSet>,
+    /// Headless Service naming every pod, so instances find the primary by pod name.
+    pub peers: S::Of<Service>,
+    /// The pod labelled primary (read-write).
     pub primary_service: S::Of<Service>,
-    /// Streaming replicas, unless `replicasPerShard` is 0.
-    pub replicas: Option<S::Of<StatefulSet>>,
-    /// Read-only headless Service of the replicas.
+    /// The pods labelled replica (read-only), unless `replicasPerShard` is 0.
     pub replica_service: Option<S::Of<Service>>,
 }
 
@@ -182,43 +197,51 @@ impl<S: Stage> Children<S> {
         let Children {
             secrets,
             config,
-            postgres_scripts,
+            postgres_config,
             network_policies,
+            postgres_access,
             shards,
             redis,
             app,
             workers,
         } = self;
         let config = step.child::<ConfigMap>(config).await?;
-        let postgres_scripts = step.child::<ConfigMap>(postgres_scripts).await?;
+        let postgres_config = step.child::<ConfigMap>(postgres_config).await?;
         let mut policies = Vec::with_capacity(network_policies.len());
         for policy in network_policies {
             policies.push(step.child::<NetworkPolicy>(policy).await?);
         }
+        let PostgresAccess {
+            service_account,
+            role,
+            role_binding,
+        } = postgres_access;
+        let postgres_access = PostgresAccess {
+            service_account: step.child::<ServiceAccount>(service_account).await?,
+            role: step.child::<Role>(role).await?,
+            role_binding: step.child::<RoleBinding>(role_binding).await?,
+        };
         let mut mapped_shards = Vec::with_capacity(shards.len());
         for ShardObjects {
             index,
-            primary,
+            statefulset,
+            peers,
             primary_service,
-            replicas,
             replica_service,
         } in shards
         {
+            // Services first, so the pods' names resolve as soon as they start.
+            let peers = step.child::<Service>(peers).await?;
             let primary_service = step.child::<Service>(primary_service).await?;
-            let primary = step.child::<StatefulSet>(primary).await?;
             let replica_service = match replica_service {
                 Some(service) => Some(step.child::<Service>(service).await?),
                 None => None,
             };
-            let replicas = match replicas {
-                Some(replicas) => Some(step.child::<StatefulSet>(replicas).await?),
-                None => None,
-            };
             mapped_shards.push(ShardObjects {
                 index: *index,
-                primary,
+                statefulset: step.child::<StatefulSet>(statefulset).await?,
+                peers,
                 primary_service,
-                replicas,
                 replica_service,
             });
         }
@@ -267,8 +290,9 @@ impl<S: Stage> Children<S> {
         Ok(Children {
             secrets: secrets.clone(),
             config,
-            postgres_scripts,
+            postgres_config,
             network_policies: policies,
+            postgres_access,
             shards: mapped_shards,
             redis,
             app,

@@ -1,5 +1,5 @@
-//! What every reconcile shares: the client, the event recorder, metrics, the memory of last
-//! applies, and per-object retry backoff.
+//! What every reconcile shares: the clients, the event recorder, metrics, the operator's
+//! defaults, the memory of last applies, and per-object retry backoff.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -11,6 +11,7 @@ use kube::runtime::events::{Recorder, Reporter};
 use crate::apply::AppliedCache;
 use crate::metrics::Metrics;
 use crate::render::MANAGER;
+use crate::validate::Defaults;
 
 /// Shared reconcile state.
 pub struct Context {
@@ -24,11 +25,20 @@ pub struct Context {
     pub applied: AppliedCache,
     /// Retry delays of failing ScaledApps.
     pub backoff: Backoff,
+    /// What the operator fills in that a ScaledApp does not say (images).
+    pub defaults: Defaults,
+    /// Reads the Postgres instance managers' `/status`.
+    pub http: reqwest::Client,
 }
 
 impl Context {
     /// A context for `client`, reporting Events as `instance`.
-    pub fn new(client: Client, metrics: Metrics, instance: Option<String>) -> Self {
+    pub fn new(
+        client: Client,
+        metrics: Metrics,
+        instance: Option<String>,
+        defaults: Defaults,
+    ) -> Self {
         let reporter = Reporter {
             controller: MANAGER.into(),
             instance,
@@ -39,6 +49,13 @@ impl Context {
             metrics,
             applied: AppliedCache::default(),
             backoff: Backoff::default(),
+            defaults,
+            http: reqwest::Client::builder()
+                .connect_timeout(std::time::Duration::from_secs(1))
+                // Pod IPs only: a proxy from the environment must never see them.
+                .no_proxy()
+                .build()
+                .expect("a plain HTTP client always builds"),
         }
     }
 }

@@ -10,9 +10,10 @@ use futures::Stream;
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Controller;
 use kube::runtime::{WatchStreamExt, watcher};
@@ -99,7 +100,8 @@ macro_rules! child_kinds {
 }
 
 // Prune order: what depends on another kind comes first (an HPA before its Deployment, a
-// Deployment before the Services and ConfigMaps its pods use).
+// workload before the Services, ServiceAccounts and ConfigMaps its pods use, a RoleBinding
+// before its Role and subject).
 child_kinds! {
     autoscalers: HorizontalPodAutoscaler,
     disruption_budgets: PodDisruptionBudget,
@@ -107,5 +109,8 @@ child_kinds! {
     stateful_sets: StatefulSet,
     services: Service,
     network_policies: NetworkPolicy,
+    role_bindings: RoleBinding,
+    roles: Role,
+    service_accounts: ServiceAccount,
     config_maps: ConfigMap,
 }

@@ -13,6 +13,7 @@ pub mod children;
 pub mod context;
 pub mod controller;
 pub mod crd;
+pub mod instances;
 pub mod kinds;
 pub mod metrics;
 pub mod reconcile;

@@ -11,7 +11,7 @@ use scaledapp_operator::crd::ScaledApp;
 use scaledapp_operator::render::render;
 use scaledapp_operator::run::{RunSettings, run};
 use scaledapp_operator::status_view;
-use scaledapp_operator::validate::validate;
+use scaledapp_operator::validate::{Defaults, validate};
 
 #[derive(Parser)]
 #[command(
@@ -45,6 +45,8 @@ enum Command {
         /// Log format.
         #[arg(long, env = "LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
         log_format: String,
+        #[command(flatten)]
+        defaults: DefaultsArgs,
     },
     /// Print the CustomResourceDefinition as YAML (what crds/ holds).
     Crd,
@@ -72,7 +74,26 @@ enum Command {
         /// Namespace to render into when the manifest has none.
         #[arg(short = 'n', long, default_value = "default")]
         namespace: String,
+        #[command(flatten)]
+        defaults: DefaultsArgs,
     },
+}
+
+/// What the operator fills in that a ScaledApp does not say.
+#[derive(clap::Args)]
+struct DefaultsArgs {
+    /// Image holding `scaled-instance`, copied into every Postgres pod: this operator's own
+    /// image (the chart sets it).
+    #[arg(long, env = "SCALEDAPP_INSTANCE_IMAGE", default_value_t = Defaults::default().instance_image)]
+    instance_image: String,
+}
+
+impl DefaultsArgs {
+    fn into_defaults(self) -> Defaults {
+        Defaults {
+            instance_image: self.instance_image,
+        }
+    }
 }
 
 fn init_tracing(format: &str) {
@@ -88,7 +109,7 @@ fn init_tracing(format: &str) {
     }
 }
 
-fn render_file(file: &PathBuf, namespace: &str) -> Result<String, String> {
+fn render_file(file: &PathBuf, namespace: &str, defaults: &Defaults) -> Result<String, String> {
     let text = std::fs::read_to_string(file)
         .map_err(|e| format!("failed to read {}: {e}", file.display()))?;
     let mut app: ScaledApp = serde_yaml::from_str(&text)
@@ -100,8 +121,8 @@ fn render_file(file: &PathBuf, namespace: &str) -> Result<String, String> {
     app.metadata
         .uid
         .get_or_insert_with(|| "00000000-0000-0000-0000-000000000000".into());
-    let validated =
-        validate(&app).map_err(|e| format!("{} cannot be realised: {e}", file.display()))?;
+    let validated = validate(&app, defaults)
+        .map_err(|e| format!("{} cannot be realised: {e}", file.display()))?;
     let mut out = String::new();
     for manifest in render(&validated).manifests() {
         out.push_str("---\n");
@@ -171,7 +192,11 @@ async fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Render { file, namespace } => match render_file(&file, &namespace) {
+        Command::Render {
+            file,
+            namespace,
+            defaults,
+        } => match render_file(&file, &namespace, &defaults.into_defaults()) {
             Ok(yaml) => {
                 print!("{yaml}");
                 ExitCode::SUCCESS
@@ -188,6 +213,7 @@ async fn main() -> ExitCode {
             lease_name,
             identity,
             log_format,
+            defaults,
         } => {
             init_tracing(&log_format);
             let identity = identity.unwrap_or_else(|| {
@@ -205,6 +231,7 @@ async fn main() -> ExitCode {
                 lease_namespace,
                 lease_name,
                 identity,
+                defaults: defaults.into_defaults(),
             };
             match run(settings).await {
                 Ok(()) => ExitCode::SUCCESS,

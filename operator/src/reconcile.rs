@@ -14,9 +14,10 @@ use kube::runtime::events::{Event, EventType};
 use kube::{Api, Resource, ResourceExt};
 use tracing::{info, instrument, warn};
 
-use crate::apply::{Applier, ApplyError};
+use crate::apply::{Applier, ApplyError, Changes};
 use crate::context::Context;
 use crate::crd::{ScaledApp, ScaledAppStatus};
+use crate::instances;
 use crate::render::{MANAGER, render};
 use crate::status::{self, Observed, Outcome, READY};
 use crate::validate::validate;
@@ -57,6 +58,7 @@ impl ReconcileError {
             ReconcileError::Apply(ApplyError::Apply { .. }) => "apply",
             ReconcileError::Apply(ApplyError::Secret { .. }) => "secret",
             ReconcileError::Apply(ApplyError::Prune { .. }) => "prune",
+            ReconcileError::Apply(ApplyError::Instances(_)) => "instances",
             ReconcileError::PatchStatus { .. } => "status",
             ReconcileError::NoNamespace(_) => "metadata",
         }
@@ -124,7 +126,7 @@ async fn run(app: &ScaledApp, context: &Context) -> Result<Action, ReconcileErro
 
 /// Validate, render, and apply (or only observe, while paused).
 async fn reconcile_children(app: &ScaledApp, context: &Context, namespace: &str) -> Outcome {
-    let validated = match validate(app) {
+    let validated = match validate(app, &context.defaults) {
         Ok(validated) => validated,
         Err(invalid) => return Outcome::Invalid(invalid),
     };
@@ -140,20 +142,32 @@ async fn reconcile_children(app: &ScaledApp, context: &Context, namespace: &str)
         applier
             .observe(&rendered)
             .await
-            .map(|live| (Observed::Live(Box::new(live)), Default::default()))
+            .map(|live| (Observed::Live(Box::new(live)), Changes::default()))
     } else {
         applier
             .apply(&rendered)
             .await
             .map(|(applied, changes)| (Observed::Applied(Box::new(applied)), changes))
     };
-    match result {
-        Ok((children, changes)) => Outcome::Applied {
-            app: Box::new(validated),
-            children,
-            changes,
-        },
-        Err(error) => Outcome::ApplyFailed(error),
+    let (children, mut changes) = match result {
+        Ok(result) => result,
+        Err(error) => return Outcome::ApplyFailed(error),
+    };
+    // Then the Postgres instances: which pod of each shard is primary, and role labels to match.
+    let observed = match instances::observe(&context.client, &context.http, &validated).await {
+        Ok(observed) => observed,
+        Err(error) => return Outcome::ApplyFailed(ApplyError::Instances(error)),
+    };
+    let shards = instances::decide(&validated, app.status.as_ref(), &observed, app.spec.paused);
+    match instances::label(&context.client, namespace, &context.metrics, &shards).await {
+        Ok(labelled) => changes.updated.extend(labelled),
+        Err(error) => return Outcome::ApplyFailed(ApplyError::Instances(error)),
+    }
+    Outcome::Applied {
+        app: Box::new(validated),
+        children,
+        changes,
+        shards,
     }
 }
 
@@ -269,6 +283,7 @@ mod tests {
     use crate::fake_api::FakeApi;
     use crate::metrics::Metrics;
     use crate::test_support::example;
+    use crate::validate::Defaults;
 
     const APPS: &str = "/apis/scaled.dev/v1alpha1/namespaces/default/scaledapps";
 
@@ -280,6 +295,7 @@ mod tests {
             fake.client(),
             Metrics::new(),
             Some("test".into()),
+            Defaults::default(),
         ));
         (fake, context)
     }
@@ -366,6 +382,7 @@ mod tests {
             fake.client(),
             Metrics::new(),
             Some("test".into()),
+            Defaults::default(),
         ));
         reconcile(stored(&fake), restarted)
             .await
@@ -410,5 +427,47 @@ mod tests {
                 .iter()
                 .any(|c| c.type_ == "Paused" && c.status == "True")
         );
+    }
+
+    #[tokio::test]
+    async fn the_first_pod_of_each_shard_is_recorded_as_primary_and_pods_are_labelled_once() {
+        let (fake, context) = setup();
+        const PODS: &str = "/api/v1/namespaces/default/pods";
+        for ordinal in 0..3 {
+            let name = format!("shop-shard-0-{ordinal}");
+            fake.insert(
+                PODS,
+                &name,
+                serde_json::json!({"apiVersion": "v1", "kind": "Pod", "metadata": {
+                    "name": name, "namespace": "default",
+                    "labels": {"app.kubernetes.io/instance": "shop", "app.kubernetes.io/component": "postgres", "scaled.dev/shard": "0"}}}),
+            );
+        }
+        reconcile(stored(&fake), context.clone())
+            .await
+            .expect("first reconcile");
+        let writes = fake.take_writes();
+        let labelled: Vec<_> = writes.iter().filter(|w| w.contains("/pods/")).collect();
+        assert_eq!(labelled.len(), 3, "{writes:#?}");
+        let role = |pod: &str| {
+            fake.get(PODS, pod).expect("pod")["metadata"]["labels"]["scaled.dev/role"].clone()
+        };
+        assert_eq!(role("shop-shard-0-0"), "primary");
+        assert_eq!(role("shop-shard-0-2"), "replica");
+        let status = stored(&fake).status.clone().expect("status");
+        assert_eq!(
+            status.shards[0].primary_pod.as_deref(),
+            Some("shop-shard-0-0")
+        );
+        assert_eq!(
+            status.shards[1].primary_pod.as_deref(),
+            Some("shop-shard-1-0"),
+            "chosen before its pods exist"
+        );
+
+        reconcile(stored(&fake), context.clone())
+            .await
+            .expect("second reconcile");
+        assert_eq!(fake.take_writes(), Vec::<String>::new());
     }
 }

@@ -18,6 +18,7 @@ use crate::context::Context;
 use crate::controller;
 use crate::metrics::Metrics;
 use crate::server::{self, ProbeState};
+use crate::validate::Defaults;
 
 /// Settings of `run`.
 #[derive(Clone, Debug)]
@@ -32,6 +33,8 @@ pub struct RunSettings {
     pub lease_name: String,
     /// This process's identity in the Lease and in Events.
     pub identity: String,
+    /// What the operator fills in that a ScaledApp does not say.
+    pub defaults: Defaults,
 }
 
 /// Why `run` stopped abnormally.
@@ -155,6 +158,7 @@ pub async fn run(settings: RunSettings) -> Result<(), RunError> {
         client.clone(),
         metrics,
         Some(settings.identity.clone()),
+        settings.defaults.clone(),
     ));
     let lease_error = |source| RunError::Lease {
         namespace: settings.lease_namespace.clone(),

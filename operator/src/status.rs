@@ -11,7 +11,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use crate::apply::{ApplyError, Changes};
 use crate::children::{Applied, Children, Live, Observation};
-use crate::crd::{Endpoints, ScaledAppStatus, ShardStatus, WorkerPoolStatus, WorkloadStatus};
+use crate::crd::{
+    Endpoints, InstanceSummary, ScaledAppStatus, ShardStatus, WorkerPoolStatus, WorkloadStatus,
+};
+use crate::instances::ShardDecision;
 use crate::render::{POSTGRES_PORT, REDIS_PORT};
 use crate::shards::describe_slots;
 use crate::validate::{InvalidSpec, ValidatedApp};
@@ -40,6 +43,8 @@ pub enum Outcome {
         children: Observed,
         /// What the apply changed (nothing while paused).
         changes: Changes,
+        /// Each shard's primary and instances.
+        shards: Vec<ShardDecision>,
     },
 }
 
@@ -129,8 +134,13 @@ fn address<S: Observation>(app: &ValidatedApp, service: &S::Of<Service>, port: i
     format!("{}.{}.svc:{port}", S::name(service), app.namespace)
 }
 
-/// Reads each component's readiness and address off the children.
-pub fn components<S: Observation>(app: &ValidatedApp, children: &Children<S>) -> Components {
+/// Reads each component's readiness and address off the children, and each shard's primary and
+/// instances off the pass's decisions.
+pub fn components<S: Observation>(
+    app: &ValidatedApp,
+    children: &Children<S>,
+    decisions: &[ShardDecision],
+) -> Components {
     let mut rolling = Vec::new();
     let app_status = deployment_status::<S>(
         &children.app.deployment,
@@ -144,19 +154,22 @@ pub fn components<S: Observation>(app: &ValidatedApp, children: &Children<S>) ->
     let shards = children
         .shards
         .iter()
-        .map(|shard| ShardStatus {
-            index: shard.index as i32,
-            slots: app
-                .shard_assignment
-                .iter()
-                .filter(|owner| **owner == shard.index)
-                .count() as i32,
-            primary: statefulset_status::<S>(&shard.primary, &mut rolling),
-            replicas: shard
-                .replicas
-                .as_ref()
-                .map(|replicas| statefulset_status::<S>(replicas, &mut rolling)),
-            slot_ranges: describe_slots(&app.shard_assignment, shard.index),
+        .map(|shard| {
+            let decision = decisions.iter().find(|d| d.index == shard.index);
+            ShardStatus {
+                index: shard.index as i32,
+                slots: app
+                    .shard_assignment
+                    .iter()
+                    .filter(|owner| **owner == shard.index)
+                    .count() as i32,
+                slot_ranges: describe_slots(&app.shard_assignment, shard.index),
+                stateful_set: statefulset_status::<S>(&shard.statefulset, &mut rolling),
+                primary_pod: decision.and_then(|d| d.primary_pod.clone()),
+                timeline: decision.and_then(|d| d.timeline).map(i64::from),
+                waiting: decision.and_then(|d| d.waiting.clone()),
+                instances: decision.map(|d| d.instances.clone()).unwrap_or_default(),
+            }
         })
         .collect();
     let workers = children
@@ -197,26 +210,64 @@ fn is_ready(workload: &WorkloadStatus) -> bool {
     workload.desired > 0 && workload.ready >= workload.desired
 }
 
+/// Instances that will not run until someone acts (another major version's data, a data
+/// directory this ScaledApp did not create).
+fn refused_instances(shard: &ShardStatus) -> impl Iterator<Item = &InstanceSummary> {
+    shard
+        .instances
+        .iter()
+        .filter(|instance| instance.role == REFUSED_ROLE)
+}
+
+fn shard_ready(shard: &ShardStatus) -> bool {
+    is_ready(&shard.stateful_set)
+        && shard.primary_pod.is_some()
+        && refused_instances(shard).next().is_none()
+}
+
+/// How a refusing instance's role reads in status.
+const REFUSED_ROLE: &str = "Refused";
+
 /// What keeps the ScaledApp from being ready, in a stable order.
 fn waiting_for(components: &Components) -> Vec<String> {
     let mut waiting = Vec::new();
-    let mut check = |label: String, workload: &WorkloadStatus| {
+    let check = |waiting: &mut Vec<String>, label: String, workload: &WorkloadStatus| {
         if !is_ready(workload) {
             waiting.push(format!("{label} {} {}", workload.name, workload.summary));
         }
     };
     for shard in &components.shards {
-        check(format!("shard {} primary", shard.index), &shard.primary);
-        if let Some(replicas) = &shard.replicas {
-            check(format!("shard {} replicas", shard.index), replicas);
+        if shard.primary_pod.is_none() {
+            waiting.push(format!(
+                "shard {} primary not chosen ({})",
+                shard.index,
+                shard.waiting.as_deref().unwrap_or("next pass")
+            ));
         }
+        for refused in refused_instances(shard) {
+            waiting.push(format!(
+                "shard {} instance {} refuses to start: {}",
+                shard.index,
+                refused.pod,
+                refused.problem.as_deref().unwrap_or("no reason given")
+            ));
+        }
+        check(
+            &mut waiting,
+            format!("shard {}", shard.index),
+            &shard.stateful_set,
+        );
     }
     if let Some(redis) = &components.redis {
-        check("redis".into(), redis);
+        check(&mut waiting, "redis".into(), redis);
     }
-    check("app".into(), &components.app);
+    check(&mut waiting, "app".into(), &components.app);
     for pool in &components.workers {
-        check(format!("worker pool {}", pool.pool), &pool.workload);
+        check(
+            &mut waiting,
+            format!("worker pool {}", pool.pool),
+            &pool.workload,
+        );
     }
     waiting
 }
@@ -267,10 +318,15 @@ pub fn compute(
             generation,
             now,
         ),
-        Outcome::Applied { app, children, .. } => {
+        Outcome::Applied {
+            app,
+            children,
+            shards,
+            ..
+        } => {
             let components = match children {
-                Observed::Applied(children) => components(app, children),
-                Observed::Live(children) => components(app, children),
+                Observed::Applied(children) => components(app, children, shards),
+                Observed::Live(children) => components(app, children, shards),
             };
             from_finding(
                 current,
@@ -337,11 +393,7 @@ fn from_finding(
             status.shards = components.shards.clone();
             status.workers = components.workers.clone();
             status.endpoints = Some(components.endpoints.clone());
-            let shards_ready = components
-                .shards
-                .iter()
-                .filter(|s| is_ready(&s.primary) && s.replicas.as_ref().is_none_or(is_ready))
-                .count();
+            let shards_ready = components.shards.iter().filter(|s| shard_ready(s)).count();
             status.shards_summary = Some(format!("{shards_ready}/{}", components.shards.len()));
             let pools_ready = components
                 .workers
@@ -361,10 +413,19 @@ fn from_finding(
                     now,
                 )
             } else {
+                // A refusing instance needs a person; say so in the reason, not only the message.
+                let refused = components
+                    .shards
+                    .iter()
+                    .any(|shard| refused_instances(shard).next().is_some());
                 condition(
                     READY,
                     false,
-                    "ComponentsNotReady",
+                    if refused {
+                        "InstanceRefused"
+                    } else {
+                        "ComponentsNotReady"
+                    },
                     format!("waiting for: {}", waiting.join("; ")),
                     generation,
                     now,
@@ -479,9 +540,7 @@ mod tests {
         assert_eq!(ready.status, "False");
         assert_eq!(ready.reason, "ComponentsNotReady");
         assert!(
-            ready
-                .message
-                .contains("shard 0 primary shop-shard-0-primary"),
+            ready.message.contains("shard 0 shop-shard-0 0/1"),
             "{}",
             ready.message
         );

@@ -262,25 +262,40 @@ pub fn format_tree(view: &StatusView, colour: bool) -> String {
         (None, None) => {}
     }
     for shard in &status.shards {
-        let mut children = vec![workload_line(
-            &paint,
-            view,
-            ("primary", LABEL - 3),
-            &shard.primary,
-        )];
-        if let Some(replicas) = &shard.replicas {
-            children.push(workload_line(
-                &paint,
-                view,
-                ("replicas", LABEL - 3),
-                replicas,
-            ));
+        let mut children = Vec::new();
+        for instance in &shard.instances {
+            let is_primary = shard.primary_pod.as_deref() == Some(instance.pod.as_str());
+            let mut line = format!(
+                "{:<LABEL$} {:<30} {}",
+                if is_primary { "primary" } else { "replica" },
+                instance.pod,
+                paint.state(instance.ready, &instance.role)
+            );
+            if let Some(lag) = instance.lag_mib {
+                let _ = write!(line, "  lag {lag} MiB");
+            }
+            if instance.reclones > 0 {
+                let _ = write!(line, "  re-cloned {}x", instance.reclones);
+            }
+            if let Some(problem) = &instance.problem {
+                let _ = write!(line, "  {problem}");
+            }
+            children.push(line);
+        }
+        if let Some(waiting) = &shard.waiting {
+            children.push(format!("primary not chosen: {waiting}"));
         }
         let label = format!("shard {}", shard.index);
+        let timeline = shard
+            .timeline
+            .map(|timeline| format!("  timeline {timeline}"))
+            .unwrap_or_default();
         nodes.push((
             format!(
-                "{label:<LABEL$} slots {} ({} slots)",
-                shard.slot_ranges, shard.slots
+                "{}  slots {} ({} slots){timeline}",
+                workload_line(&paint, view, (&label, LABEL), &shard.stateful_set),
+                shard.slot_ranges,
+                shard.slots
             ),
             children,
         ));
@@ -403,9 +418,9 @@ mod tests {
             "app                    shop-app",
             "HPA 3..50",
             "redis                  shop-redis",
-            "shard 0                slots 0-511 (512 slots)",
-            "├─ primary             shop-shard-0-primary",
-            "└─ replicas            shop-shard-1-replica",
+            "shard 0                shop-shard-0",
+            "slots 0-511 (512 slots)",
+            "shard 1                shop-shard-1",
             "worker email",
             "queues email:send",
             "Progressing",

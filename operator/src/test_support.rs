@@ -10,9 +10,11 @@ use kube::ResourceExt;
 use crate::apply::Changes;
 use crate::children::{Applied, Children, Live, LiveObject, Rendered, Step};
 use crate::crd::ScaledApp;
+use crate::instances::ShardDecision;
 use crate::kinds::Child;
+use crate::render::shard_set_name;
 use crate::status::{Observed, Outcome};
-use crate::validate::{ValidatedApp, validate};
+use crate::validate::{Defaults, ValidatedApp, validate};
 
 /// Path of `examples/<name>.yaml`.
 pub fn example_path(name: &str) -> PathBuf {
@@ -33,7 +35,7 @@ pub fn example(name: &str) -> ScaledApp {
 
 /// `examples/<name>.yaml`, validated.
 pub fn validated_example(name: &str) -> ValidatedApp {
-    validate(&example(name)).expect("example is valid")
+    validate(&example(name), &Defaults::default()).expect("example is valid")
 }
 
 /// Children as a fresh cluster reports them: none exists yet.
@@ -100,11 +102,20 @@ pub fn all_ready(rendered: &Children<Rendered>) -> Children<Applied> {
     applied
 }
 
-/// The outcome of a pass that applied (or read) `children` of `app`.
+/// The outcome of a pass that applied (or read) `children` of `app`, with every shard's first
+/// pod chosen as primary.
 pub fn applied(app: &ValidatedApp, children: Observed) -> Outcome {
+    let shards = (0..app.spec.database.shards as u32)
+        .map(|index| ShardDecision {
+            index,
+            primary_pod: Some(format!("{}-0", shard_set_name(app, index))),
+            ..ShardDecision::default()
+        })
+        .collect();
     Outcome::Applied {
         app: Box::new(app.clone()),
         children,
         changes: Changes::default(),
+        shards,
     }
 }

@@ -14,6 +14,25 @@ use crate::shards;
 /// spends its memory on backends; the user should lower the pool or the replica bounds.
 pub const MAX_CONNECTIONS_PER_PRIMARY: i64 = 5000;
 
+/// What the operator fills in that a ScaledApp does not say.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Defaults {
+    /// Image holding `scaled-instance`, which an init container copies into every Postgres pod:
+    /// the operator's own image, so the instance manager always matches the operator.
+    pub instance_image: String,
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Defaults {
+            instance_image: format!(
+                "ghcr.io/scaled-dev/scaledapp-operator:{}",
+                env!("CARGO_PKG_VERSION")
+            ),
+        }
+    }
+}
+
 /// A ScaledApp that passed validation, with everything rendering needs resolved.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ValidatedApp {
@@ -31,6 +50,32 @@ pub struct ValidatedApp {
     pub shard_assignment: Vec<u32>,
     /// Postgres `max_connections` for every primary and replica.
     pub max_connections: i64,
+    /// UID the Postgres containers run as (`database.runAsUser`, or the official images' own).
+    pub postgres_uid: i64,
+    /// Size of each Postgres volume in MiB.
+    pub postgres_volume_mib: u64,
+    /// Image of the instance manager (from [`Defaults`]).
+    pub instance_image: String,
+}
+
+/// UID of the `postgres` user in the official images: 70 in the Alpine variants, 999 in the
+/// Debian ones.
+fn official_postgres_uid(image: &str) -> i64 {
+    let tag = image.rsplit('/').next().unwrap_or(image);
+    if tag.contains("alpine") { 70 } else { 999 }
+}
+
+/// MiB in a quantity the schema allows for volumes (`<n>Mi`, `<n>Gi`, `<n>Ti`).
+fn volume_mib(size: &str) -> Option<u64> {
+    let (number, unit) = size.split_at(size.find(|c: char| !c.is_ascii_digit())?);
+    let number: u64 = number.parse().ok()?;
+    let factor = match unit {
+        "Mi" => 1,
+        "Gi" => 1024,
+        "Ti" => 1024 * 1024,
+        _ => return None,
+    };
+    number.checked_mul(factor)
 }
 
 /// Why a ScaledApp cannot be realised as written.
@@ -64,6 +109,9 @@ pub enum InvalidSpec {
     /// The shard/slot counts do not make an assignment.
     #[error("database.shards/slots cannot be assigned: {0}")]
     Shards(#[from] ShardMapError),
+    /// A volume size the operator cannot read (only reachable from `render -f`).
+    #[error("database.storage.size {0:?} is not a size like 10Gi (Mi, Gi or Ti)")]
+    VolumeSize(String),
     /// Two worker pools with the same name (only reachable from `render -f`: the schema refuses it).
     #[error("worker pool {0:?} is defined more than once; pool names must be unique")]
     DuplicateWorkerPool(String),
@@ -78,12 +126,13 @@ impl InvalidSpec {
             InvalidSpec::ConnectionBudget { .. } => "ConnectionBudgetExceeded",
             InvalidSpec::Shards(_) => "InvalidShardLayout",
             InvalidSpec::DuplicateWorkerPool(_) => "DuplicateWorkerPool",
+            InvalidSpec::VolumeSize(_) => "InvalidVolumeSize",
         }
     }
 }
 
 /// Checks a ScaledApp and resolves what rendering needs.
-pub fn validate(app: &ScaledApp) -> Result<ValidatedApp, InvalidSpec> {
+pub fn validate(app: &ScaledApp, defaults: &Defaults) -> Result<ValidatedApp, InvalidSpec> {
     let name = app.name_any();
     if name.is_empty() {
         return Err(InvalidSpec::MissingMetadata("name"));
@@ -124,8 +173,13 @@ pub fn validate(app: &ScaledApp) -> Result<ValidatedApp, InvalidSpec> {
             needed,
         });
     }
-    // Room for replication, migrations and an operator's psql session.
-    let max_connections = (needed + 20).max(100);
+    // Every pod also probes every instance of a shard for its replay position (one connection
+    // each, the primary included, since any instance may be primary), plus room for
+    // replication, migrations and an operator's psql session.
+    let max_connections = (needed + pods + 20).max(100);
+    let database = &spec.database;
+    let postgres_volume_mib = volume_mib(&database.storage.size)
+        .ok_or_else(|| InvalidSpec::VolumeSize(database.storage.size.clone()))?;
 
     let shard_assignment = shards::assignment(spec.database.slots, spec.database.shards)?;
     // The map itself is built during rendering, where endpoints are known; checking it here keeps
@@ -143,6 +197,11 @@ pub fn validate(app: &ScaledApp) -> Result<ValidatedApp, InvalidSpec> {
         spec: spec.clone(),
         shard_assignment,
         max_connections,
+        postgres_uid: database
+            .run_as_user
+            .unwrap_or_else(|| official_postgres_uid(&database.image)),
+        postgres_volume_mib,
+        instance_image: defaults.instance_image.clone(),
     })
 }
 
@@ -153,7 +212,8 @@ mod tests {
 
     #[test]
     fn the_shop_example_is_valid_and_sizes_postgres_for_full_scale() {
-        let validated = validate(&example("shop")).expect("shop.yaml is valid");
+        let validated =
+            validate(&example("shop"), &Defaults::default()).expect("shop.yaml is valid");
         let spec = &validated.spec;
         let pods = i64::from(spec.app.replicas.max)
             + spec
@@ -161,7 +221,7 @@ mod tests {
                 .iter()
                 .map(|w| i64::from(w.replicas.max))
                 .sum::<i64>();
-        assert_eq!(validated.max_connections, pods * 60 + 20);
+        assert_eq!(validated.max_connections, pods * 61 + 20);
         assert_eq!(validated.shard_assignment.len(), 1024);
     }
 
@@ -169,7 +229,7 @@ mod tests {
     fn too_many_connections_at_full_scale_are_refused_with_what_to_lower() {
         let mut app = example("shop");
         app.spec.app.replicas.max = 1000;
-        let error = validate(&app).expect_err("budget exceeded");
+        let error = validate(&app, &Defaults::default()).expect_err("budget exceeded");
         assert_eq!(error.reason(), "ConnectionBudgetExceeded");
         assert!(error.to_string().contains("lower database.pool"), "{error}");
     }
@@ -179,7 +239,7 @@ mod tests {
         let mut app = example("shop");
         app.metadata.namespace = None;
         assert_eq!(
-            validate(&app),
+            validate(&app, &Defaults::default()),
             Err(InvalidSpec::MissingMetadata("namespace"))
         );
     }
@@ -190,8 +250,45 @@ mod tests {
         let pool = app.spec.workers[0].clone();
         app.spec.workers.push(pool);
         assert_eq!(
-            validate(&app).expect_err("duplicate").reason(),
+            validate(&app, &Defaults::default())
+                .expect_err("duplicate")
+                .reason(),
             "DuplicateWorkerPool"
         );
+    }
+
+    #[test]
+    fn the_postgres_uid_follows_the_official_image_variant_unless_the_spec_names_one() {
+        let mut app = example("shop");
+        app.spec.database.image = "postgres:17-alpine".into();
+        assert_eq!(
+            validate(&app, &Defaults::default())
+                .expect("valid")
+                .postgres_uid,
+            70
+        );
+        app.spec.database.image = "registry.local:5000/postgres:17-bookworm".into();
+        assert_eq!(
+            validate(&app, &Defaults::default())
+                .expect("valid")
+                .postgres_uid,
+            999
+        );
+        app.spec.database.run_as_user = Some(105);
+        assert_eq!(
+            validate(&app, &Defaults::default())
+                .expect("valid")
+                .postgres_uid,
+            105
+        );
+    }
+
+    #[test]
+    fn volume_sizes_are_read_in_mebibytes() {
+        assert_eq!(volume_mib("512Mi"), Some(512));
+        assert_eq!(volume_mib("10Gi"), Some(10240));
+        assert_eq!(volume_mib("1Ti"), Some(1024 * 1024));
+        assert_eq!(volume_mib("10G"), None);
+        assert_eq!(volume_mib("Gi"), None);
     }
 }

@@ -79,6 +79,8 @@ impl Default for DatabaseSpec {
     fn default() -> Self {
         DatabaseSpec {
             image: postgres_image(),
+            bin_dir: None,
+            run_as_user: None,
             shards: shards(),
             replicas_per_shard: replicas_per_shard(),
             slots: slots(),

@@ -60,4 +60,17 @@ mod tests {
         let yaml = serde_json::to_string(&custom_resource_definition()).expect("json");
         assert!(yaml.contains("Number of shards. Each shard is a primary with its own replicas and owns a share of the slots."));
     }
+
+    #[test]
+    fn the_primary_record_has_the_field_name_the_instance_managers_read() {
+        let shard = ShardStatus {
+            primary_pod: Some("shop-shard-0-1".into()),
+            ..ShardStatus::default()
+        };
+        let json = serde_json::to_value(&shard).expect("serialises");
+        assert_eq!(
+            json[scaled_contract::instance::PRIMARY_POD_FIELD],
+            "shop-shard-0-1"
+        );
+    }
 }

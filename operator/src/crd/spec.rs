@@ -364,17 +364,33 @@ pub struct SecretKeyRef {
 #[x_kube(validation = Rule::new("self.slots >= self.shards").message("database.slots must be at least database.shards (every shard owns at least one slot)"))]
 #[x_kube(validation = Rule::new("!self.synchronousReplication || self.replicasPerShard >= 1").message("database.synchronousReplication needs replicasPerShard >= 1, or every commit would wait forever"))]
 pub struct DatabaseSpec {
-    /// Postgres container image (official `postgres` image layout).
+    /// Postgres container image. Only the server binaries are used (`postgres`, `initdb`,
+    /// `pg_basebackup`, `pg_rewind`, `pg_controldata`), not the image's entrypoint: the
+    /// operator's instance manager runs as the container's first process. Official `postgres`
+    /// images (Alpine or Debian variants) and images built from Debian's packages work.
     #[serde(default = "defaults::postgres_image")]
     #[schemars(length(min = 1, max = 512))]
     pub image: String,
+    /// Directory of the Postgres server binaries in the image. When omitted they are found on
+    /// `PATH`, with `pg_config --bindir`, or under `/usr/lib/postgresql/<version>/bin` (Debian's
+    /// layout, which is not on `PATH`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256), regex(pattern = r"^/[^\s]*$"))]
+    pub bin_dir: Option<String>,
+    /// UID the Postgres containers run as; it must own the data files, so it is the image's
+    /// `postgres` user. When omitted: 70 for images whose tag says `alpine` (the official Alpine
+    /// variants), otherwise 999 (the official Debian variants).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 2147483647))]
+    pub run_as_user: Option<i64>,
     /// Number of shards. Each shard is a primary with its own replicas and owns a share of the
     /// slots. Cannot be changed after creation until resharding is supported.
     #[serde(default = "defaults::shards")]
     #[schemars(range(min = 1, max = 64))]
     #[x_kube(validation = Rule::new("self == oldSelf").message("database.shards cannot be changed yet: moving data between shards (resharding) is not supported; set it back to its previous value, or create a new ScaledApp"))]
     pub shards: i32,
-    /// Streaming read replicas per shard (0 for none).
+    /// Streaming read replicas per shard (0 for none). A shard is one StatefulSet of
+    /// `1 + replicasPerShard` pods; the operator chooses which of them is the primary.
     #[serde(default = "defaults::replicas_per_shard")]
     #[schemars(range(min = 0, max = 8))]
     pub replicas_per_shard: i32,

@@ -62,13 +62,51 @@ pub struct ShardStatus {
     pub index: i32,
     /// Slots the shard owns.
     pub slots: i32,
-    /// The primary StatefulSet.
-    pub primary: WorkloadStatus,
-    /// The replica StatefulSet (absent with `replicasPerShard: 0`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub replicas: Option<WorkloadStatus>,
     /// Slot ranges owned, for example `0-511`.
     pub slot_ranges: String,
+    /// The shard's StatefulSet (the primary and its replicas).
+    pub stateful_set: WorkloadStatus,
+    /// The pod the operator chose as the shard's primary. This is the record the Postgres
+    /// instance managers obey: the named pod runs read-write, every other pod follows it, and a
+    /// primary that is no longer named stops accepting writes. Absent until chosen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary_pod: Option<String>,
+    /// Timeline of the primary, as its instance manager reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeline: Option<i64>,
+    /// Why no primary is chosen yet, while that is so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
+    /// Each pod of the shard as its instance manager reports it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub instances: Vec<InstanceSummary>,
+}
+
+/// One Postgres pod, as its instance manager reports it.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceSummary {
+    /// Pod name.
+    pub pod: String,
+    /// Role the instance is in (`Primary`, `Replica`, `Cloning`, `Pending`, `Promoting`,
+    /// `Fenced`, `Refused`), or `Unknown` when its instance manager did not answer.
+    pub role: String,
+    /// Whether it serves in that role.
+    pub ready: bool,
+    /// Replica: MiB of WAL it has yet to replay, rounded down (so that status does not change
+    /// with every write; the instance's `/metrics` has the exact figure).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_mib: Option<i64>,
+    /// Times this replica discarded its data and cloned the primary again.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub reclones: i64,
+    /// Why the instance refuses to run or last re-cloned: `Reason: message`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+}
+
+fn is_zero(value: &i64) -> bool {
+    *value == 0
 }
 
 /// One worker pool.

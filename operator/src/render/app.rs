@@ -7,9 +7,9 @@ use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
 use k8s_openapi::api::core::v1::{
-    ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
-    HTTPGetAction, ObjectFieldSelector, PodSpec, PodTemplateSpec, Probe, SecretKeySelector,
-    Service, ServicePort, ServiceSpec, TopologySpreadConstraint, Volume, VolumeMount,
+    ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, HTTPGetAction,
+    PodSpec, PodTemplateSpec, Probe, Service, ServicePort, ServiceSpec, TopologySpreadConstraint,
+    Volume, VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -24,8 +24,8 @@ use super::secrets::{
     redis_secret,
 };
 use super::{
-    APP_UID, autoscaling, child_name, object_meta, resources, restricted_container, restricted_pod,
-    selector_labels,
+    APP_UID, autoscaling, child_name, field_env, object_meta, plain_env, resources,
+    restricted_container, restricted_pod, secret_env, selector_labels,
 };
 use crate::children::{AppObjects, Rendered};
 use crate::validate::ValidatedApp;
@@ -183,41 +183,12 @@ pub fn volume_mounts() -> Vec<VolumeMount> {
     ]
 }
 
-fn secret_env(name: &str, secret: String, key: &str) -> EnvVar {
-    EnvVar {
-        name: name.into(),
-        value: None,
-        value_from: Some(EnvVarSource {
-            secret_key_ref: Some(SecretKeySelector {
-                name: secret,
-                key: key.into(),
-                optional: Some(false),
-            }),
-            ..EnvVarSource::default()
-        }),
-    }
-}
-
 /// Environment of app-image containers: where the config is, the credentials, and the user's
 /// own variables last.
 pub fn env(app: &ValidatedApp) -> Vec<EnvVar> {
     let mut env = vec![
-        EnvVar {
-            name: ENV_CONFIG_PATH.into(),
-            value: Some(CONFIG_PATH.into()),
-            value_from: None,
-        },
-        EnvVar {
-            name: ENV_POD_NAME.into(),
-            value: None,
-            value_from: Some(EnvVarSource {
-                field_ref: Some(ObjectFieldSelector {
-                    field_path: "metadata.name".into(),
-                    api_version: None,
-                }),
-                ..EnvVarSource::default()
-            }),
-        },
+        plain_env(ENV_CONFIG_PATH, CONFIG_PATH),
+        field_env(ENV_POD_NAME, "metadata.name"),
         secret_env(
             ENV_DATABASE_PASSWORD,
             postgres_secret(app),

@@ -10,7 +10,8 @@ use scaled_contract::{
     ShardEndpoints, ShardMap,
 };
 
-use super::{POSTGRES_PORT, REDIS_PORT, child_name, object_meta, service_host, shard_name};
+use super::postgres::{PRIMARY_ROLE, instances, shard_service_name, shard_set_name};
+use super::{POSTGRES_PORT, REDIS_PORT, child_name, object_meta, service_host};
 use crate::crd::RateLimitFailureMode;
 use crate::validate::ValidatedApp;
 
@@ -89,21 +90,24 @@ pub fn redis_url(app: &ValidatedApp) -> String {
     )
 }
 
-/// Where one shard's primary and each replica pod answer.
+/// Where one shard's primary and each of its pods answer. Every pod is listed as a possible
+/// replica, the primary's too: which pod is primary moves with failovers, and the app reads only
+/// from pods that are in recovery and have replayed far enough.
 pub fn shard_endpoints(app: &ValidatedApp, index: u32) -> ShardEndpoints {
-    let replica_set = shard_name(app, index, "replica");
+    let set = shard_set_name(app, index);
     ShardEndpoints {
         index,
+        // A virtual IP that follows the primary role label.
         primary: format!(
             "{}:{POSTGRES_PORT}",
-            service_host(app, &shard_name(app, index, "primary"))
+            service_host(app, &shard_service_name(app, index, PRIMARY_ROLE))
         ),
-        // Per-pod names through the headless Service, so the app can skip one unhealthy replica.
-        replicas: (0..app.spec.database.replicas_per_shard)
+        // Per-pod names through the headless Service, so the app can skip one unhealthy pod.
+        replicas: (0..instances(app))
             .map(|ordinal| {
                 format!(
-                    "{replica_set}-{ordinal}.{}:{POSTGRES_PORT}",
-                    service_host(app, &replica_set)
+                    "{set}-{ordinal}.{}:{POSTGRES_PORT}",
+                    service_host(app, &set)
                 )
             })
             .collect(),
@@ -148,15 +152,16 @@ mod tests {
     }
 
     #[test]
-    fn replicas_are_addressed_per_pod_through_the_headless_service() {
+    fn every_pod_of_a_shard_is_addressed_through_the_headless_service() {
         let app = validated_example("shop");
         let endpoints = shard_endpoints(&app, 1);
         assert_eq!(endpoints.primary, "shop-shard-1-primary.default.svc:5432");
         assert_eq!(
             endpoints.replicas,
             vec![
-                "shop-shard-1-replica-0.shop-shard-1-replica.default.svc:5432".to_string(),
-                "shop-shard-1-replica-1.shop-shard-1-replica.default.svc:5432".to_string(),
+                "shop-shard-1-0.shop-shard-1.default.svc:5432".to_string(),
+                "shop-shard-1-1.shop-shard-1.default.svc:5432".to_string(),
+                "shop-shard-1-2.shop-shard-1.default.svc:5432".to_string(),
             ]
         );
     }

@@ -18,7 +18,8 @@ mod workers;
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, PodSecurityContext, ResourceRequirements, SeccompProfile, SecurityContext,
+    Capabilities, EnvVar, EnvVarSource, ObjectFieldSelector, PodSecurityContext,
+    ResourceRequirements, SeccompProfile, SecretKeySelector, SecurityContext,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -29,6 +30,9 @@ use crate::crd::{DataPolicy, ResourceSpec};
 use crate::validate::ValidatedApp;
 
 pub use config::runtime_config;
+pub use postgres::{
+    COMPONENT as POSTGRES_COMPONENT, PRIMARY_ROLE, REPLICA_ROLE, instance_config, shard_set_name,
+};
 pub use secrets::SecretTemplate;
 
 /// The operator's field manager and `app.kubernetes.io/managed-by` value.
@@ -60,8 +64,9 @@ pub fn render(app: &ValidatedApp) -> Children<Rendered> {
     Children {
         secrets: secrets::templates(app),
         config: config::config_map(app),
-        postgres_scripts: postgres::scripts(app),
+        postgres_config: postgres::config_map(app),
         network_policies: network::policies(app),
+        postgres_access: postgres::access(app),
         shards: (0..app.spec.database.shards as u32)
             .map(|index| postgres::shard(app, index))
             .collect(),
@@ -90,11 +95,6 @@ where
 /// Child names: `<app>-<component>`.
 pub fn child_name(app: &ValidatedApp, component: &str) -> String {
     format!("{}-{component}", app.name)
-}
-
-/// Name of a shard's primary or replica StatefulSet (and its Service).
-pub fn shard_name(app: &ValidatedApp, index: u32, role: &str) -> String {
-    child_name(app, &format!("shard-{index}-{role}"))
 }
 
 /// In-cluster DNS name of a Service.
@@ -189,6 +189,47 @@ fn runtime_default_seccomp() -> SeccompProfile {
     }
 }
 
+/// An environment variable with a literal value.
+pub fn plain_env(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        value_from: None,
+    }
+}
+
+/// An environment variable from a key of a Secret that must exist (a wrong key name keeps the
+/// pod from starting, loudly, instead of running it without the value).
+pub fn secret_env(name: &str, secret: String, key: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret,
+                key: key.into(),
+                optional: Some(false),
+            }),
+            ..EnvVarSource::default()
+        }),
+    }
+}
+
+/// An environment variable from a field of the pod itself (downward API).
+pub fn field_env(name: &str, field_path: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: field_path.into(),
+                api_version: None,
+            }),
+            ..EnvVarSource::default()
+        }),
+    }
+}
+
 /// Container resources from the spec.
 pub fn resources(spec: &ResourceSpec) -> ResourceRequirements {
     let amounts = |cpu: &str, memory: &str| {
@@ -245,11 +286,7 @@ mod tests {
         app.shard_assignment = crate::shards::assignment(1024, 64).expect("valid");
         let desired = render(&app);
         for shard in &desired.shards {
-            let name = shard
-                .replicas
-                .as_ref()
-                .and_then(|sts| sts.metadata.name.clone())
-                .expect("replicas");
+            let name = shard.statefulset.metadata.name.clone().expect("named");
             assert!(
                 name.len() <= 52,
                 "{name} leaves no room for the StatefulSet revision label"

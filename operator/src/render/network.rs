@@ -1,6 +1,8 @@
 //! NetworkPolicies: Postgres answers only this ScaledApp's app, worker and Postgres (replica)
 //! pods; Redis answers only its app and worker pods. The app itself stays reachable from
-//! anywhere, since it is what users talk to.
+//! anywhere, since it is what users talk to. The Postgres instance managers' status port is open
+//! to any client: the operator (wherever it runs), the kubelet's probes and Prometheus read it,
+//! and it serves only read-only role, replication and health figures, never data or secrets.
 
 use std::collections::BTreeMap;
 
@@ -16,6 +18,7 @@ use super::{
     selector_labels,
 };
 use crate::validate::ValidatedApp;
+use scaled_contract::instance::INSTANCE_STATUS_PORT;
 
 /// The policies of one ScaledApp.
 pub fn policies(app: &ValidatedApp) -> Vec<NetworkPolicy> {
@@ -24,14 +27,21 @@ pub fn policies(app: &ValidatedApp) -> Vec<NetworkPolicy> {
         "postgres",
         &["app", "worker", "postgres"],
         POSTGRES_PORT,
+        &[i32::from(INSTANCE_STATUS_PORT)],
     )];
     if app.spec.cache.external_redis.is_none() {
-        policies.push(policy(app, "redis", &["app", "worker"], REDIS_PORT));
+        policies.push(policy(app, "redis", &["app", "worker"], REDIS_PORT, &[]));
     }
     policies
 }
 
-fn policy(app: &ValidatedApp, component: &str, clients: &[&str], port: i32) -> NetworkPolicy {
+fn policy(
+    app: &ValidatedApp,
+    component: &str,
+    clients: &[&str],
+    port: i32,
+    open_ports: &[i32],
+) -> NetworkPolicy {
     let from = NetworkPolicyPeer {
         pod_selector: Some(LabelSelector {
             match_labels: Some(BTreeMap::from([(
@@ -54,16 +64,28 @@ fn policy(app: &ValidatedApp, component: &str, clients: &[&str], port: i32) -> N
                 match_expressions: None,
             }),
             policy_types: Some(vec!["Ingress".into()]),
-            ingress: Some(vec![NetworkPolicyIngressRule {
-                from: Some(vec![from]),
-                ports: Some(vec![NetworkPolicyPort {
-                    port: Some(IntOrString::Int(port)),
-                    protocol: Some("TCP".into()),
-                    end_port: None,
-                }]),
-            }]),
+            ingress: Some(
+                std::iter::once(NetworkPolicyIngressRule {
+                    from: Some(vec![from]),
+                    ports: Some(vec![tcp(port)]),
+                })
+                .chain((!open_ports.is_empty()).then(|| NetworkPolicyIngressRule {
+                    // No `from`: any source.
+                    from: None,
+                    ports: Some(open_ports.iter().copied().map(tcp).collect()),
+                }))
+                .collect(),
+            ),
             egress: None,
         }),
+    }
+}
+
+fn tcp(port: i32) -> NetworkPolicyPort {
+    NetworkPolicyPort {
+        port: Some(IntOrString::Int(port)),
+        protocol: Some("TCP".into()),
+        end_port: None,
     }
 }
 
@@ -104,6 +126,26 @@ mod tests {
         assert_eq!(
             peer_labels[INSTANCE_LABEL], "shop",
             "only this ScaledApp's pods"
+        );
+    }
+
+    #[test]
+    fn only_the_instance_status_port_is_open_to_any_client() {
+        let app = validated_example("shop");
+        let rules = policies(&app)[0]
+            .spec
+            .clone()
+            .and_then(|spec| spec.ingress)
+            .expect("ingress");
+        assert_eq!(rules.len(), 2);
+        assert!(
+            rules[0].from.is_some(),
+            "Postgres itself is for listed clients only"
+        );
+        assert_eq!(rules[1].from, None);
+        assert_eq!(
+            rules[1].ports,
+            Some(vec![tcp(i32::from(INSTANCE_STATUS_PORT))])
         );
     }
 }

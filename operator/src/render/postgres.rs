@@ -1,285 +1,326 @@
-//! Postgres per shard: a primary StatefulSet and a replica StatefulSet, each with a headless
-//! Service, plus the bootstrap scripts they share.
+//! Postgres per shard: one StatefulSet `<name>-shard-N` of `1 + replicasPerShard` pods, run by
+//! the project's own instance manager (`scaled-instance`), not by any image's entrypoint.
 //!
-//! Replication is real streaming replication: the primary's init script creates a `replicator`
-//! role and a `pg_hba` line for it; each replica, on an empty volume, clones the primary with
-//! `pg_basebackup -R` (which writes `standby.signal` and `primary_conninfo`) and then runs as a
-//! hot standby.
+//! An init container copies `scaled-instance` from the operator's image into the pod; it then
+//! runs as the Postgres container's PID 1 with only the server binaries taken from the Postgres
+//! image. It initialises or clones the data directory, writes `postgresql.conf` and `pg_hba.conf`
+//! from the `<name>-postgres-config` ConfigMap, and serves `/status`, `/healthz`, `/readyz` and
+//! `/metrics` on its own port. Which pod is primary is decided by the operator and recorded in the
+//! ScaledApp's status (`shards[].primaryPod`); the instance managers read it through a
+//! ServiceAccount that may only read this one ScaledApp, and the operator moves the pods' role
+//! label, which the `-primary` and `-replica` Services select on.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{
-    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
-    EnvVarSource, ExecAction, KeyToPath, PodSpec, Probe, SecretKeySelector, Volume, VolumeMount,
+    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
+    HTTPGetAction, PodSpec, Probe, ResourceRequirements, ServiceAccount, Volume, VolumeMount,
+};
+use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use scaled_contract::instance::{
+    ENV_APP_PASSWORD, ENV_INSTANCE_NAMESPACE, ENV_INSTANCE_PEER_DOMAIN, ENV_INSTANCE_POD,
+    ENV_INSTANCE_SHARD, ENV_REPLICATION_PASSWORD, ENV_SUPERUSER_PASSWORD, INSTANCE_CONFIG_DIR,
+    INSTANCE_CONFIG_KEY, INSTANCE_SCHEMA_VERSION, INSTANCE_STATUS_PORT, InstanceConfig,
 };
 
 use super::config::{DATABASE_NAME, DATABASE_USER};
 use super::secrets::{
     POSTGRES_APP_KEY, POSTGRES_REPLICATION_KEY, POSTGRES_SUPERUSER_KEY, postgres_secret,
 };
-use super::storage::{StatefulSetParts, claim, headless_service, stateful_set};
+use super::storage::{Addressing, StatefulSetParts, claim, service, stateful_set};
 use super::{
-    POSTGRES_PORT, ROLE_LABEL, SHARD_LABEL, child_name, object_meta, resources,
-    restricted_container, restricted_pod, selector_labels, service_host, shard_name,
+    POSTGRES_PORT, ROLE_LABEL, SHARD_LABEL, child_name, field_env, object_meta, plain_env,
+    resources, restricted_container, restricted_pod, secret_env, selector_labels, service_host,
 };
-use crate::children::{Rendered, ShardObjects};
+use crate::children::{PostgresAccess, Rendered, ShardObjects};
 use crate::validate::ValidatedApp;
 
 /// Component label of Postgres pods.
 pub const COMPONENT: &str = "postgres";
-/// UID of the `postgres` user in the official Alpine image.
-const POSTGRES_UID: i64 = 70;
-/// Where the volume is mounted; PGDATA is a subdirectory so the volume's lost+found is no problem.
+/// Role label value of the pod the operator chose as a shard's primary.
+pub const PRIMARY_ROLE: &str = "primary";
+/// Role label value of every other pod of a shard.
+pub const REPLICA_ROLE: &str = "replica";
+/// Where the data volume is mounted; PGDATA is a subdirectory so the volume's `lost+found`
+/// never gets in the way, and so clones can be built beside it and renamed into place.
 const DATA_MOUNT: &str = "/var/lib/postgresql/data";
-const PGDATA: &str = "/var/lib/postgresql/data/pgdata";
+const DATA_DIR: &str = "/var/lib/postgresql/data/pgdata";
+/// Where the init container puts `scaled-instance`.
+const BIN_MOUNT: &str = "/scaled/bin";
+/// The instance manager inside the Postgres container.
+pub const INSTANCE_BINARY: &str = "/scaled/bin/scaled-instance";
+/// Replication role name.
+pub const REPLICATION_USER: &str = "replicator";
+/// Seconds a primary keeps accepting writes while it cannot confirm with the API server that it
+/// is still the chosen one. Longer than an API server restart, shorter than a failover.
+const FENCE_AFTER_SECONDS: u32 = 20;
 
-/// Run once by the image's entrypoint when the primary's data directory is initialised.
-const PRIMARY_INIT: &str = r#"#!/bin/sh
-# Creates the application and replication roles and lets replicas connect for streaming.
-set -eu
-psql -v ON_ERROR_STOP=1 --username "$POSTGRES_USER" --dbname postgres \
-  -v app_user="$APP_USER" -v app_password="$APP_PASSWORD" -v app_database="$APP_DATABASE" \
-  -v replication_password="$REPLICATION_PASSWORD" <<'SQL'
-CREATE ROLE :"app_user" LOGIN PASSWORD :'app_password';
-CREATE DATABASE :"app_database" OWNER :"app_user";
-CREATE ROLE replicator WITH REPLICATION LOGIN PASSWORD :'replication_password';
-SQL
-echo "host replication replicator all scram-sha-256" >> "$PGDATA/pg_hba.conf"
-"#;
-
-/// Run by each replica's init container: clone the primary once, when the volume is empty.
-const REPLICA_BOOTSTRAP: &str = r#"#!/bin/sh
-# Clones the shard's primary into an empty volume; later restarts keep the existing standby.
-set -eu
-if [ -s "$PGDATA/PG_VERSION" ]; then
-  echo "standby data directory exists; nothing to do"
-  exit 0
-fi
-until pg_isready --host "$PRIMARY_HOST" --port 5432 --quiet; do
-  echo "waiting for primary $PRIMARY_HOST"
-  sleep 2
-done
-mkdir -p "$PGDATA"
-chmod 0700 "$PGDATA"
-PGPASSWORD="$REPLICATION_PASSWORD" pg_basebackup --host "$PRIMARY_HOST" --port 5432 \
-  --username replicator --pgdata "$PGDATA" --write-recovery-conf --wal-method stream \
-  --checkpoint fast --no-password
-echo "standby cloned from $PRIMARY_HOST"
-"#;
-
-/// The scripts ConfigMap shared by every shard.
-pub fn scripts(app: &ValidatedApp) -> ConfigMap {
+/// The ConfigMap with the instance managers' shared settings.
+pub fn config_map(app: &ValidatedApp) -> ConfigMap {
     ConfigMap {
-        metadata: object_meta(app, scripts_name(app), COMPONENT),
-        data: Some(BTreeMap::from([
-            ("primary-init.sh".to_string(), PRIMARY_INIT.to_string()),
-            (
-                "replica-bootstrap.sh".to_string(),
-                REPLICA_BOOTSTRAP.to_string(),
-            ),
-        ])),
+        metadata: object_meta(app, config_name(app), COMPONENT),
+        data: Some(BTreeMap::from([(
+            INSTANCE_CONFIG_KEY.to_string(),
+            serde_json::to_string_pretty(&instance_config(app))
+                .expect("the instance config serialises"),
+        )])),
         ..ConfigMap::default()
     }
 }
 
-fn scripts_name(app: &ValidatedApp) -> String {
-    child_name(app, "postgres-scripts")
+fn config_name(app: &ValidatedApp) -> String {
+    child_name(app, "postgres-config")
+}
+
+/// Name of a shard's StatefulSet and of its pods' headless Service.
+pub fn shard_set_name(app: &ValidatedApp, index: u32) -> String {
+    child_name(app, &format!("shard-{index}"))
+}
+
+/// Name of a shard's role Service (`primary` or `replica`).
+pub fn shard_service_name(app: &ValidatedApp, index: u32, role: &str) -> String {
+    format!("{}-{role}", shard_set_name(app, index))
+}
+
+/// Pods per shard.
+pub fn instances(app: &ValidatedApp) -> u32 {
+    1 + app.spec.database.replicas_per_shard as u32
+}
+
+/// What every instance manager of this ScaledApp is told.
+pub fn instance_config(app: &ValidatedApp) -> InstanceConfig {
+    InstanceConfig {
+        schema_version: INSTANCE_SCHEMA_VERSION,
+        scaled_app: app.name.clone(),
+        data_dir: DATA_DIR.into(),
+        bin_dir: app.spec.database.bin_dir.clone(),
+        database: DATABASE_NAME.into(),
+        app_user: DATABASE_USER.into(),
+        replication_user: REPLICATION_USER.into(),
+        instances: instances(app),
+        parameters: server_settings(app),
+        synchronous_replication: app.spec.database.synchronous_replication,
+        fence_after_seconds: FENCE_AFTER_SECONDS,
+        postgres_port: POSTGRES_PORT as u16,
+        status_port: INSTANCE_STATUS_PORT,
+    }
+}
+
+/// `postgresql.conf` settings, the same on every instance (a hot standby needs
+/// `max_connections` at least as high as its primary's, and any replica may become primary).
+/// The instance manager adds what it owns: ports, addresses, `wal_log_hints`, the replication
+/// source and `synchronous_standby_names`.
+pub fn server_settings(app: &ValidatedApp) -> BTreeMap<String, String> {
+    let instances = instances(app);
+    // One WAL sender and one slot per replica, plus room for a clone, a pg_rewind and a backup.
+    let senders = instances + 4;
+    BTreeMap::from([
+        ("max_connections".into(), app.max_connections.to_string()),
+        ("wal_level".into(), "replica".into()),
+        ("max_wal_senders".into(), senders.to_string()),
+        ("max_replication_slots".into(), senders.to_string()),
+        // What a replica may lag by without a slot (a clone in progress, a replica whose slot
+        // was just created); slots hold the rest, up to `max_slot_wal_keep_size`.
+        ("wal_keep_size".into(), "256MB".into()),
+        // A dead replica's slot may hold at most this much WAL, so it cannot fill the primary's
+        // volume: a quarter of it. Past that the slot is invalidated and the replica re-clones.
+        (
+            "max_slot_wal_keep_size".into(),
+            format!("{}MB", app.postgres_volume_mib / 4),
+        ),
+        // Replicas tell the primary what they still read, so vacuum does not cancel their queries.
+        ("hot_standby_feedback".into(), "on".into()),
+        ("password_encryption".into(), "scram-sha-256".into()),
+    ])
+}
+
+/// The ServiceAccount, Role and RoleBinding the instance managers read their ScaledApp with.
+pub fn access(app: &ValidatedApp) -> PostgresAccess<Rendered> {
+    let name = child_name(app, COMPONENT);
+    PostgresAccess {
+        service_account: ServiceAccount {
+            metadata: object_meta(app, name.clone(), COMPONENT),
+            automount_service_account_token: Some(true),
+            ..ServiceAccount::default()
+        },
+        role: Role {
+            metadata: object_meta(app, name.clone(), COMPONENT),
+            // Only this ScaledApp, only reading: the status names the primary.
+            rules: Some(vec![PolicyRule {
+                api_groups: Some(vec!["scaled.dev".into()]),
+                resources: Some(vec!["scaledapps".into()]),
+                resource_names: Some(vec![app.name.clone()]),
+                verbs: vec!["get".into(), "watch".into()],
+                ..PolicyRule::default()
+            }]),
+        },
+        role_binding: RoleBinding {
+            metadata: object_meta(app, name.clone(), COMPONENT),
+            role_ref: RoleRef {
+                api_group: "rbac.authorization.k8s.io".into(),
+                kind: "Role".into(),
+                name: name.clone(),
+            },
+            subjects: Some(vec![Subject {
+                kind: "ServiceAccount".into(),
+                name,
+                namespace: Some(app.namespace.clone()),
+                ..Subject::default()
+            }]),
+        },
+    }
 }
 
 /// One shard's objects.
 pub fn shard(app: &ValidatedApp, index: u32) -> ShardObjects<Rendered> {
-    let replicas = app.spec.database.replicas_per_shard;
+    let set_name = shard_set_name(app, index);
+    let pods = shard_selector(app, index);
+    let role_service = |role: &str| {
+        let mut selector = pods.clone();
+        selector.insert(ROLE_LABEL.into(), role.into());
+        service(
+            shard_meta(app, shard_service_name(app, index, role), index),
+            selector,
+            &[(COMPONENT, POSTGRES_PORT)],
+            Addressing::ClusterIp,
+        )
+    };
     ShardObjects {
         index,
-        primary: statefulset(app, index, Role::Primary),
-        primary_service: service(app, index, Role::Primary),
-        replicas: (replicas > 0).then(|| statefulset(app, index, Role::Replica)),
-        replica_service: (replicas > 0).then(|| service(app, index, Role::Replica)),
+        statefulset: statefulset(app, index),
+        peers: service(
+            shard_meta(app, set_name, index),
+            pods.clone(),
+            &[
+                (COMPONENT, POSTGRES_PORT),
+                ("status", i32::from(INSTANCE_STATUS_PORT)),
+            ],
+            // Peers must find the primary's pod by name as soon as it listens, also while it is
+            // still catching up or promoting.
+            Addressing::Headless { not_ready: true },
+        ),
+        primary_service: role_service(PRIMARY_ROLE),
+        replica_service: (app.spec.database.replicas_per_shard > 0)
+            .then(|| role_service(REPLICA_ROLE)),
     }
 }
 
-#[derive(Clone, Copy, PartialEq)]
-enum Role {
-    Primary,
-    Replica,
-}
-
-impl Role {
-    fn as_str(self) -> &'static str {
-        match self {
-            Role::Primary => "primary",
-            Role::Replica => "replica",
-        }
-    }
-}
-
-fn selector(app: &ValidatedApp, index: u32, role: Role) -> BTreeMap<String, String> {
+/// Labels selecting every pod of a shard.
+pub fn shard_selector(app: &ValidatedApp, index: u32) -> BTreeMap<String, String> {
     let mut labels = selector_labels(app, COMPONENT);
     labels.insert(SHARD_LABEL.into(), index.to_string());
-    labels.insert(ROLE_LABEL.into(), role.as_str().into());
     labels
 }
 
-fn service(app: &ValidatedApp, index: u32, role: Role) -> k8s_openapi::api::core::v1::Service {
-    headless_service(
-        app,
-        shard_name(app, index, role.as_str()),
-        COMPONENT,
-        selector(app, index, role),
-        POSTGRES_PORT,
-    )
+fn shard_meta(
+    app: &ValidatedApp,
+    name: String,
+    index: u32,
+) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+    let mut meta = object_meta(app, name, COMPONENT);
+    if let Some(labels) = meta.labels.as_mut() {
+        labels.insert(SHARD_LABEL.into(), index.to_string());
+    }
+    meta
 }
 
-/// Server settings passed as `-c` flags, the same on primary and replicas (a hot standby needs
-/// `max_connections` at least as high as its primary's).
-pub fn server_settings(app: &ValidatedApp) -> Vec<(String, String)> {
-    let mut settings = vec![
-        ("listen_addresses".to_string(), "*".to_string()),
-        (
-            "max_connections".to_string(),
-            app.max_connections.to_string(),
-        ),
-        ("wal_level".to_string(), "replica".to_string()),
-        ("max_wal_senders".to_string(), "16".to_string()),
-        ("wal_keep_size".to_string(), "1GB".to_string()),
-        ("hot_standby".to_string(), "on".to_string()),
-        // Replicas tell the primary what they still read, so vacuum does not cancel their queries.
-        ("hot_standby_feedback".to_string(), "on".to_string()),
-        (
-            "password_encryption".to_string(),
-            "scram-sha-256".to_string(),
-        ),
-    ];
-    if app.spec.database.synchronous_replication {
-        settings.push((
-            "synchronous_standby_names".to_string(),
-            "ANY 1 (*)".to_string(),
-        ));
-        settings.push(("synchronous_commit".to_string(), "on".to_string()));
-    }
-    settings
-}
-
-fn secret_env(name: &str, app: &ValidatedApp, key: &str) -> EnvVar {
-    EnvVar {
-        name: name.into(),
-        value: None,
-        value_from: Some(EnvVarSource {
-            secret_key_ref: Some(SecretKeySelector {
-                name: postgres_secret(app),
-                key: key.into(),
-                optional: Some(false),
-            }),
-            ..EnvVarSource::default()
-        }),
-    }
-}
-
-fn plain_env(name: &str, value: impl Into<String>) -> EnvVar {
-    EnvVar {
-        name: name.into(),
-        value: Some(value.into()),
-        value_from: None,
-    }
-}
-
-fn statefulset(app: &ValidatedApp, index: u32, role: Role) -> StatefulSet {
-    let name = shard_name(app, index, role.as_str());
-    let selector = selector(app, index, role);
-    let primary_host = service_host(app, &shard_name(app, index, "primary"));
-    let mut args = vec!["postgres".to_string()];
-    for (key, value) in server_settings(app) {
-        args.push("-c".into());
-        args.push(format!("{key}={value}"));
-    }
+fn statefulset(app: &ValidatedApp, index: u32) -> StatefulSet {
+    let database = &app.spec.database;
+    let set_name = shard_set_name(app, index);
+    let secret = postgres_secret(app);
     let env = vec![
-        plain_env("PGDATA", PGDATA),
-        plain_env("POSTGRES_USER", "postgres"),
-        secret_env("POSTGRES_PASSWORD", app, POSTGRES_SUPERUSER_KEY),
-        plain_env("APP_USER", DATABASE_USER),
-        plain_env("APP_DATABASE", DATABASE_NAME),
-        secret_env("APP_PASSWORD", app, POSTGRES_APP_KEY),
-        secret_env("REPLICATION_PASSWORD", app, POSTGRES_REPLICATION_KEY),
-        plain_env("PRIMARY_HOST", primary_host),
+        field_env(ENV_INSTANCE_POD, "metadata.name"),
+        field_env(ENV_INSTANCE_NAMESPACE, "metadata.namespace"),
+        plain_env(ENV_INSTANCE_SHARD, index.to_string()),
+        plain_env(ENV_INSTANCE_PEER_DOMAIN, service_host(app, &set_name)),
+        secret_env(
+            ENV_SUPERUSER_PASSWORD,
+            secret.clone(),
+            POSTGRES_SUPERUSER_KEY,
+        ),
+        secret_env(
+            ENV_REPLICATION_PASSWORD,
+            secret.clone(),
+            POSTGRES_REPLICATION_KEY,
+        ),
+        secret_env(ENV_APP_PASSWORD, secret, POSTGRES_APP_KEY),
     ];
-    let probe = |period: i32, failures: i32| Probe {
-        exec: Some(ExecAction {
-            command: Some(vec![
-                "pg_isready".into(),
-                "--host".into(),
-                "127.0.0.1".into(),
-                "--port".into(),
-                POSTGRES_PORT.to_string(),
-            ]),
+    let probe = |path: &str, period: i32, failures: i32| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("status".into()),
+            ..HTTPGetAction::default()
         }),
         period_seconds: Some(period),
         failure_threshold: Some(failures),
-        timeout_seconds: Some(5),
+        timeout_seconds: Some(3),
         ..Probe::default()
     };
-    let mounts = |scripts: Option<&str>| {
-        let mut mounts = vec![
-            VolumeMount {
-                name: "data".into(),
-                mount_path: DATA_MOUNT.into(),
-                ..VolumeMount::default()
-            },
-            VolumeMount {
-                name: "run".into(),
-                mount_path: "/var/run/postgresql".into(),
-                ..VolumeMount::default()
-            },
-            VolumeMount {
-                name: "tmp".into(),
-                mount_path: "/tmp".into(),
-                ..VolumeMount::default()
-            },
-        ];
-        if let Some(path) = scripts {
-            mounts.push(VolumeMount {
-                name: "scripts".into(),
-                mount_path: path.into(),
-                read_only: Some(true),
-                ..VolumeMount::default()
-            });
-        }
-        mounts
+    let mount = |name: &str, path: &str, read_only: bool| VolumeMount {
+        name: name.into(),
+        mount_path: path.into(),
+        read_only: read_only.then_some(true),
+        ..VolumeMount::default()
     };
     let container = Container {
-        name: "postgres".into(),
-        image: Some(app.spec.database.image.clone()),
-        args: Some(args),
-        ports: Some(vec![ContainerPort {
-            name: Some("postgres".into()),
-            container_port: POSTGRES_PORT,
-            ..ContainerPort::default()
-        }]),
-        env: Some(env.clone()),
-        resources: Some(resources(&app.spec.database.resources)),
-        readiness_probe: Some(probe(5, 3)),
-        liveness_probe: Some(probe(15, 6)),
+        name: COMPONENT.into(),
+        image: Some(database.image.clone()),
+        // The image's entrypoint is not used: the instance manager is PID 1.
+        command: Some(vec![INSTANCE_BINARY.into(), "run".into()]),
+        ports: Some(vec![
+            ContainerPort {
+                name: Some(COMPONENT.into()),
+                container_port: POSTGRES_PORT,
+                ..ContainerPort::default()
+            },
+            ContainerPort {
+                name: Some("status".into()),
+                container_port: i32::from(INSTANCE_STATUS_PORT),
+                ..ContainerPort::default()
+            },
+        ]),
+        env: Some(env),
+        resources: Some(resources(&database.resources)),
+        readiness_probe: Some(probe("/readyz", 5, 3)),
+        // The instance manager answers /healthz through clones and restarts of Postgres; only
+        // a stuck manager fails it.
+        liveness_probe: Some(probe("/healthz", 10, 6)),
         security_context: Some(restricted_container()),
-        volume_mounts: Some(mounts(
-            (role == Role::Primary).then_some("/docker-entrypoint-initdb.d"),
-        )),
+        volume_mounts: Some(vec![
+            mount("data", DATA_MOUNT, false),
+            mount("config", INSTANCE_CONFIG_DIR, true),
+            mount("bin", BIN_MOUNT, true),
+            mount("run", "/var/run/postgresql", false),
+            mount("tmp", "/tmp", false),
+        ]),
         ..Container::default()
     };
-    let init_containers = (role == Role::Replica).then(|| {
-        vec![Container {
-            name: "clone-primary".into(),
-            image: Some(app.spec.database.image.clone()),
-            command: Some(vec!["sh".into(), "/scripts/replica-bootstrap.sh".into()]),
-            env: Some(env),
-            resources: Some(resources(&app.spec.database.resources)),
-            security_context: Some(restricted_container()),
-            volume_mounts: Some(mounts(Some("/scripts"))),
-            ..Container::default()
-        }]
-    });
-    let script = match role {
-        Role::Primary => "primary-init.sh",
-        Role::Replica => "replica-bootstrap.sh",
+    let install = Container {
+        name: "install-instance-manager".into(),
+        image: Some(app.instance_image.clone()),
+        // The operator image has no shell: the binary copies itself.
+        command: Some(vec![
+            "scaled-instance".into(),
+            "copy-to".into(),
+            BIN_MOUNT.into(),
+        ]),
+        resources: Some(ResourceRequirements {
+            requests: Some(BTreeMap::from([
+                ("cpu".to_string(), Quantity("10m".into())),
+                ("memory".to_string(), Quantity("16Mi".into())),
+            ])),
+            limits: Some(BTreeMap::from([(
+                "memory".to_string(),
+                Quantity("64Mi".into()),
+            )])),
+            ..ResourceRequirements::default()
+        }),
+        security_context: Some(restricted_container()),
+        volume_mounts: Some(vec![mount("bin", BIN_MOUNT, false)]),
+        ..Container::default()
     };
     let empty_dir = |name: &str| Volume {
         name: name.into(),
@@ -287,54 +328,43 @@ fn statefulset(app: &ValidatedApp, index: u32, role: Role) -> StatefulSet {
         ..Volume::default()
     };
     let volumes = vec![
+        empty_dir("bin"),
         empty_dir("run"),
         empty_dir("tmp"),
         Volume {
-            name: "scripts".into(),
+            name: "config".into(),
             config_map: Some(ConfigMapVolumeSource {
-                name: scripts_name(app),
-                items: Some(vec![KeyToPath {
-                    key: script.into(),
-                    path: script.into(),
-                    mode: None,
-                }]),
-                default_mode: Some(0o555),
+                name: config_name(app),
                 ..ConfigMapVolumeSource::default()
             }),
             ..Volume::default()
         },
     ];
-    let mut meta = object_meta(app, name.clone(), COMPONENT);
-    if let Some(labels) = meta.labels.as_mut() {
-        labels.insert(SHARD_LABEL.into(), index.to_string());
-        labels.insert(ROLE_LABEL.into(), role.as_str().into());
-    }
     stateful_set(
         app,
         StatefulSetParts {
-            meta,
-            selector,
-            replicas: match role {
-                Role::Primary => 1,
-                Role::Replica => app.spec.database.replicas_per_shard,
-            },
-            // Replicas clone independently; no reason to start them one by one.
+            meta: shard_meta(app, set_name, index),
+            selector: shard_selector(app, index),
+            replicas: instances(app) as i32,
+            // Each instance manager waits for what it needs (the named primary) by itself; no
+            // reason to start the pods one by one.
             pod_management_policy: Some("Parallel"),
             pod: PodSpec {
-                automount_service_account_token: Some(false),
+                service_account_name: Some(child_name(app, COMPONENT)),
+                automount_service_account_token: Some(true),
                 enable_service_links: Some(false),
-                security_context: Some(restricted_pod(POSTGRES_UID)),
+                security_context: Some(restricted_pod(app.postgres_uid)),
                 // Postgres needs time for a clean shutdown checkpoint.
                 termination_grace_period_seconds: Some(60),
-                init_containers,
+                init_containers: Some(vec![install]),
                 containers: vec![container],
                 volumes: Some(volumes),
                 ..PodSpec::default()
             },
             claims: Some(vec![claim(
                 "data",
-                &app.spec.database.storage.size,
-                app.spec.database.storage.storage_class_name.clone(),
+                &database.storage.size,
+                database.storage.storage_class_name.clone(),
             )]),
         },
     )
@@ -346,53 +376,128 @@ mod tests {
     use crate::crd::DataPolicy;
     use crate::test_support::validated_example;
 
+    fn pod(app: &ValidatedApp, index: u32) -> PodSpec {
+        shard(app, index)
+            .statefulset
+            .spec
+            .expect("spec")
+            .template
+            .spec
+            .expect("pod")
+    }
+
     #[test]
-    fn replicas_clone_the_primary_of_their_own_shard_with_pg_basebackup() {
+    fn one_statefulset_per_shard_holds_the_primary_and_its_replicas() {
         let app = validated_example("shop");
-        let shard = shard(&app, 1);
-        let replicas = shard.replicas.expect("replicas").spec.expect("spec");
+        let objects = shard(&app, 1);
+        let spec = objects.statefulset.spec.clone().expect("spec");
         assert_eq!(
-            replicas.replicas,
-            Some(app.spec.database.replicas_per_shard)
+            objects.statefulset.metadata.name.as_deref(),
+            Some("shop-shard-1")
         );
-        let pod = replicas.template.spec.expect("pod");
-        let init = &pod.init_containers.expect("init")[0];
-        let env = init.env.clone().expect("env");
-        let primary = env
-            .iter()
-            .find(|e| e.name == "PRIMARY_HOST")
-            .and_then(|e| e.value.clone());
-        assert_eq!(primary.as_deref(), Some("shop-shard-1-primary.default.svc"));
-        assert!(REPLICA_BOOTSTRAP.contains("pg_basebackup"));
-        assert!(REPLICA_BOOTSTRAP.contains("--write-recovery-conf"));
+        assert_eq!(
+            spec.replicas,
+            Some(1 + app.spec.database.replicas_per_shard)
+        );
+        assert_eq!(spec.service_name.as_deref(), Some("shop-shard-1"));
+        let template_labels = spec
+            .template
+            .metadata
+            .and_then(|meta| meta.labels)
+            .expect("labels");
+        assert!(
+            !template_labels.contains_key(ROLE_LABEL),
+            "the role is the operator's decision, set on pods, never by the template"
+        );
     }
 
     #[test]
-    fn the_primary_allows_replication_and_sizes_max_connections() {
+    fn role_services_select_the_role_label_and_the_peer_service_every_pod() {
         let app = validated_example("shop");
-        assert!(PRIMARY_INIT.contains("WITH REPLICATION"));
-        assert!(PRIMARY_INIT.contains("host replication replicator"));
-        let settings = server_settings(&app);
-        let max = settings
-            .iter()
-            .find(|(k, _)| k == "max_connections")
-            .map(|(_, v)| v.clone());
-        assert_eq!(max, Some(app.max_connections.to_string()));
-        assert!(
-            settings
+        let objects = shard(&app, 0);
+        let selector = |service: &k8s_openapi::api::core::v1::Service| {
+            service
+                .spec
+                .as_ref()
+                .and_then(|spec| spec.selector.clone())
+                .expect("selector")
+        };
+        assert_eq!(
+            selector(&objects.primary_service)
+                .get(ROLE_LABEL)
+                .map(String::as_str),
+            Some(PRIMARY_ROLE)
+        );
+        let replicas = objects.replica_service.expect("replicas");
+        assert_eq!(
+            selector(&replicas).get(ROLE_LABEL).map(String::as_str),
+            Some(REPLICA_ROLE)
+        );
+        assert!(!selector(&objects.peers).contains_key(ROLE_LABEL));
+        let primary_ip = objects
+            .primary_service
+            .spec
+            .as_ref()
+            .and_then(|spec| spec.cluster_ip.clone());
+        assert_eq!(primary_ip, None, "a virtual IP follows the label at once");
+    }
+
+    #[test]
+    fn the_instance_manager_is_pid_1_and_no_entrypoint_or_trust_is_involved() {
+        let app = validated_example("shop");
+        let pod = pod(&app, 0);
+        let postgres = &pod.containers[0];
+        assert_eq!(
+            postgres.command.as_deref(),
+            Some(&[INSTANCE_BINARY.to_string(), "run".to_string()][..])
+        );
+        assert_eq!(postgres.args, None);
+        let install = &pod.init_containers.as_ref().expect("init")[0];
+        assert_eq!(install.image.as_deref(), Some(app.instance_image.as_str()));
+        let env = postgres.env.clone().expect("env");
+        for (variable, key) in [
+            (ENV_SUPERUSER_PASSWORD, POSTGRES_SUPERUSER_KEY),
+            (ENV_REPLICATION_PASSWORD, POSTGRES_REPLICATION_KEY),
+            (ENV_APP_PASSWORD, POSTGRES_APP_KEY),
+        ] {
+            let reference = env
                 .iter()
-                .all(|(k, _)| k != "synchronous_standby_names")
+                .find(|e| e.name == variable)
+                .and_then(|e| e.value_from.clone())
+                .and_then(|source| source.secret_key_ref)
+                .expect("from the Secret");
+            assert_eq!(reference.key, key);
+            assert_eq!(reference.name, "shop-postgres");
+        }
+        let config = instance_config(&app);
+        assert_eq!(config.instances, 3);
+        assert!(
+            !serde_json::to_string(&config)
+                .expect("json")
+                .contains("trust")
         );
     }
 
     #[test]
-    fn synchronous_replication_waits_for_any_one_replica() {
-        let mut app = validated_example("shop");
-        app.spec.database.synchronous_replication = true;
-        assert!(
-            server_settings(&app)
-                .contains(&("synchronous_standby_names".into(), "ANY 1 (*)".into()))
-        );
+    fn max_connections_is_sized_from_the_connection_budget() {
+        let app = validated_example("shop");
+        let settings = server_settings(&app);
+        assert_eq!(settings["max_connections"], app.max_connections.to_string());
+        assert_eq!(settings["max_slot_wal_keep_size"], "2560MB");
+        assert!(!settings.contains_key("synchronous_standby_names"));
+    }
+
+    #[test]
+    fn the_pods_run_as_the_images_postgres_user_and_read_only_their_scaledapp() {
+        let app = validated_example("shop");
+        let pod = pod(&app, 0);
+        let security = pod.security_context.expect("security");
+        assert_eq!(security.run_as_user, Some(app.postgres_uid));
+        assert_eq!(security.fs_group, Some(app.postgres_uid));
+        let rules = access(&app).role.rules.expect("rules");
+        assert_eq!(rules.len(), 1);
+        assert_eq!(rules[0].resource_names, Some(vec!["shop".to_string()]));
+        assert_eq!(rules[0].verbs, vec!["get".to_string(), "watch".to_string()]);
     }
 
     #[test]
@@ -403,7 +508,7 @@ mod tests {
             (DataPolicy::Delete, "Delete"),
         ] {
             app.spec.data_policy = policy;
-            let spec = shard(&app, 0).primary.spec.expect("spec");
+            let spec = shard(&app, 0).statefulset.spec.expect("spec");
             let retention = spec
                 .persistent_volume_claim_retention_policy
                 .expect("retention");
@@ -413,10 +518,11 @@ mod tests {
     }
 
     #[test]
-    fn zero_replicas_per_shard_renders_no_replica_objects() {
+    fn zero_replicas_per_shard_renders_no_replica_service() {
         let mut app = validated_example("shop");
         app.spec.database.replicas_per_shard = 0;
         let shard = shard(&app, 0);
-        assert!(shard.replicas.is_none() && shard.replica_service.is_none());
+        assert!(shard.replica_service.is_none());
+        assert_eq!(shard.statefulset.spec.and_then(|s| s.replicas), Some(1));
     }
 }

@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
 use super::secrets::{REDIS_PASSWORD_KEY, redis_secret};
-use super::storage::{StatefulSetParts, claim, headless_service, stateful_set};
+use super::storage::{Addressing, StatefulSetParts, claim, service, stateful_set};
 use super::{
     REDIS_PORT, child_name, object_meta, restricted_container, restricted_pod, selector_labels,
 };
@@ -33,7 +33,7 @@ pub fn objects(app: &ValidatedApp) -> Option<RedisObjects<Rendered>> {
     let spec = app.spec.cache.redis.clone().unwrap_or_default();
     Some(RedisObjects {
         statefulset: statefulset(app, &spec),
-        service: service(app),
+        service: redis_service(app),
     })
 }
 
@@ -175,13 +175,12 @@ fn statefulset(app: &ValidatedApp, spec: &RedisSpec) -> StatefulSet {
     )
 }
 
-fn service(app: &ValidatedApp) -> Service {
-    headless_service(
-        app,
-        child_name(app, COMPONENT),
-        COMPONENT,
+fn redis_service(app: &ValidatedApp) -> Service {
+    service(
+        object_meta(app, child_name(app, COMPONENT), COMPONENT),
         selector_labels(app, COMPONENT),
-        REDIS_PORT,
+        &[(COMPONENT, REDIS_PORT)],
+        Addressing::Headless { not_ready: false },
     )
 }
 

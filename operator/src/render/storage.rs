@@ -14,7 +14,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::{ROLE_LABEL, object_meta};
+use super::ROLE_LABEL;
 use crate::crd::DataPolicy;
 use crate::validate::ValidatedApp;
 
@@ -55,31 +55,54 @@ pub fn retention(policy: DataPolicy) -> StatefulSetPersistentVolumeClaimRetentio
     }
 }
 
-/// A headless Service (stable per-pod DNS names for StatefulSets). Only ready pods are
-/// published, so a client never resolves a pod that does not answer yet.
-pub fn headless_service(
-    app: &ValidatedApp,
-    name: String,
-    component: &str,
+/// How a Service addresses its pods.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Addressing {
+    /// Headless: DNS names each pod (stable per-pod names for StatefulSets). With
+    /// `not_ready: false` only ready pods are published, so a client never resolves a pod that
+    /// does not answer yet; peers that must find each other while starting publish all.
+    Headless {
+        /// Publish pods before they are ready.
+        not_ready: bool,
+    },
+    /// A virtual IP: a new connection goes to whichever selected pod is ready now, so clients
+    /// follow a role label that moves without waiting for DNS.
+    ClusterIp,
+}
+
+/// A Service over `selector` with one named port per `(name, port)`.
+pub fn service(
+    meta: ObjectMeta,
     selector: BTreeMap<String, String>,
-    port: i32,
+    ports: &[(&str, i32)],
+    addressing: Addressing,
 ) -> Service {
-    let mut meta = object_meta(app, name, component);
+    let mut meta = meta;
+    // The role label on the Service itself lets `kubectl get svc -l` find a role's endpoint.
     if let (Some(labels), Some(role)) = (meta.labels.as_mut(), selector.get(ROLE_LABEL)) {
         labels.insert(ROLE_LABEL.into(), role.clone());
     }
+    let (cluster_ip, publish_not_ready_addresses) = match addressing {
+        Addressing::Headless { not_ready } => (Some("None".to_string()), Some(not_ready)),
+        Addressing::ClusterIp => (None, None),
+    };
     Service {
         metadata: meta,
         spec: Some(ServiceSpec {
-            cluster_ip: Some("None".into()),
+            cluster_ip,
             selector: Some(selector),
-            publish_not_ready_addresses: Some(false),
-            ports: Some(vec![ServicePort {
-                name: Some(component.into()),
-                port,
-                target_port: Some(IntOrString::Int(port)),
-                ..ServicePort::default()
-            }]),
+            publish_not_ready_addresses,
+            ports: Some(
+                ports
+                    .iter()
+                    .map(|(name, port)| ServicePort {
+                        name: Some((*name).into()),
+                        port: *port,
+                        target_port: Some(IntOrString::Int(*port)),
+                        ..ServicePort::default()
+                    })
+                    .collect(),
+            ),
             ..ServiceSpec::default()
         }),
         status: None,
