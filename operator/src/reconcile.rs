@@ -203,6 +203,50 @@ async fn write_status(
     Ok(true)
 }
 
+/// What the instance managers report that is new since the last status: an instance that
+/// refuses its data directory (once, naming the pod) and a replica that re-cloned.
+fn instance_news(
+    previous: Option<&ScaledAppStatus>,
+    shards: &[instances::ShardDecision],
+) -> Vec<(EventType, &'static str, String)> {
+    let before = |pod: &str| {
+        previous
+            .into_iter()
+            .flat_map(|status| status.shards.iter())
+            .flat_map(|shard| shard.instances.iter())
+            .find(|instance| instance.pod == pod)
+    };
+    let mut news = Vec::new();
+    for instance in shards.iter().flat_map(|shard| shard.instances.iter()) {
+        let earlier = before(&instance.pod);
+        if instance.role == "Refused"
+            && earlier.is_none_or(|e| e.role != "Refused" || e.problem != instance.problem)
+        {
+            news.push((
+                EventType::Warning,
+                "InstanceRefused",
+                format!(
+                    "pod {} does not start Postgres: {}",
+                    instance.pod,
+                    instance.problem.as_deref().unwrap_or("no reason given")
+                ),
+            ));
+        }
+        if instance.reclones > earlier.map_or(0, |e| e.reclones) {
+            news.push((
+                EventType::Warning,
+                "ReplicaRecloned",
+                format!(
+                    "pod {} could not follow its primary and cloned it again: {}",
+                    instance.pod,
+                    instance.problem.as_deref().unwrap_or("no reason given")
+                ),
+            ));
+        }
+    }
+    news
+}
+
 /// Events for this pass: a Warning when the spec is invalid or the apply failed (once, when the
 /// status changed to say so), one Normal Event per kind of change naming the objects.
 async fn publish_events(context: &Context, app: &ScaledApp, outcome: &Outcome, written: bool) {
@@ -229,8 +273,12 @@ async fn publish_events(context: &Context, app: &ScaledApp, outcome: &Outcome, w
             )
             .await;
         }
-        Outcome::Applied { changes, .. } if changes.any() => {
-            info!(created = ?changes.created, updated = ?changes.updated, pruned = ?changes.pruned, "children changed");
+        Outcome::Applied {
+            changes, shards, ..
+        } => {
+            if changes.any() {
+                info!(created = ?changes.created, updated = ?changes.updated, pruned = ?changes.pruned, "children changed");
+            }
             for (reason, objects) in [
                 ("Created", &changes.created),
                 ("Updated", &changes.updated),
@@ -247,6 +295,9 @@ async fn publish_events(context: &Context, app: &ScaledApp, outcome: &Outcome, w
                     )
                     .await;
                 }
+            }
+            for (type_, reason, note) in instance_news(app.status.as_ref(), shards) {
+                publish(context, app, type_, reason, "Observe", note).await;
             }
         }
         _ => {}
@@ -469,5 +520,40 @@ mod tests {
             .await
             .expect("second reconcile");
         assert_eq!(fake.take_writes(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_refusing_instance_and_a_reclone_are_announced_once() {
+        use crate::crd::{InstanceSummary, ShardStatus};
+        let refused = InstanceSummary {
+            pod: "shop-shard-0-1".into(),
+            role: "Refused".into(),
+            problem: Some("MajorVersionMismatch: data is 15, server 17".into()),
+            ..InstanceSummary::default()
+        };
+        let recloned = InstanceSummary {
+            pod: "shop-shard-0-2".into(),
+            role: "Replica".into(),
+            reclones: 1,
+            problem: Some("slot shop_shard_0_2 was invalidated".into()),
+            ..InstanceSummary::default()
+        };
+        let shards = vec![instances::ShardDecision {
+            index: 0,
+            instances: vec![refused.clone(), recloned.clone()],
+            ..instances::ShardDecision::default()
+        }];
+        let news = instance_news(None, &shards);
+        let reasons: Vec<_> = news.iter().map(|(_, reason, _)| *reason).collect();
+        assert_eq!(reasons, vec!["InstanceRefused", "ReplicaRecloned"]);
+        assert!(news[0].2.contains("shop-shard-0-1"), "{}", news[0].2);
+        let previous = ScaledAppStatus {
+            shards: vec![ShardStatus {
+                instances: vec![refused, recloned],
+                ..ShardStatus::default()
+            }],
+            ..ScaledAppStatus::default()
+        };
+        assert!(instance_news(Some(&previous), &shards).is_empty());
     }
 }
