@@ -57,6 +57,7 @@ impl ReconcileError {
             ReconcileError::Apply(ApplyError::List { .. }) => "list",
             ReconcileError::Apply(ApplyError::Apply { .. }) => "apply",
             ReconcileError::Apply(ApplyError::Secret { .. }) => "secret",
+            ReconcileError::Apply(ApplyError::SecretConflict { .. }) => "secret_conflict",
             ReconcileError::Apply(ApplyError::Prune { .. }) => "prune",
             ReconcileError::Apply(ApplyError::Instances(_)) => "instances",
             ReconcileError::PatchStatus { .. } => "status",
@@ -267,7 +268,7 @@ async fn publish_events(context: &Context, app: &ScaledApp, outcome: &Outcome, w
                 context,
                 app,
                 EventType::Warning,
-                "ApplyFailed",
+                error.reason(),
                 "Apply",
                 error.to_string(),
             )
@@ -555,5 +556,43 @@ mod tests {
             ..ScaledAppStatus::default()
         };
         assert!(instance_news(Some(&previous), &shards).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_strangers_secret_under_a_generated_name_is_not_taken_over_and_nothing_rolls_out() {
+        let (fake, context) = setup();
+        fake.insert(
+            "/api/v1/namespaces/default/secrets",
+            "shop-postgres",
+            serde_json::json!({"apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": "shop-postgres", "namespace": "default", "uid": "theirs"},
+                "data": {"app-password": "c3RyYW5nZXI="}}),
+        );
+        reconcile(stored(&fake), context.clone())
+            .await
+            .expect_err("a conflict is not a success");
+        let writes = fake.take_writes();
+        assert!(
+            writes
+                .iter()
+                .all(|w| w.ends_with("/scaledapps/shop/status") || w.contains("events")),
+            "nothing but status and the Event: {writes:#?}"
+        );
+        let secret = fake
+            .get("/api/v1/namespaces/default/secrets", "shop-postgres")
+            .expect("still there");
+        assert_eq!(secret["data"]["app-password"], "c3RyYW5nZXI=");
+        assert!(secret["metadata"]["labels"].is_null(), "not relabelled");
+        let status = stored(&fake).status.clone().expect("status");
+        let ready = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Ready")
+            .expect("Ready");
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "SecretConflict")
+        );
+        assert!(ready.message.contains("shop-postgres"), "{}", ready.message);
     }
 }

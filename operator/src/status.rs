@@ -311,9 +311,19 @@ pub fn compute(
             },
             now,
         ),
+        Outcome::ApplyFailed(error) if error.needs_a_person() => from_finding(
+            current,
+            generation,
+            paused,
+            &Finding::Invalid {
+                reason: error.reason(),
+                message: error.to_string(),
+            },
+            now,
+        ),
         Outcome::ApplyFailed(error) => with_failure(
             current.cloned().unwrap_or_default(),
-            "ApplyFailed",
+            error.reason(),
             error.to_string(),
             generation,
             now,
@@ -341,7 +351,7 @@ pub fn compute(
 
 /// What status is computed from, once the outcome is read.
 enum Finding {
-    /// The spec cannot be realised.
+    /// The spec cannot be realised, or something only a person can fix blocks it.
     Invalid {
         /// CamelCase reason.
         reason: &'static str,
