@@ -19,6 +19,7 @@ use scaled_contract::{
     ENV_REDIS_PASSWORD, ENV_SESSION_SECRET,
 };
 
+use super::config::config_hash;
 use super::secrets::{
     POSTGRES_APP_KEY, REDIS_PASSWORD_KEY, SESSION_SECRET_KEY, app_secret, postgres_secret,
     redis_secret,
@@ -29,6 +30,9 @@ use super::{
 };
 use crate::children::{AppObjects, Rendered};
 use crate::validate::ValidatedApp;
+
+/// Pod-template annotation with a hash of the runtime configuration the pods read.
+pub const CONFIG_HASH_ANNOTATION: &str = "scaled.dev/config-hash";
 
 /// Component label of app pods.
 pub const COMPONENT: &str = "app";
@@ -104,7 +108,9 @@ fn deployment(app: &ValidatedApp) -> Deployment {
 }
 
 /// A pod template for app-image pods (app and workers): labels, annotations, security,
-/// spreading and the config volume.
+/// spreading and the config volume. The template carries a hash of the runtime configuration,
+/// so a change of any setting rolls the pods: the app reloads only the shard map live, and every
+/// other setting takes effect through that rollout.
 pub fn pod_template(
     app: &ValidatedApp,
     selector: BTreeMap<String, String>,
@@ -113,11 +119,12 @@ pub fn pod_template(
 ) -> PodTemplateSpec {
     let mut labels = app.spec.app.pod_labels.clone();
     labels.extend(selector.clone());
-    let annotations = &app.spec.app.pod_annotations;
+    let mut annotations = app.spec.app.pod_annotations.clone();
+    annotations.insert(CONFIG_HASH_ANNOTATION.into(), config_hash(app));
     PodTemplateSpec {
         metadata: Some(ObjectMeta {
             labels: Some(labels),
-            annotations: (!annotations.is_empty()).then(|| annotations.clone()),
+            annotations: Some(annotations),
             ..ObjectMeta::default()
         }),
         spec: Some(PodSpec {

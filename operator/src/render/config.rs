@@ -114,6 +114,12 @@ pub fn shard_endpoints(app: &ValidatedApp, index: u32) -> ShardEndpoints {
     }
 }
 
+/// A short hash of the document, as the pods will read it.
+pub fn config_hash(app: &ValidatedApp) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(&Sha256::digest(runtime_config(app).to_json().as_bytes())[..8])
+}
+
 /// The ConfigMap holding the document.
 pub fn config_map(app: &ValidatedApp) -> ConfigMap {
     ConfigMap {
@@ -164,5 +170,35 @@ mod tests {
                 "shop-shard-1-2.shop-shard-1.default.svc:5432".to_string(),
             ]
         );
+    }
+
+    #[test]
+    fn a_changed_setting_changes_the_pod_templates_so_pods_roll() {
+        use crate::render::render;
+        let template_hash = |app: &ValidatedApp| {
+            let children = render(app);
+            let hash = |deployment: &k8s_openapi::api::apps::v1::Deployment| {
+                deployment
+                    .spec
+                    .as_ref()
+                    .and_then(|spec| spec.template.metadata.as_ref())
+                    .and_then(|meta| meta.annotations.as_ref())
+                    .and_then(|annotations| annotations.get("scaled.dev/config-hash").cloned())
+                    .expect("hash annotation")
+            };
+            let app_hash = hash(&children.app.deployment);
+            assert!(
+                children
+                    .workers
+                    .iter()
+                    .all(|pool| hash(&pool.deployment) == app_hash)
+            );
+            app_hash
+        };
+        let mut app = validated_example("shop");
+        let before = template_hash(&app);
+        assert_eq!(template_hash(&app), before, "stable");
+        app.spec.rate_limit.requests += 1;
+        assert_ne!(template_hash(&app), before);
     }
 }
