@@ -1,9 +1,9 @@
 //! What every reconcile shares: the clients, the event recorder, metrics, the operator's
 //! defaults, the memory of last applies, and per-object retry backoff.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
@@ -29,6 +29,44 @@ pub struct Context {
     pub defaults: Defaults,
     /// Reads the Postgres instance managers' `/status`.
     pub http: reqwest::Client,
+    /// Since when each shard's recorded primary has looked unhealthy.
+    pub primaries: PrimaryWatch,
+}
+
+/// Since when each shard's recorded primary has looked unhealthy, per ScaledApp. Kept in memory:
+/// a restarted operator starts counting again, which delays a failover by at most the delay.
+#[derive(Debug, Default)]
+pub struct PrimaryWatch {
+    since: Mutex<HashMap<(String, u32), (String, Instant)>>,
+}
+
+impl PrimaryWatch {
+    /// Records this pass's health of each shard's recorded primary and returns how long each
+    /// has been unhealthy.
+    pub fn observe(
+        &self,
+        key: &str,
+        primaries: impl IntoIterator<Item = (u32, String, bool)>,
+    ) -> BTreeMap<u32, Duration> {
+        let now = Instant::now();
+        let mut since = self.since.lock().expect("watch lock is never poisoned");
+        let mut unhealthy_for = BTreeMap::new();
+        for (shard, primary, healthy) in primaries {
+            let entry = (key.to_string(), shard);
+            if healthy {
+                since.remove(&entry);
+                continue;
+            }
+            let (pod, first) = since.entry(entry).or_insert_with(|| (primary.clone(), now));
+            if *pod != primary {
+                // Another pod is primary now: its own clock starts.
+                *pod = primary;
+                *first = now;
+            }
+            unhealthy_for.insert(shard, now.duration_since(*first));
+        }
+        unhealthy_for
+    }
 }
 
 impl Context {
@@ -49,6 +87,7 @@ impl Context {
             metrics,
             applied: AppliedCache::default(),
             backoff: Backoff::default(),
+            primaries: PrimaryWatch::default(),
             defaults,
             http: reqwest::Client::builder()
                 .connect_timeout(std::time::Duration::from_secs(1))

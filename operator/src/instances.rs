@@ -11,7 +11,7 @@
 //! data (highest timeline, then WAL position), chosen only once every pod with a volume has
 //! reported: a replica that is further behind must never become the primary of older data.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
@@ -19,7 +19,9 @@ use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 use scaled_contract::instance::{InstanceRole, InstanceStatus};
 
-use crate::crd::{InstanceSummary, ScaledAppStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use crate::crd::{FailoverStatus, InstanceSummary, ScaledAppStatus};
 use crate::metrics::Metrics;
 use crate::render::{
     COMPONENT_LABEL, INSTANCE_LABEL, MANAGER, POSTGRES_COMPONENT, PRIMARY_ROLE, REPLICA_ROLE,
@@ -70,6 +72,8 @@ pub struct PodObservation {
     pub ordinal: u32,
     /// Its role label now.
     pub role_label: Option<String>,
+    /// Running and not being deleted.
+    pub running: bool,
     /// What its instance manager reported, if it answered.
     pub instance: Option<InstanceStatus>,
 }
@@ -94,12 +98,416 @@ pub struct ShardDecision {
     pub primary_pod: Option<String>,
     /// Why no primary is chosen yet.
     pub waiting: Option<String>,
+    /// What is wrong with the primary, while something is.
+    pub primary_health: Option<String>,
     /// The primary's timeline, as it reports it.
     pub timeline: Option<u32>,
+    /// A failover or switchover in progress.
+    pub failover: Option<FailoverStatus>,
+    /// The last completed one.
+    pub last_failover: Option<FailoverStatus>,
     /// Every pod as its instance manager reports it.
     pub instances: Vec<InstanceSummary>,
     /// Pods whose role label must change, with the new value.
     pub relabel: Vec<(String, &'static str)>,
+    /// What happened this pass that deserves an Event.
+    pub news: Vec<News>,
+    /// The switchover request acted on (or refused) this pass.
+    pub handled_switchover: Option<String>,
+}
+
+/// Something a pass decided that users should hear about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct News {
+    /// Whether it is a Warning (else Normal).
+    pub warning: bool,
+    /// CamelCase reason.
+    pub reason: &'static str,
+    /// What happened, naming the pods.
+    pub note: String,
+}
+
+/// A request to move a shard's primary (annotation [`SWITCHOVER_ANNOTATION`]).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SwitchoverRequest {
+    /// Shard.
+    pub shard: u32,
+    /// Pod to promote; the most caught-up ready replica when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+    /// Unique per request, so each one is acted on once.
+    pub id: String,
+}
+
+/// Annotation on a ScaledApp asking for a switchover (set by `scaledapp-operator switchover`).
+pub const SWITCHOVER_ANNOTATION: &str = "scaled.dev/switchover";
+
+/// How a shard's recorded primary is doing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Health {
+    /// Ready and primary.
+    Healthy,
+    /// The pod is missing, not running, or being deleted: it accepts no writes.
+    Gone(String),
+    /// The pod runs, but its instance manager does not answer: it may still accept writes (a
+    /// partition), until it fences itself.
+    Unresponsive(String),
+    /// Its instance manager answers and says it is not a ready primary.
+    Failing(String),
+}
+
+impl Health {
+    fn describe(&self) -> Option<&str> {
+        match self {
+            Health::Healthy => None,
+            Health::Gone(why) | Health::Unresponsive(why) | Health::Failing(why) => Some(why),
+        }
+    }
+}
+
+/// How the recorded primary `primary` of `shard` is doing.
+pub fn primary_health(shard: &ShardObservation, primary: &str) -> Health {
+    let Some(pod) = shard.pods.iter().find(|pod| pod.name == primary) else {
+        return Health::Gone(format!("pod {primary} does not exist"));
+    };
+    if !pod.running {
+        return Health::Gone(format!("pod {primary} is not running"));
+    }
+    match &pod.instance {
+        None => Health::Unresponsive(format!("the instance manager of {primary} does not answer")),
+        Some(instance) if instance.role == InstanceRole::Primary && instance.ready => {
+            Health::Healthy
+        }
+        Some(instance) => Health::Failing(format!(
+            "{primary} reports {:?}{}",
+            instance.role,
+            if instance.ready { "" } else { ", not ready" }
+        )),
+    }
+}
+
+/// What [`decide`] needs besides the observations.
+#[derive(Clone, Copy, Debug)]
+pub struct Inputs<'a> {
+    /// The ScaledApp.
+    pub app: &'a ValidatedApp,
+    /// Its status before this pass (the primary record lives there).
+    pub current: Option<&'a ScaledAppStatus>,
+    /// While paused nothing is chosen, promoted or relabelled.
+    pub paused: bool,
+    /// Now.
+    pub now: &'a Time,
+    /// How long each shard's recorded primary has been unhealthy (the operator's memory).
+    pub unhealthy_for: &'a BTreeMap<u32, Duration>,
+    /// A switchover asked for and not yet acted on.
+    pub switchover: Option<&'a SwitchoverRequest>,
+}
+
+/// A promoted replica has this long, beyond the failover delay, to report itself primary before
+/// it is given up on.
+const PROMOTION_GRACE: Duration = Duration::from_secs(60);
+
+/// Decides each shard's primary and the pods' role labels. Pure.
+pub fn decide(inputs: Inputs<'_>, observed: &[ShardObservation]) -> Vec<ShardDecision> {
+    observed
+        .iter()
+        .map(|shard| decide_shard(inputs, shard))
+        .collect()
+}
+
+fn decide_shard(inputs: Inputs<'_>, shard: &ShardObservation) -> ShardDecision {
+    let app = inputs.app;
+    let before = inputs
+        .current
+        .and_then(|status| status.shards.iter().find(|s| s.index == shard.index as i32));
+    let mut decision = ShardDecision {
+        index: shard.index,
+        primary_pod: before.and_then(|s| s.primary_pod.clone()),
+        failover: before.and_then(|s| s.failover.clone()),
+        last_failover: before.and_then(|s| s.last_failover.clone()),
+        instances: shard.pods.iter().map(summary).collect(),
+        ..ShardDecision::default()
+    };
+    if decision.primary_pod.is_none() {
+        if inputs.paused {
+            decision.waiting = Some("paused: no primary is chosen".to_string());
+        } else {
+            match first_primary(app, shard) {
+                Ok(primary) => decision.primary_pod = Some(primary),
+                Err(waiting) => decision.waiting = Some(waiting),
+            }
+        }
+    } else if !inputs.paused {
+        complete_failover(&mut decision, shard, inputs.now);
+    }
+    if let Some(primary) = decision.primary_pod.clone() {
+        let health = primary_health(shard, &primary);
+        if health != Health::Healthy {
+            // Said the same way every pass (no timer in it), so status settles.
+            let blocked = candidate(app, shard, &primary).err();
+            decision.primary_health = health.describe().map(|why| match &blocked {
+                Some(blocked) => format!("{why}; no replica can take over: {blocked}"),
+                None => why.to_string(),
+            });
+        }
+        let unhealthy_for = inputs
+            .unhealthy_for
+            .get(&shard.index)
+            .copied()
+            .unwrap_or_default();
+        if !inputs.paused {
+            if health != Health::Healthy {
+                fail_over(
+                    &mut decision,
+                    inputs,
+                    shard,
+                    &primary,
+                    &health,
+                    unhealthy_for,
+                );
+            } else if decision.failover.is_none()
+                && let Some(request) = inputs.switchover.filter(|r| r.shard == shard.index)
+            {
+                switch_over(&mut decision, inputs, shard, &primary, request);
+            }
+        }
+    }
+    if let (Some(primary), false) = (&decision.primary_pod, inputs.paused) {
+        decision.relabel = shard
+            .pods
+            .iter()
+            .filter_map(|pod| {
+                let role = if &pod.name == primary {
+                    PRIMARY_ROLE
+                } else {
+                    REPLICA_ROLE
+                };
+                (pod.role_label.as_deref() != Some(role)).then(|| (pod.name.clone(), role))
+            })
+            .collect();
+    }
+    decision.timeline = shard
+        .pods
+        .iter()
+        .find(|pod| Some(&pod.name) == decision.primary_pod.as_ref())
+        .and_then(|pod| pod.instance.as_ref())
+        .filter(|instance| instance.role == InstanceRole::Primary)
+        .and_then(|instance| instance.timeline);
+    decision
+}
+
+/// A change in progress is complete once its target reports itself a ready primary.
+fn complete_failover(decision: &mut ShardDecision, shard: &ShardObservation, now: &Time) {
+    let Some(progress) = &decision.failover else {
+        return;
+    };
+    let promoted = shard
+        .pods
+        .iter()
+        .find(|pod| pod.name == progress.to)
+        .and_then(|pod| pod.instance.as_ref())
+        .filter(|instance| instance.role == InstanceRole::Primary && instance.ready);
+    if let Some(instance) = promoted {
+        let done = FailoverStatus {
+            completed_at: Some(now.clone()),
+            timeline: instance.timeline.map(i64::from),
+            ..progress.clone()
+        };
+        decision.news.push(News {
+            warning: false,
+            reason: if done.kind == FAILOVER {
+                "FailoverCompleted"
+            } else {
+                "SwitchoverCompleted"
+            },
+            note: format!(
+                "shard {}: {} is the primary (timeline {}), taking over from {}",
+                shard.index,
+                done.to,
+                instance.timeline.map_or("?".to_string(), |t| t.to_string()),
+                done.from
+            ),
+        });
+        decision.failover = None;
+        decision.last_failover = Some(done);
+    }
+}
+
+/// `kind` of an unplanned change.
+pub const FAILOVER: &str = "Failover";
+/// `kind` of a planned change.
+pub const SWITCHOVER: &str = "Switchover";
+
+/// Promotes the replica with the most WAL once the primary has been unhealthy long enough.
+fn fail_over(
+    decision: &mut ShardDecision,
+    inputs: Inputs<'_>,
+    shard: &ShardObservation,
+    primary: &str,
+    health: &Health,
+    unhealthy_for: Duration,
+) {
+    let failover = &inputs.app.spec.database.failover;
+    let mut threshold = Duration::from_secs(failover.delay_seconds.max(0) as u64);
+    if matches!(health, Health::Unresponsive(_)) {
+        // It may still be taking writes behind a partition: wait until it has fenced itself.
+        threshold += Duration::from_secs(failover.fence_after_seconds.max(0) as u64);
+    }
+    if decision
+        .failover
+        .as_ref()
+        .is_some_and(|progress| progress.to == primary)
+    {
+        // A replica being promoted reports Promoting, not Primary, for a while.
+        threshold += PROMOTION_GRACE;
+    }
+    if unhealthy_for < threshold {
+        return;
+    }
+    let reason = health.describe().unwrap_or("unhealthy").to_string();
+    // When nobody can take over, primary_health already says why.
+    if let Ok(target) = candidate(inputs.app, shard, primary) {
+        decision.news.push(News {
+            warning: true,
+            reason: "FailoverStarted",
+            note: format!(
+                "shard {}: promoting {target} because {reason} (for {}s)",
+                shard.index,
+                unhealthy_for.as_secs()
+            ),
+        });
+        decision.failover = Some(FailoverStatus {
+            kind: FAILOVER.into(),
+            reason,
+            from: decision
+                .failover
+                .as_ref()
+                .map_or(primary.to_string(), |progress| progress.from.clone()),
+            to: target.clone(),
+            started_at: inputs.now.clone(),
+            completed_at: None,
+            timeline: None,
+        });
+        decision.primary_pod = Some(target);
+    }
+}
+
+/// The replica to promote: the one that received the most WAL. With synchronous replication
+/// every commit acknowledged to a client is on at least one replica, so the replica with the
+/// most WAL has them all; but only if every replica could be asked.
+fn candidate(
+    app: &ValidatedApp,
+    shard: &ShardObservation,
+    primary: &str,
+) -> Result<String, String> {
+    let set = shard_set_name(app, shard.index);
+    let others: Vec<String> = (0..instances_per_shard(app))
+        .map(|ordinal| format!("{set}-{ordinal}"))
+        .filter(|pod| pod != primary)
+        .collect();
+    let reporting: Vec<(&PodObservation, &InstanceStatus)> = shard
+        .pods
+        .iter()
+        .filter(|pod| others.contains(&pod.name) && pod.running)
+        .filter_map(|pod| pod.instance.as_ref().map(|instance| (pod, instance)))
+        .collect();
+    if app.spec.database.synchronous_replication {
+        let silent: Vec<&String> = others
+            .iter()
+            .filter(|pod| !reporting.iter().any(|(seen, _)| &&seen.name == pod))
+            .collect();
+        if !silent.is_empty() {
+            return Err(format!(
+                "synchronous replication: every replica must report before one is promoted, so                  none that lacks an acknowledged commit is chosen; waiting for {}",
+                silent
+                    .iter()
+                    .map(|pod| pod.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+    }
+    reporting
+        .iter()
+        .filter(|(_, instance)| instance.role == InstanceRole::Replica)
+        .filter_map(|(pod, instance)| {
+            let received = instance.received_lsn.or(instance.replayed_lsn)?;
+            Some((pod, received, instance.timeline.unwrap_or(0)))
+        })
+        .max_by_key(|(pod, received, timeline)| {
+            (*timeline, *received, std::cmp::Reverse(pod.ordinal))
+        })
+        .map(|(pod, _, _)| pod.name.clone())
+        .ok_or_else(|| "no replica reports that it has received WAL".to_string())
+}
+
+fn instances_per_shard(app: &ValidatedApp) -> u32 {
+    1 + app.spec.database.replicas_per_shard as u32
+}
+
+/// Moves the primary on request: to the named replica or the most caught-up ready one. The
+/// record changes at once; the old primary stops (sending its last WAL to its replicas) and the
+/// target promotes once its WAL receiver has stopped, so nothing committed is left behind.
+fn switch_over(
+    decision: &mut ShardDecision,
+    inputs: Inputs<'_>,
+    shard: &ShardObservation,
+    primary: &str,
+    request: &SwitchoverRequest,
+) {
+    let ready_replicas: Vec<(&PodObservation, &InstanceStatus)> = shard
+        .pods
+        .iter()
+        .filter(|pod| pod.name != primary && pod.running)
+        .filter_map(|pod| pod.instance.as_ref().map(|instance| (pod, instance)))
+        .filter(|(_, instance)| instance.role == InstanceRole::Replica && instance.ready)
+        .collect();
+    let target = match &request.to {
+        Some(to) if to == primary => Err(format!("{to} is already the primary")),
+        Some(to) => ready_replicas
+            .iter()
+            .find(|(pod, _)| &pod.name == to)
+            .map(|(pod, _)| pod.name.clone())
+            .ok_or_else(|| format!("{to} is not a ready replica of shard {}", shard.index)),
+        None => ready_replicas
+            .iter()
+            .max_by_key(|(pod, instance)| {
+                (
+                    instance.replayed_lsn.unwrap_or(0),
+                    std::cmp::Reverse(pod.ordinal),
+                )
+            })
+            .map(|(pod, _)| pod.name.clone())
+            .ok_or_else(|| format!("shard {} has no ready replica", shard.index)),
+    };
+    decision.handled_switchover = Some(request.id.clone());
+    match target {
+        Ok(target) => {
+            decision.news.push(News {
+                warning: false,
+                reason: "SwitchoverStarted",
+                note: format!(
+                    "shard {}: moving the primary from {primary} to {target} (request {})",
+                    shard.index, request.id
+                ),
+            });
+            decision.failover = Some(FailoverStatus {
+                kind: SWITCHOVER.into(),
+                reason: format!("requested ({})", request.id),
+                from: primary.to_string(),
+                to: target.clone(),
+                started_at: inputs.now.clone(),
+                completed_at: None,
+                timeline: None,
+            });
+            decision.primary_pod = Some(target);
+        }
+        Err(refused) => decision.news.push(News {
+            warning: true,
+            reason: "SwitchoverRefused",
+            note: format!("switchover request {}: {refused}", request.id),
+        }),
+    }
 }
 
 /// Reads every Postgres pod of the ScaledApp, its volume claims, and each instance manager's
@@ -146,10 +554,13 @@ pub async fn observe(
             continue;
         };
         if let Some(shard) = shards.get_mut(index as usize) {
+            let running = pod.metadata.deletion_timestamp.is_none()
+                && pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
             shard.pods.push(PodObservation {
                 name: pod.name_any(),
                 ordinal,
                 role_label: pod.labels().get(ROLE_LABEL).cloned(),
+                running,
                 instance,
             });
         }
@@ -195,62 +606,6 @@ async fn instance_status(http: &reqwest::Client, pod: &Pod) -> Option<InstanceSt
         return None;
     }
     response.json::<InstanceStatus>().await.ok()
-}
-
-/// Decides each shard's primary and the pods' role labels. Pure. While `paused`, nothing is
-/// chosen or relabelled; what is recorded and reported is kept.
-pub fn decide(
-    app: &ValidatedApp,
-    current: Option<&ScaledAppStatus>,
-    observed: &[ShardObservation],
-    paused: bool,
-) -> Vec<ShardDecision> {
-    observed
-        .iter()
-        .map(|shard| {
-            let recorded = current
-                .and_then(|status| status.shards.iter().find(|s| s.index == shard.index as i32))
-                .and_then(|s| s.primary_pod.clone());
-            let (primary_pod, waiting) = match recorded {
-                Some(primary) => (Some(primary), None),
-                None if paused => (None, Some("paused: no primary is chosen".to_string())),
-                None => match first_primary(app, shard) {
-                    Ok(primary) => (Some(primary), None),
-                    Err(waiting) => (None, Some(waiting)),
-                },
-            };
-            let relabel = match (&primary_pod, paused) {
-                (Some(primary), false) => shard
-                    .pods
-                    .iter()
-                    .filter_map(|pod| {
-                        let role = if &pod.name == primary {
-                            PRIMARY_ROLE
-                        } else {
-                            REPLICA_ROLE
-                        };
-                        (pod.role_label.as_deref() != Some(role)).then(|| (pod.name.clone(), role))
-                    })
-                    .collect(),
-                _ => Vec::new(),
-            };
-            let timeline = shard
-                .pods
-                .iter()
-                .find(|pod| Some(&pod.name) == primary_pod.as_ref())
-                .and_then(|pod| pod.instance.as_ref())
-                .filter(|instance| instance.role == InstanceRole::Primary)
-                .and_then(|instance| instance.timeline);
-            ShardDecision {
-                index: shard.index,
-                primary_pod,
-                waiting,
-                timeline,
-                instances: shard.pods.iter().map(summary).collect(),
-                relabel,
-            }
-        })
-        .collect()
 }
 
 /// The first primary of a shard, or why it cannot be chosen yet.
@@ -363,6 +718,7 @@ mod tests {
     use super::*;
     use crate::crd::ShardStatus;
     use crate::test_support::validated_example;
+    use k8s_openapi::jiff::Timestamp;
     use scaled_contract::instance::InstanceProblem;
 
     fn report(pod: &str, role: InstanceRole, data: Option<(u32, u64)>) -> InstanceStatus {
@@ -376,8 +732,12 @@ mod tests {
             system_identifier: None,
             timeline: data.map(|(timeline, _)| timeline),
             current_lsn: data.map(|(_, lsn)| lsn),
-            received_lsn: None,
-            replayed_lsn: None,
+            received_lsn: data
+                .filter(|_| role == InstanceRole::Replica)
+                .map(|(_, lsn)| lsn),
+            replayed_lsn: data
+                .filter(|_| role == InstanceRole::Replica)
+                .map(|(_, lsn)| lsn),
             lag_bytes: None,
             lag_seconds: None,
             primary_pod: None,
@@ -393,6 +753,7 @@ mod tests {
             name: format!("shop-shard-0-{ordinal}"),
             ordinal,
             role_label: None,
+            running: true,
             instance,
         }
     }
@@ -405,34 +766,110 @@ mod tests {
         }
     }
 
-    fn decide_one(shard: ShardObservation, current: Option<&ScaledAppStatus>) -> ShardDecision {
-        let app = validated_example("shop");
-        decide(&app, current, &[shard], false).remove(0)
+    fn at(seconds: i64) -> Time {
+        Time(Timestamp::from_second(seconds).expect("valid"))
+    }
+
+    fn recorded(primary: &str) -> ScaledAppStatus {
+        ScaledAppStatus {
+            shards: vec![ShardStatus {
+                index: 0,
+                primary_pod: Some(primary.into()),
+                ..ShardStatus::default()
+            }],
+            ..ScaledAppStatus::default()
+        }
+    }
+
+    struct Case {
+        app: ValidatedApp,
+        current: Option<ScaledAppStatus>,
+        paused: bool,
+        unhealthy_for: Duration,
+        switchover: Option<SwitchoverRequest>,
+    }
+
+    impl Case {
+        fn new(current: Option<ScaledAppStatus>) -> Self {
+            Case {
+                app: validated_example("shop"),
+                current,
+                paused: false,
+                unhealthy_for: Duration::ZERO,
+                switchover: None,
+            }
+        }
+
+        fn decide(&self, shard: ShardObservation) -> ShardDecision {
+            let unhealthy = BTreeMap::from([(0, self.unhealthy_for)]);
+            let now = at(1000);
+            let inputs = Inputs {
+                app: &self.app,
+                current: self.current.as_ref(),
+                paused: self.paused,
+                now: &now,
+                unhealthy_for: &unhealthy,
+                switchover: self.switchover.as_ref(),
+            };
+            decide(inputs, &[shard]).remove(0)
+        }
+    }
+
+    /// A running shard: 0 primary, 1 and 2 replicas that received up to the given positions.
+    fn running_shard(primary_up: bool, received: [u64; 2]) -> ShardObservation {
+        let primary = if primary_up {
+            Some(report(
+                "shop-shard-0-0",
+                InstanceRole::Primary,
+                Some((1, 900)),
+            ))
+        } else {
+            None
+        };
+        shard(
+            vec![
+                pod(0, primary),
+                pod(
+                    1,
+                    Some(report(
+                        "shop-shard-0-1",
+                        InstanceRole::Replica,
+                        Some((1, received[0])),
+                    )),
+                ),
+                pod(
+                    2,
+                    Some(report(
+                        "shop-shard-0-2",
+                        InstanceRole::Replica,
+                        Some((1, received[1])),
+                    )),
+                ),
+            ],
+            &[0, 1, 2],
+        )
     }
 
     #[test]
     fn a_new_shard_gets_its_first_pod_as_primary_before_any_pod_exists() {
-        let decision = decide_one(shard(vec![], &[]), None);
+        let decision = Case::new(None).decide(shard(vec![], &[]));
         assert_eq!(decision.primary_pod.as_deref(), Some("shop-shard-0-0"));
         assert_eq!(decision.waiting, None);
     }
 
     #[test]
     fn kept_volumes_wait_for_every_instance_and_the_newest_data_wins() {
-        let waiting = decide_one(
-            shard(
-                vec![pod(
-                    0,
-                    Some(report(
-                        "shop-shard-0-0",
-                        InstanceRole::Pending,
-                        Some((1, 500)),
-                    )),
-                )],
-                &[0, 1],
-            ),
-            None,
-        );
+        let waiting = Case::new(None).decide(shard(
+            vec![pod(
+                0,
+                Some(report(
+                    "shop-shard-0-0",
+                    InstanceRole::Pending,
+                    Some((1, 500)),
+                )),
+            )],
+            &[0, 1],
+        ));
         assert_eq!(waiting.primary_pod, None);
         assert!(
             waiting
@@ -441,34 +878,31 @@ mod tests {
                 .is_some_and(|w| w.contains("shop-shard-0-1")),
             "{waiting:?}"
         );
-        let chosen = decide_one(
-            shard(
-                vec![
-                    pod(
-                        0,
-                        Some(report(
-                            "shop-shard-0-0",
-                            InstanceRole::Pending,
-                            Some((1, 900)),
-                        )),
-                    ),
-                    pod(
-                        1,
-                        Some(report(
-                            "shop-shard-0-1",
-                            InstanceRole::Pending,
-                            Some((2, 100)),
-                        )),
-                    ),
-                    pod(
-                        2,
-                        Some(report("shop-shard-0-2", InstanceRole::Pending, None)),
-                    ),
-                ],
-                &[0, 1, 2],
-            ),
-            None,
-        );
+        let chosen = Case::new(None).decide(shard(
+            vec![
+                pod(
+                    0,
+                    Some(report(
+                        "shop-shard-0-0",
+                        InstanceRole::Pending,
+                        Some((1, 900)),
+                    )),
+                ),
+                pod(
+                    1,
+                    Some(report(
+                        "shop-shard-0-1",
+                        InstanceRole::Pending,
+                        Some((2, 100)),
+                    )),
+                ),
+                pod(
+                    2,
+                    Some(report("shop-shard-0-2", InstanceRole::Pending, None)),
+                ),
+            ],
+            &[0, 1, 2],
+        ));
         assert_eq!(
             chosen.primary_pod.as_deref(),
             Some("shop-shard-0-1"),
@@ -483,23 +917,20 @@ mod tests {
             reason: "MajorVersionMismatch".into(),
             message: "data directory is version 15, server is 17".into(),
         });
-        let decision = decide_one(
-            shard(
-                vec![
-                    pod(0, Some(refused)),
-                    pod(
-                        1,
-                        Some(report(
-                            "shop-shard-0-1",
-                            InstanceRole::Pending,
-                            Some((1, 10)),
-                        )),
-                    ),
-                ],
-                &[0, 1],
-            ),
-            None,
-        );
+        let decision = Case::new(None).decide(shard(
+            vec![
+                pod(0, Some(refused)),
+                pod(
+                    1,
+                    Some(report(
+                        "shop-shard-0-1",
+                        InstanceRole::Pending,
+                        Some((1, 10)),
+                    )),
+                ),
+            ],
+            &[0, 1],
+        ));
         assert_eq!(decision.primary_pod.as_deref(), Some("shop-shard-0-1"));
         assert_eq!(
             decision.instances[0].problem.as_deref(),
@@ -509,20 +940,10 @@ mod tests {
 
     #[test]
     fn the_recorded_primary_is_kept_and_labels_follow_it() {
-        let status = ScaledAppStatus {
-            shards: vec![ShardStatus {
-                index: 0,
-                primary_pod: Some("shop-shard-0-2".into()),
-                ..ShardStatus::default()
-            }],
-            ..ScaledAppStatus::default()
-        };
         let mut labelled = pod(2, None);
         labelled.role_label = Some(PRIMARY_ROLE.into());
-        let decision = decide_one(
-            shard(vec![pod(0, None), pod(1, None), labelled], &[]),
-            Some(&status),
-        );
+        let decision = Case::new(Some(recorded("shop-shard-0-2")))
+            .decide(shard(vec![pod(0, None), pod(1, None), labelled], &[]));
         assert_eq!(decision.primary_pod.as_deref(), Some("shop-shard-0-2"));
         assert_eq!(
             decision.relabel,
@@ -535,11 +956,161 @@ mod tests {
     }
 
     #[test]
-    fn while_paused_nothing_is_chosen_or_relabelled() {
-        let app = validated_example("shop");
-        let decision = decide(&app, None, &[shard(vec![pod(0, None)], &[])], true).remove(0);
+    fn while_paused_nothing_is_chosen_promoted_or_relabelled() {
+        let mut case = Case::new(None);
+        case.paused = true;
+        let decision = case.decide(shard(vec![pod(0, None)], &[]));
         assert_eq!(decision.primary_pod, None);
         assert!(decision.relabel.is_empty());
+        let mut case = Case::new(Some(recorded("shop-shard-0-0")));
+        case.paused = true;
+        case.unhealthy_for = Duration::from_secs(600);
+        let decision = case.decide(running_shard(false, [10, 20]));
+        assert_eq!(decision.primary_pod.as_deref(), Some("shop-shard-0-0"));
+    }
+
+    #[test]
+    fn a_lost_primary_is_replaced_by_the_replica_with_the_most_wal_after_the_delay() {
+        let mut case = Case::new(Some(recorded("shop-shard-0-0")));
+        let mut lost = running_shard(true, [700, 800]);
+        lost.pods.remove(0);
+        case.unhealthy_for = Duration::from_secs(9);
+        let early = case.decide(lost.clone());
+        assert_eq!(
+            early.primary_pod.as_deref(),
+            Some("shop-shard-0-0"),
+            "not before the delay"
+        );
+        assert_eq!(
+            early.primary_health.as_deref(),
+            Some("pod shop-shard-0-0 does not exist")
+        );
+        case.unhealthy_for = Duration::from_secs(10);
+        let decision = case.decide(lost);
+        assert_eq!(decision.primary_pod.as_deref(), Some("shop-shard-0-2"));
+        let progress = decision.failover.expect("in progress");
+        assert_eq!(
+            (progress.kind.as_str(), progress.from.as_str()),
+            (FAILOVER, "shop-shard-0-0")
+        );
+        assert_eq!(decision.news[0].reason, "FailoverStarted");
+        assert!(
+            decision
+                .relabel
+                .contains(&("shop-shard-0-2".to_string(), PRIMARY_ROLE)),
+            "the -primary Service moves with the record"
+        );
+    }
+
+    #[test]
+    fn an_unanswering_primary_is_given_time_to_fence_itself_first() {
+        let mut case = Case::new(Some(recorded("shop-shard-0-0")));
+        case.unhealthy_for = Duration::from_secs(25);
+        let waiting = case.decide(running_shard(false, [700, 800]));
+        assert_eq!(
+            waiting.primary_pod.as_deref(),
+            Some("shop-shard-0-0"),
+            "10 s + 20 s to fence"
+        );
+        case.unhealthy_for = Duration::from_secs(30);
+        let decision = case.decide(running_shard(false, [700, 800]));
+        assert_eq!(decision.primary_pod.as_deref(), Some("shop-shard-0-2"));
+    }
+
+    #[test]
+    fn with_synchronous_replication_every_replica_must_report_before_one_is_promoted() {
+        let mut case = Case::new(Some(recorded("shop-shard-0-0")));
+        case.app.spec.database.synchronous_replication = true;
+        case.unhealthy_for = Duration::from_secs(60);
+        let mut observed = running_shard(true, [700, 800]);
+        observed.pods.remove(0);
+        observed.pods[1].instance = None;
+        let blocked = case.decide(observed.clone());
+        assert_eq!(blocked.primary_pod.as_deref(), Some("shop-shard-0-0"));
+        assert!(
+            blocked
+                .primary_health
+                .as_deref()
+                .is_some_and(|h| h.contains("waiting for shop-shard-0-2")),
+            "{blocked:?}"
+        );
+        observed.pods[1].instance = Some(report(
+            "shop-shard-0-2",
+            InstanceRole::Replica,
+            Some((1, 800)),
+        ));
+        assert_eq!(
+            case.decide(observed).primary_pod.as_deref(),
+            Some("shop-shard-0-2")
+        );
+    }
+
+    #[test]
+    fn a_failover_completes_when_the_target_reports_itself_primary() {
+        let mut status = recorded("shop-shard-0-2");
+        status.shards[0].failover = Some(FailoverStatus {
+            kind: FAILOVER.into(),
+            reason: "pod shop-shard-0-0 does not exist".into(),
+            from: "shop-shard-0-0".into(),
+            to: "shop-shard-0-2".into(),
+            started_at: at(900),
+            completed_at: None,
+            timeline: None,
+        });
+        let mut case = Case::new(Some(status));
+        let mut observed = running_shard(true, [700, 800]);
+        observed.pods[2].instance = Some(report(
+            "shop-shard-0-2",
+            InstanceRole::Promoting,
+            Some((1, 800)),
+        ));
+        // Promoting for a while is not a reason to give up on it.
+        case.unhealthy_for = Duration::from_secs(30);
+        let promoting = case.decide(observed.clone());
+        assert_eq!(promoting.primary_pod.as_deref(), Some("shop-shard-0-2"));
+        assert!(promoting.failover.is_some() && promoting.last_failover.is_none());
+        observed.pods[2].instance = Some(report(
+            "shop-shard-0-2",
+            InstanceRole::Primary,
+            Some((2, 900)),
+        ));
+        case.unhealthy_for = Duration::ZERO;
+        let done = case.decide(observed);
+        assert_eq!(done.failover, None);
+        let last = done.last_failover.expect("recorded");
+        assert_eq!(
+            (last.completed_at, last.timeline),
+            (Some(at(1000)), Some(2))
+        );
+        assert_eq!(done.timeline, Some(2));
+        assert_eq!(done.news[0].reason, "FailoverCompleted");
+    }
+
+    #[test]
+    fn a_switchover_moves_the_primary_to_the_named_or_most_caught_up_replica_once() {
+        let mut case = Case::new(Some(recorded("shop-shard-0-0")));
+        case.switchover = Some(SwitchoverRequest {
+            shard: 0,
+            to: None,
+            id: "r1".into(),
+        });
+        let decision = case.decide(running_shard(true, [700, 800]));
+        assert_eq!(decision.primary_pod.as_deref(), Some("shop-shard-0-2"));
+        assert_eq!(decision.handled_switchover.as_deref(), Some("r1"));
+        assert_eq!(decision.failover.expect("started").kind, SWITCHOVER);
+        case.switchover = Some(SwitchoverRequest {
+            shard: 0,
+            to: Some("shop-shard-0-7".into()),
+            id: "r2".into(),
+        });
+        let refused = case.decide(running_shard(true, [700, 800]));
+        assert_eq!(refused.primary_pod.as_deref(), Some("shop-shard-0-0"));
+        assert_eq!(refused.news[0].reason, "SwitchoverRefused");
+        assert_eq!(
+            refused.handled_switchover.as_deref(),
+            Some("r2"),
+            "refused once, not retried"
+        );
     }
 
     #[test]

@@ -23,6 +23,7 @@ pub mod server;
 pub mod shards;
 pub mod status;
 pub mod status_view;
+pub mod switchover;
 pub mod validate;
 
 #[cfg(test)]

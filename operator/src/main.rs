@@ -66,6 +66,24 @@ enum Command {
         #[arg(long, default_value = "auto", value_parser = ["auto", "always", "never"])]
         color: String,
     },
+    /// Move a shard's primary to one of its replicas (planned; one short write pause), and wait
+    /// until the new primary accepts writes.
+    Switchover {
+        /// ScaledApp name.
+        name: String,
+        /// Shard whose primary moves.
+        #[arg(long)]
+        shard: u32,
+        /// Pod to promote (default: the most caught-up ready replica).
+        #[arg(long)]
+        to: Option<String>,
+        /// Namespace (defaults to the kubeconfig context's).
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+        /// Seconds to wait for the switchover to complete.
+        #[arg(long, default_value_t = 120)]
+        wait: u64,
+    },
     /// Print every child a ScaledApp would get, as a YAML stream, without a cluster.
     Render {
         /// The ScaledApp manifest.
@@ -192,6 +210,39 @@ async fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Switchover {
+            name,
+            shard,
+            to,
+            namespace,
+            wait,
+        } => {
+            let result = async {
+                let client = kube::Client::try_default().await.map_err(|e| {
+                    format!("failed to connect to the cluster (check KUBECONFIG): {e}")
+                })?;
+                let namespace = namespace.unwrap_or_else(|| client.default_namespace().to_string());
+                scaledapp_operator::switchover::request(
+                    client,
+                    &namespace,
+                    &name,
+                    shard,
+                    to,
+                    std::time::Duration::from_secs(wait),
+                    &mut std::io::stdout(),
+                )
+                .await
+                .map_err(|e| e.to_string())
+            }
+            .await;
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(message) => {
+                    eprintln!("error: {message}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Render {
             file,
             namespace,

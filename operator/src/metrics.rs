@@ -12,6 +12,8 @@ pub struct Metrics {
     failures: IntCounterVec,
     duration: HistogramVec,
     writes: IntCounterVec,
+    primary_changes: IntCounterVec,
+    primary_change_seconds: HistogramVec,
 }
 
 impl Default for Metrics {
@@ -59,11 +61,30 @@ impl Metrics {
             &["kind"],
         )
         .expect("metric definition is valid");
+        let primary_changes = IntCounterVec::new(
+            Opts::new(
+                "scaledapp_operator_primary_changes_total",
+                "Failovers and switchovers started, by kind",
+            ),
+            &["kind"],
+        )
+        .expect("metric definition is valid");
+        let primary_change_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "scaledapp_operator_primary_change_seconds",
+                "From the decision to promote until the new primary accepted writes, by kind",
+            )
+            .buckets(vec![1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0]),
+            &["kind"],
+        )
+        .expect("metric definition is valid");
         for collector in [
             Box::new(reconciles.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(failures.clone()),
             Box::new(duration.clone()),
             Box::new(writes.clone()),
+            Box::new(primary_changes.clone()),
+            Box::new(primary_change_seconds.clone()),
         ] {
             registry
                 .register(collector)
@@ -75,6 +96,25 @@ impl Metrics {
             failures,
             duration,
             writes,
+            primary_changes,
+            primary_change_seconds,
+        }
+    }
+
+    /// Counts a failover or switchover started (`kind` is `Failover` or `Switchover`).
+    pub fn record_primary_change(&self, kind: &'static str) {
+        self.primary_changes.with_label_values(&[kind]).inc();
+    }
+
+    /// Records how long a completed failover or switchover took. Unknown kinds are not recorded,
+    /// so the label set stays fixed.
+    pub fn record_primary_change_seconds(&self, kind: &str, seconds: f64) {
+        for known in [crate::instances::FAILOVER, crate::instances::SWITCHOVER] {
+            if kind == known {
+                self.primary_change_seconds
+                    .with_label_values(&[known])
+                    .observe(seconds);
+            }
         }
     }
 

@@ -18,6 +18,7 @@ use crate::apply::{Applier, ApplyError, Changes};
 use crate::context::Context;
 use crate::crd::{ScaledApp, ScaledAppStatus};
 use crate::instances;
+use crate::metrics::Metrics;
 use crate::render::{MANAGER, render};
 use crate::status::{self, Observed, Outcome, READY};
 use crate::validate::validate;
@@ -159,7 +160,54 @@ async fn reconcile_children(app: &ScaledApp, context: &Context, namespace: &str)
         Ok(observed) => observed,
         Err(error) => return Outcome::ApplyFailed(ApplyError::Instances(error)),
     };
-    let shards = instances::decide(&validated, app.status.as_ref(), &observed, app.spec.paused);
+    let unhealthy_for = context.primaries.observe(
+        &key(app),
+        recorded_primaries(app.status.as_ref(), &observed),
+    );
+    let switchover = pending_switchover(app);
+    let now = Time(Timestamp::now());
+    let shards = instances::decide(
+        instances::Inputs {
+            app: &validated,
+            current: app.status.as_ref(),
+            paused: app.spec.paused,
+            now: &now,
+            unhealthy_for: &unhealthy_for,
+            switchover: switchover
+                .as_ref()
+                .and_then(|request| request.as_ref().ok()),
+        },
+        &observed,
+    );
+    let mut switchover_handled = shards
+        .iter()
+        .find_map(|shard| shard.handled_switchover.clone());
+    if let Some(request) = &switchover
+        && switchover_handled.is_none()
+    {
+        // A request no shard can act on: say why once, and do not look at it again.
+        let (id, why) = match request {
+            Ok(request) if request.shard >= validated.spec.database.shards as u32 => (
+                request.id.clone(),
+                format!("shard {} does not exist", request.shard),
+            ),
+            Ok(_) => (String::new(), String::new()),
+            Err((id, why)) => (id.clone(), why.clone()),
+        };
+        if !id.is_empty() {
+            publish(
+                context,
+                app,
+                EventType::Warning,
+                "SwitchoverRefused",
+                "Switchover",
+                format!("switchover request {id}: {why}"),
+            )
+            .await;
+            switchover_handled = Some(id);
+        }
+    }
+    record_failovers(&context.metrics, &shards);
     match instances::label(&context.client, namespace, &context.metrics, &shards).await {
         Ok(labelled) => changes.updated.extend(labelled),
         Err(error) => return Outcome::ApplyFailed(ApplyError::Instances(error)),
@@ -169,6 +217,78 @@ async fn reconcile_children(app: &ScaledApp, context: &Context, namespace: &str)
         children,
         changes,
         shards,
+        switchover_handled,
+    }
+}
+
+/// Each shard's recorded primary and whether it is a ready primary right now.
+fn recorded_primaries<'a>(
+    status: Option<&'a ScaledAppStatus>,
+    observed: &'a [instances::ShardObservation],
+) -> impl Iterator<Item = (u32, String, bool)> + 'a {
+    observed.iter().filter_map(move |shard| {
+        let primary = status?
+            .shards
+            .iter()
+            .find(|s| s.index == shard.index as i32)?
+            .primary_pod
+            .clone()?;
+        let healthy = instances::primary_health(shard, &primary) == instances::Health::Healthy;
+        Some((shard.index, primary, healthy))
+    })
+}
+
+/// The switchover asked for in the annotation, unless it was acted on already; a request that
+/// cannot be read comes back as `Err((id, why))`.
+fn pending_switchover(
+    app: &ScaledApp,
+) -> Option<Result<instances::SwitchoverRequest, (String, String)>> {
+    let raw = app.annotations().get(instances::SWITCHOVER_ANNOTATION)?;
+    let request = serde_json::from_str::<instances::SwitchoverRequest>(raw).map_err(|error| {
+        (
+            raw.chars().take(64).collect::<String>(),
+            format!(
+                "the {} annotation is not a request ({error}); use `scaledapp-operator switchover`",
+                instances::SWITCHOVER_ANNOTATION
+            ),
+        )
+    });
+    let id = match &request {
+        Ok(request) => request.id.clone(),
+        Err((id, _)) => id.clone(),
+    };
+    let done = app
+        .status
+        .as_ref()
+        .and_then(|status| status.last_switchover_request.as_deref());
+    (done != Some(id.as_str())).then_some(request)
+}
+
+/// Counts failovers and switchovers started, and the duration of those completed.
+fn record_failovers(metrics: &Metrics, shards: &[instances::ShardDecision]) {
+    for news in shards.iter().flat_map(|shard| shard.news.iter()) {
+        match news.reason {
+            "FailoverStarted" => metrics.record_primary_change(instances::FAILOVER),
+            "SwitchoverStarted" => metrics.record_primary_change(instances::SWITCHOVER),
+            _ => {}
+        }
+    }
+    for done in shards.iter().filter_map(|shard| {
+        shard
+            .last_failover
+            .as_ref()
+            .filter(|_| shard.failover.is_none())
+            .filter(|_| {
+                shard
+                    .news
+                    .iter()
+                    .any(|news| news.reason.ends_with("Completed"))
+            })
+    }) {
+        if let Some(completed) = &done.completed_at {
+            let seconds = completed.0.duration_since(done.started_at.0).as_secs_f64();
+            metrics.record_primary_change_seconds(&done.kind, seconds);
+        }
     }
 }
 
@@ -299,6 +419,22 @@ async fn publish_events(context: &Context, app: &ScaledApp, outcome: &Outcome, w
             }
             for (type_, reason, note) in instance_news(app.status.as_ref(), shards) {
                 publish(context, app, type_, reason, "Observe", note).await;
+            }
+            for news in shards.iter().flat_map(|shard| shard.news.iter()) {
+                let type_ = if news.warning {
+                    EventType::Warning
+                } else {
+                    EventType::Normal
+                };
+                publish(
+                    context,
+                    app,
+                    type_,
+                    news.reason,
+                    "Failover",
+                    news.note.clone(),
+                )
+                .await;
             }
         }
         _ => {}

@@ -45,6 +45,8 @@ pub enum Outcome {
         changes: Changes,
         /// Each shard's primary and instances.
         shards: Vec<ShardDecision>,
+        /// The switchover request acted on (or refused) this pass.
+        switchover_handled: Option<String>,
     },
 }
 
@@ -168,6 +170,9 @@ pub fn components<S: Observation>(
                 primary_pod: decision.and_then(|d| d.primary_pod.clone()),
                 timeline: decision.and_then(|d| d.timeline).map(i64::from),
                 waiting: decision.and_then(|d| d.waiting.clone()),
+                primary_health: decision.and_then(|d| d.primary_health.clone()),
+                failover: decision.and_then(|d| d.failover.clone()),
+                last_failover: decision.and_then(|d| d.last_failover.clone()),
                 instances: decision.map(|d| d.instances.clone()).unwrap_or_default(),
             }
         })
@@ -332,19 +337,24 @@ pub fn compute(
             app,
             children,
             shards,
+            switchover_handled,
             ..
         } => {
             let components = match children {
                 Observed::Applied(children) => components(app, children, shards),
                 Observed::Live(children) => components(app, children, shards),
             };
-            from_finding(
+            let mut status = from_finding(
                 current,
                 generation,
                 paused,
                 &Finding::Components(Box::new(components)),
                 now,
-            )
+            );
+            if switchover_handled.is_some() {
+                status.last_switchover_request = switchover_handled.clone();
+            }
+            status
         }
     }
 }
@@ -405,6 +415,18 @@ fn from_finding(
             status.endpoints = Some(components.endpoints.clone());
             let shards_ready = components.shards.iter().filter(|s| shard_ready(s)).count();
             status.shards_summary = Some(format!("{shards_ready}/{}", components.shards.len()));
+            let changing: Vec<String> = components
+                .shards
+                .iter()
+                .filter_map(|shard| {
+                    let progress = shard.failover.as_ref()?;
+                    Some(format!(
+                        "shard {}: {} {} -> {}",
+                        shard.index, progress.kind, progress.from, progress.to
+                    ))
+                })
+                .collect();
+            status.failovers = (!changing.is_empty()).then(|| changing.join("; "));
             let pools_ready = components
                 .workers
                 .iter()

@@ -285,6 +285,30 @@ pub fn format_tree(view: &StatusView, colour: bool) -> String {
         if let Some(waiting) = &shard.waiting {
             children.push(format!("primary not chosen: {waiting}"));
         }
+        if let Some(health) = &shard.primary_health {
+            children.push(paint.state(false, &format!("primary: {health}")));
+        }
+        if let Some(progress) = &shard.failover {
+            children.push(paint.state(
+                false,
+                &format!(
+                    "{} in progress: {} -> {} ({})",
+                    progress.kind, progress.from, progress.to, progress.reason
+                ),
+            ));
+        }
+        if let Some(done) = &shard.last_failover {
+            children.push(format!(
+                "last {}: {} -> {} at {} ({})",
+                done.kind.to_lowercase(),
+                done.from,
+                done.to,
+                done.completed_at
+                    .as_ref()
+                    .map_or("?".to_string(), |time| time.0.to_string()),
+                done.reason
+            ));
+        }
         let label = format!("shard {}", shard.index);
         let timeline = shard
             .timeline

@@ -117,5 +117,6 @@ pub fn applied(app: &ValidatedApp, children: Observed) -> Outcome {
         children,
         changes: Changes::default(),
         shards,
+        switchover_handled: None,
     }
 }

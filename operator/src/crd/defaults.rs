@@ -87,7 +87,17 @@ impl Default for DatabaseSpec {
             storage: StorageSpec::default(),
             pool: PoolSpec::default(),
             synchronous_replication: false,
+            failover: FailoverSpec::default(),
             resources: postgres_resources(),
+        }
+    }
+}
+
+impl Default for FailoverSpec {
+    fn default() -> Self {
+        FailoverSpec {
+            delay_seconds: failover_delay(),
+            fence_after_seconds: fence_after(),
         }
     }
 }
@@ -284,4 +294,10 @@ pub(super) fn cdn_max_age() -> i32 {
 }
 pub(super) fn session_ttl() -> i32 {
     3600
+}
+pub(super) fn failover_delay() -> i32 {
+    10
+}
+pub(super) fn fence_after() -> i32 {
+    20
 }

@@ -31,6 +31,7 @@ use super::{MAX_NAME_LENGTH, defaults};
     printcolumn(name = "Shards", type_ = "string", json_path = ".status.shardsSummary", description = "Ready/total database shards"),
     printcolumn(name = "Workers", type_ = "string", json_path = ".status.workersSummary", description = "Ready/total worker pools"),
     printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason", priority = 1),
+    printcolumn(name = "Failover", type_ = "string", json_path = ".status.failovers", description = "Failovers and switchovers in progress", priority = 1),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = Rule::new(format!("size(self.metadata.name) <= {MAX_NAME_LENGTH}")).message(format!("metadata.name must be at most {MAX_NAME_LENGTH} characters so that every child name (for example <name>-shard-63-replica) fits Kubernetes' limits; choose a shorter name").as_str()),
 )]
@@ -410,9 +411,30 @@ pub struct DatabaseSpec {
     /// no committed write is lost when a primary dies, at the cost of write latency.
     #[serde(default)]
     pub synchronous_replication: bool,
+    /// When a shard's primary is lost, the operator promotes the replica with the most WAL.
+    #[serde(default)]
+    pub failover: FailoverSpec,
     /// CPU and memory of each Postgres container.
     #[serde(default = "defaults::postgres_resources")]
     pub resources: ResourceSpec,
+}
+
+/// Automatic failover of a shard's primary.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct FailoverSpec {
+    /// Seconds a primary must be unreachable or not ready before a replica is promoted. When its
+    /// instance manager cannot be reached at all (a partition rather than a crash), the operator
+    /// also waits `fenceAfterSeconds`, by which time the old primary has stopped accepting writes.
+    #[serde(default = "defaults::failover_delay")]
+    #[schemars(range(min = 1, max = 600))]
+    pub delay_seconds: i32,
+    /// A primary whose instance manager cannot confirm with the API server, for this long, that
+    /// it is still the chosen primary stops accepting writes (its sessions are terminated), so
+    /// two primaries never accept writes at once.
+    #[serde(default = "defaults::fence_after")]
+    #[schemars(range(min = 5, max = 600))]
+    pub fence_after_seconds: i32,
 }
 
 /// A volume claim.

@@ -1,7 +1,7 @@
 //! The ScaledApp status: written only by the operator, read by `kubectl get sapp`, the `status`
 //! subcommand and the Postgres instance managers (which obey `shards[].primaryPod`).
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::KubeSchema;
 use serde::{Deserialize, Serialize};
 
@@ -35,6 +35,13 @@ pub struct ScaledAppStatus {
     /// `ready/total` worker pools, for `kubectl get`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workers_summary: Option<String>,
+    /// Id of the last switchover request (annotation `scaled.dev/switchover`) acted on, so each
+    /// request is acted on once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_switchover_request: Option<String>,
+    /// Failovers and switchovers in progress, for `kubectl get -o wide`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failovers: Option<String>,
     /// Endpoints the app is configured with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoints: Option<Endpoints>,
@@ -77,9 +84,40 @@ pub struct ShardStatus {
     /// Why no primary is chosen yet, while that is so.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting: Option<String>,
+    /// What is wrong with the primary, while something is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary_health: Option<String>,
+    /// A failover or switchover in progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failover: Option<FailoverStatus>,
+    /// The last completed failover or switchover.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failover: Option<FailoverStatus>,
     /// Each pod of the shard as its instance manager reports it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub instances: Vec<InstanceSummary>,
+}
+
+/// A change of a shard's primary.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct FailoverStatus {
+    /// `Failover` (the primary was lost) or `Switchover` (requested, or part of a rolling update).
+    pub kind: String,
+    /// Why it happened.
+    pub reason: String,
+    /// The primary before.
+    pub from: String,
+    /// The pod promoted.
+    pub to: String,
+    /// When the operator decided it.
+    pub started_at: Time,
+    /// When the new primary accepted writes (completed changes only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<Time>,
+    /// The new primary's timeline (completed changes only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeline: Option<i64>,
 }
 
 /// One Postgres pod, as its instance manager reports it.

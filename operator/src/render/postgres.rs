@@ -54,9 +54,6 @@ const BIN_MOUNT: &str = "/scaled/bin";
 pub const INSTANCE_BINARY: &str = "/scaled/bin/scaled-instance";
 /// Replication role name.
 pub const REPLICATION_USER: &str = "replicator";
-/// Seconds a primary keeps accepting writes while it cannot confirm with the API server that it
-/// is still the chosen one. Longer than an API server restart, shorter than a failover.
-const FENCE_AFTER_SECONDS: u32 = 20;
 
 /// The ConfigMap with the instance managers' shared settings.
 pub fn config_map(app: &ValidatedApp) -> ConfigMap {
@@ -103,7 +100,7 @@ pub fn instance_config(app: &ValidatedApp) -> InstanceConfig {
         instances: instances(app),
         parameters: server_settings(app),
         synchronous_replication: app.spec.database.synchronous_replication,
-        fence_after_seconds: FENCE_AFTER_SECONDS,
+        fence_after_seconds: app.spec.database.failover.fence_after_seconds as u32,
         postgres_port: POSTGRES_PORT as u16,
         status_port: INSTANCE_STATUS_PORT,
     }

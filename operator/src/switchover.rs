@@ -1,0 +1,142 @@
+//! `scaledapp-operator switchover`: asks the operator, through the API, to move a shard's primary
+//! (like `kubectl cnpg promote`), then follows the ScaledApp's status until the new primary
+//! accepts writes.
+//!
+//! The request is the annotation [`SWITCHOVER_ANNOTATION`] with a fresh id; the operator acts on
+//! each id once and records it in `status.lastSwitchoverRequest`. Nothing here writes status: the
+//! operator stays the only writer of the primary record.
+
+use std::time::{Duration, Instant};
+
+use kube::api::{Patch, PatchParams};
+use kube::{Api, Client};
+use rand::distr::{Alphanumeric, SampleString};
+
+use crate::crd::ScaledApp;
+use crate::instances::{SWITCHOVER, SWITCHOVER_ANNOTATION, SwitchoverRequest};
+
+/// Why a switchover request failed or did not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum SwitchoverError {
+    /// Writing the request failed.
+    #[error("failed to annotate ScaledApp {namespace}/{name}: {source}")]
+    Request {
+        /// Namespace.
+        namespace: String,
+        /// ScaledApp.
+        name: String,
+        /// Cause.
+        #[source]
+        source: kube::Error,
+    },
+    /// Reading the ScaledApp failed.
+    #[error("failed to read ScaledApp {namespace}/{name}: {source}")]
+    Read {
+        /// Namespace.
+        namespace: String,
+        /// ScaledApp.
+        name: String,
+        /// Cause.
+        #[source]
+        source: kube::Error,
+    },
+    /// The operator refused the request.
+    #[error(
+        "the operator refused the switchover (see `kubectl describe scaledapp {name}` for why)"
+    )]
+    Refused {
+        /// ScaledApp.
+        name: String,
+    },
+    /// The operator did not finish in time.
+    #[error(
+        "the switchover did not finish within {0:?}; it may still complete: watch `kubectl get sapp -o wide`"
+    )]
+    Timeout(Duration),
+}
+
+/// Asks for a switchover of `shard` (to `to`, or the most caught-up replica) and waits up to
+/// `wait` for it to complete; prints progress lines to `out`.
+pub async fn request(
+    client: Client,
+    namespace: &str,
+    name: &str,
+    shard: u32,
+    to: Option<String>,
+    wait: Duration,
+    out: &mut impl std::io::Write,
+) -> Result<(), SwitchoverError> {
+    let apps: Api<ScaledApp> = Api::namespaced(client, namespace);
+    let request = SwitchoverRequest {
+        shard,
+        to,
+        id: format!(
+            "switchover-{}",
+            Alphanumeric
+                .sample_string(&mut rand::rng(), 10)
+                .to_lowercase()
+        ),
+    };
+    let value = serde_json::to_string(&request).expect("a request serialises");
+    let patch = serde_json::json!({"metadata": {"annotations": {SWITCHOVER_ANNOTATION: value}}});
+    apps.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(|source| SwitchoverError::Request {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            source,
+        })?;
+    let _ = writeln!(out, "requested {} (shard {shard})", request.id);
+    let started = Instant::now();
+    let mut last_line = String::new();
+    while started.elapsed() < wait {
+        let app = apps
+            .get(name)
+            .await
+            .map_err(|source| SwitchoverError::Read {
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+                source,
+            })?;
+        let status = app.status.unwrap_or_default();
+        let shard_status = status.shards.iter().find(|s| s.index == shard as i32);
+        let acted_on = status.last_switchover_request.as_deref() == Some(request.id.as_str());
+        let ours = |reason: &str| reason.contains(&request.id);
+        if let Some(done) = shard_status
+            .and_then(|s| s.last_failover.as_ref())
+            .filter(|done| done.kind == SWITCHOVER && ours(&done.reason))
+        {
+            let seconds = done
+                .completed_at
+                .as_ref()
+                .map(|completed| completed.0.duration_since(done.started_at.0).as_secs_f64())
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "done: {} is the primary of shard {shard} (was {}), timeline {}, {seconds:.1}s",
+                done.to,
+                done.from,
+                done.timeline.map_or("?".into(), |t| t.to_string())
+            );
+            return Ok(());
+        }
+        let in_progress = shard_status
+            .and_then(|s| s.failover.as_ref())
+            .filter(|progress| ours(&progress.reason));
+        if acted_on && in_progress.is_none() {
+            return Err(SwitchoverError::Refused {
+                name: name.to_string(),
+            });
+        }
+        let line = match in_progress {
+            Some(progress) => format!("promoting {} (was {})", progress.to, progress.from),
+            None => "waiting for the operator".to_string(),
+        };
+        if line != last_line {
+            let _ = writeln!(out, "{line}");
+            last_line = line;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Err(SwitchoverError::Timeout(wait))
+}
