@@ -9,6 +9,8 @@ pub mod config;
 pub mod db;
 pub mod http;
 pub mod metrics;
+pub mod password_tokens;
+pub mod passwords;
 pub mod queue;
 pub mod ratelimit;
 pub mod redis_client;

@@ -1,7 +1,11 @@
 //! Sessions kept in Redis with a sliding TTL, so any pod can serve any request.
 //!
-//! Ids are 256 random bits from a CSPRNG, new on every login (no fixation). Redis stores only a
+//! Ids are 256 random bits from a CSPRNG, new on every sign-in (no fixation). Redis stores only a
 //! keyed hash of the id (`SHA-256(secret || id)`), so a dump of Redis yields no usable cookie.
+//!
+//! Sessions are opened only by a sign-in with a password. Versions before that opened a session
+//! for any user id without a credential; those sessions were stored under `session:<hash>`, and
+//! this store reads and writes `session:v2:<hash>` only, so none of them is honoured.
 
 use std::time::Duration;
 
@@ -105,8 +109,15 @@ impl SessionStore {
         let mut hasher = Sha256::new();
         hasher.update(self.secret.expose().as_bytes());
         hasher.update(id.as_bytes());
-        format!("session:{}", hex::encode(hasher.finalize()))
+        format!("session:v2:{}", hex::encode(hasher.finalize()))
     }
+}
+
+/// The signed-in user of a session's data.
+pub fn user_of(data: &Value) -> Option<i64> {
+    data.get("user_id")
+        .and_then(Value::as_i64)
+        .filter(|id| *id > 0)
 }
 
 /// Whether `id` has the shape of an id this store issues (so junk never reaches Redis).

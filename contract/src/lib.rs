@@ -377,7 +377,8 @@ mod tests {
             .expect("rateLimit is an object")
             .remove("trustedProxyHops");
         assert_eq!(removed, Some(serde_json::json!(0)), "written as camelCase");
-        let parsed = RuntimeConfig::from_json(&document.to_string()).expect("older documents parse");
+        let parsed =
+            RuntimeConfig::from_json(&document.to_string()).expect("older documents parse");
         assert_eq!(parsed.rate_limit.trusted_proxy_hops, 0);
     }
 
