@@ -109,6 +109,7 @@ async fn an_order_needs_the_buyers_session_and_cannot_be_placed_for_someone_else
         )
         .await;
     assert_eq!(own.status(), StatusCode::CREATED);
+    assert_eq!(own.headers()["cache-control"], "private, no-store");
     let order: Value = own.json().await.expect("json");
     assert_eq!(order["user_id"], buyer["id"]);
 }
