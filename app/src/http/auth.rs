@@ -4,7 +4,7 @@
 use axum::{extract::FromRequestParts, http::request::Parts};
 
 use super::{AppState, error::AppError, extract::cookie};
-use crate::sessions::{is_well_formed, user_of};
+use crate::sessions::{generation_of, is_well_formed, user_of};
 
 /// The signed-in user. As an extractor it answers 401 when the request has no live session;
 /// `Option<SignedIn>` makes the session optional.
@@ -35,14 +35,23 @@ pub fn session_id(state: &AppState, parts: &Parts) -> Option<String> {
     cookie(&parts.headers, &state.config.sessions.cookie_name).filter(|id| is_well_formed(id))
 }
 
-/// The signed-in user of `parts`, if its session is live (a Redis failure is an error, not "no
-/// session": a request must not act anonymously because the store was briefly unreachable).
+/// The signed-in user of `parts`, if its session is live and was opened under the user's
+/// current generation (no password change since). A Redis failure is an error, not "no
+/// session": a request must not act anonymously because the store was briefly unreachable.
 pub async fn signed_in(state: &AppState, parts: &Parts) -> Result<Option<SignedIn>, AppError> {
     let Some(session_id) = session_id(state, parts) else {
         return Ok(None);
     };
-    let data = state.sessions.load(&session_id).await?;
-    Ok(data.as_ref().and_then(user_of).map(|user_id| SignedIn {
+    let Some(data) = state.sessions.load(&session_id).await? else {
+        return Ok(None);
+    };
+    let Some(user_id) = user_of(&data) else {
+        return Ok(None);
+    };
+    if state.sessions.generation(user_id).await? != generation_of(&data) {
+        return Ok(None);
+    }
+    Ok(Some(SignedIn {
         user_id,
         session_id,
     }))

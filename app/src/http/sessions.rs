@@ -35,7 +35,8 @@ struct SignIn {
     password: Password,
 }
 
-fn session_cookie(state: &AppState, value: &str, max_age: u64) -> Option<HeaderValue> {
+/// The `Set-Cookie` value of session `value` (empty with `max_age` 0 to clear it).
+pub(super) fn session_cookie(state: &AppState, value: &str, max_age: u64) -> Option<HeaderValue> {
     let settings = &state.config.sessions;
     let secure = if settings.cookie_secure {
         "; Secure"
@@ -103,7 +104,8 @@ async fn create(
         return Err(AppError::Unauthorized("email or password is incorrect"));
     };
     state.sign_in.succeeded(attempt).await;
-    let data = json!({ "user_id": account.user_id, "created_at": chrono::Utc::now() });
+    let generation = state.sessions.generation(account.user_id).await?;
+    let data = crate::sessions::new_data(account.user_id, generation);
     // A new id on every sign-in, and the old session (if any) ends: no session fixation.
     let previous = current_id(&state, &headers);
     let id = state.sessions.create(&data, previous.as_deref()).await?;
@@ -123,6 +125,11 @@ async fn read(State(state): State<AppState>, headers: HeaderMap) -> Result<Respo
         .load(&id)
         .await?
         .ok_or(AppError::NotFound("session"))?;
+    // A session voided by a password change is no session.
+    let user_id = crate::sessions::user_of(&data).ok_or(AppError::NotFound("session"))?;
+    if state.sessions.generation(user_id).await? != crate::sessions::generation_of(&data) {
+        return Err(AppError::NotFound("session"));
+    }
     let ttl = state.sessions.ttl().as_secs();
     Ok(private(
         StatusCode::OK,

@@ -317,6 +317,7 @@ async fn set_password(
     JsonBody(body): JsonBody<PasswordChange>,
 ) -> Result<Response, AppError> {
     let id = parse_id("id", &id)?;
+    let mut rotate = None;
     match (&body.token, signed_in) {
         (Some(token), _) => {
             validate_password(&body.password)?;
@@ -354,17 +355,32 @@ async fn set_password(
                 }
                 state.sign_in.succeeded(attempt).await;
             }
+            rotate = Some(signed_in.session_id);
         }
     }
     let hash = state.passwords.hash(&body.password).await?;
+    // Every session of the user ends first: should the update then fail, the old password
+    // still works and nothing opened with it survives.
+    let generation = state.sessions.end_all(id).await?;
     if !users::set_password(&state.cluster, id, &hash).await? {
         return Err(AppError::NotFound("user"));
     }
-    Ok((
+    let mut response = (
         StatusCode::NO_CONTENT,
         [(header::CACHE_CONTROL, "private, no-store")],
     )
-        .into_response())
+        .into_response();
+    // The caller who changed it by session keeps working, under a new session id.
+    if let Some(old) = rotate {
+        let data = crate::sessions::new_data(id, generation);
+        let new = state.sessions.create(&data, Some(&old)).await?;
+        if let Some(cookie) =
+            super::sessions::session_cookie(&state, &new, state.sessions.ttl().as_secs())
+        {
+            response.headers_mut().insert(header::SET_COOKIE, cookie);
+        }
+    }
+    Ok(response)
 }
 
 fn parse_ids(text: &str) -> Result<Vec<i64>, AppError> {

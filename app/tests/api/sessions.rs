@@ -416,8 +416,12 @@ async fn a_password_change_needs_the_owners_session_and_current_password() {
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(body["error"]["field"], "password");
 
+    // A session on another device, opened with the old password.
+    let elsewhere =
+        session_cookie(&sign_in(&app, &user["email"], PASSWORD).await).expect("a second session");
     let changed = set_password(&app, &user["id"], Some(&session), &change).await;
     assert_eq!(changed.status(), StatusCode::NO_CONTENT);
+    let rotated = session_cookie(&changed).expect("the caller gets a new session id");
     assert_eq!(
         sign_in(&app, &user["email"], PASSWORD).await.status(),
         StatusCode::UNAUTHORIZED
@@ -426,6 +430,57 @@ async fn a_password_change_needs_the_owners_session_and_current_password() {
         sign_in(&app, &user["email"], new_password).await.status(),
         StatusCode::CREATED
     );
+    // Every session opened before the change is over; the caller's new one works.
+    let me = |cookie: String| {
+        let app = &app;
+        async move {
+            app.client
+                .get(format!("{}/api/me", app.address))
+                .header(header::COOKIE, format!("sid={cookie}"))
+                .send()
+                .await
+                .expect("sent")
+                .status()
+        }
+    };
+    assert_eq!(me(elsewhere).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(me(session).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(me(rotated).await, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn setting_a_password_with_a_token_ends_every_session_of_the_user() {
+    let app = TestApp::spawn().await;
+    let user = app.create_user().await;
+    let stolen = app.session_of(&user).await;
+    let token = app
+        .state
+        .password_tokens
+        .issue(user["id"].as_i64().expect("id"))
+        .await
+        .expect("a token");
+    let reset = set_password(
+        &app,
+        &user["id"],
+        None,
+        &json!({ "token": token, "password": "after the compromise" }),
+    )
+    .await;
+    assert_eq!(reset.status(), StatusCode::NO_CONTENT);
+    assert!(session_cookie(&reset).is_none(), "a token opens no session");
+    assert_eq!(
+        current(&app, reqwest::Method::GET, &stolen).await.status(),
+        StatusCode::NOT_FOUND
+    );
+    let use_it = app
+        .client
+        .put(format!("{}/api/users/{}", app.address, user["id"]))
+        .header(header::COOKIE, format!("sid={stolen}"))
+        .json(&json!({ "name": "Still mine" }))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(use_it.status(), StatusCode::UNAUTHORIZED);
 }
 
 #[tokio::test]
