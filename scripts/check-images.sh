@@ -12,8 +12,10 @@
 #  - then unpacks the rootfs and RUNS the binary from it alone, as a pod would: uid 65532, root
 #    filesystem READ-ONLY, no capabilities, an empty host directory on /tmp (the emptyDir), an
 #    environment of PATH only; with runc (an OCI runtime) when installed, else chroot in a private
-#    mount namespace (see in_image). Needs root. When `make stack` runs, the app image also
-#    migrates, serves and works against its real Postgres shards and Redis.
+#    mount namespace (see in_image). Needs root. The app image also migrates, serves and works
+#    against real Postgres shards and Redis: those of `make stack` when it runs, else a throwaway
+#    stack this script starts with `scripts/stack.sh up` on free ports and stops again with
+#    `scripts/stack.sh down` (nothing is skipped).
 # Prints PASS/FAIL per check and the image sizes; exits 1 if any check failed.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -38,12 +40,15 @@ fail() {
   [[ $# -lt 2 ]] || printf '%s\n' "${@:2}" | sed -e '/^$/d' -e 's/^/        /'
   failed=$((failed + 1))
 }
-skip() { printf '  SKIP  %s\n' "$1"; }
 
 WORK=$(mktemp -d)
 chmod 0755 "${WORK}"
+OWN_STACK=0
 cleanup() {
   local id
+  if [[ ${OWN_STACK} == 1 ]]; then
+    "${ROOT}/scripts/stack.sh" down >/dev/null 2>&1 || true
+  fi
   # Containers whose runc was killed (a binary that ignored SIGTERM) leave state behind.
   if [[ -f "${WORK}/runc-ids" ]]; then
     while read -r id; do runc delete --force "${id}" >/dev/null 2>&1 || true; done <"${WORK}/runc-ids"
@@ -267,19 +272,65 @@ check_app() {
   fi
 }
 
-# The app image against the real Postgres shards and Redis of `make stack` (scripts/stack.sh), when
-# it is running: migrate, then serve on other ports and create and read a user, then a worker.
+# free_ports N: N free loopback ports on one line; free_port_run N: the first of N consecutive
+# free ones.
+free_ports() {
+  python3 - "$1" <<'PY'
+import socket, sys
+socks = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in socks: s.bind(("127.0.0.1", 0))
+print(*[s.getsockname()[1] for s in socks])
+PY
+}
+free_port_run() {
+  python3 - "$1" <<'PY'
+import random, socket, sys
+n = int(sys.argv[1])
+for _ in range(200):
+    base = random.randrange(20000, 60000 - n)
+    socks = []
+    try:
+        for port in range(base, base + n):
+            s = socket.socket(); socks.append(s); s.bind(("127.0.0.1", port))
+    except OSError:
+        continue
+    finally:
+        for s in socks: s.close()
+    print(base); break
+else:
+    sys.exit("no run of free ports")
+PY
+}
+
+# ensure_stack: the `make stack` components if they run, else a throwaway stack of our own
+# (stopped by cleanup). Fails (never skips) when neither is there.
+ensure_stack() {
+  if [[ -f "${ROOT}/.stack/config.json" && -f "${ROOT}/.stack/session-secret" ]]; then
+    echo "  ----  using the running 'make stack' components"
+    return 0
+  fi
+  if [[ -e "${ROOT}/.stack" ]]; then
+    fail "start a throwaway stack" ".stack exists but holds no config: stop it with 'scripts/stack.sh down'"
+    return 1
+  fi
+  local ports pg_base
+  read -r -a ports < <(free_ports 4)
+  pg_base=$(free_port_run 4)
+  echo "  ----  starting a throwaway stack (scripts/stack.sh up; Postgres from :${pg_base}, Redis :${ports[0]})"
+  OWN_STACK=1
+  if ! REDIS_PORT=${ports[0]} HTTP_PORT=${ports[1]} METRICS_PORT=${ports[2]} WORKER_METRICS_PORT=${ports[3]} \
+    PG_PORT_BASE=${pg_base} "${ROOT}/scripts/stack.sh" up >"${WORK}/stack.log" 2>&1; then
+    fail "start a throwaway stack with scripts/stack.sh up" "$(tail -n 10 "${WORK}/stack.log")"
+    return 1
+  fi
+}
+
+# The app image against real Postgres shards and Redis (see ensure_stack): migrate, then serve on
+# other ports, sign up, read the public and (signed in) the private representation, then a worker.
 check_app_stack() {
   local rootfs=$1 http metrics worker_metrics secret
-  if [[ ! -f "${ROOT}/.stack/config.json" || ! -f "${ROOT}/.stack/session-secret" ]]; then
-    skip "the app against real Postgres and Redis: start them with 'make stack' to include this"
-    return
-  fi
-  read -r http metrics worker_metrics < <(python3 -c '
-import socket
-socks = [socket.socket() for _ in range(3)]
-for s in socks: s.bind(("127.0.0.1", 0))
-print(*[s.getsockname()[1] for s in socks])')
+  ensure_stack || return 0
+  read -r http metrics worker_metrics < <(free_ports 3)
   python3 - "${ROOT}/.stack/config.json" "${http}" "${metrics}" "${WORK}/config.json" "${worker_metrics}" \
     "${WORK}/worker-config.json" <<'PY'
 import json, sys
@@ -291,11 +342,15 @@ json.dump(config, open(sys.argv[6], "w"))
 PY
   secret=$(cat "${ROOT}/.stack/session-secret")
   local env=(--env SCALED_SESSION_SECRET="${secret}" --env SCALED_POD_NAME=image-check)
+  # With password authentication the stack keeps the app role's password beside its config.
+  if [[ -f "${ROOT}/.stack/database-password" ]]; then
+    env+=(--env SCALED_DATABASE_PASSWORD="$(cat "${ROOT}/.stack/database-password")")
+  fi
   if in_image "${rootfs}" --file "${WORK}/config.json" --env SCALED_CONFIG=/tmp/config.json "${env[@]}" \
     -- scaled-app migrate >/dev/null; then
-    pass "migrate from the image against the 'make stack' shards"
+    pass "migrate from the image against real Postgres shards"
   else
-    fail "migrate from the image against the 'make stack' shards" "$(tail -n 3 "${WORK}/stderr")"
+    fail "migrate from the image against real Postgres shards" "$(tail -n 3 "${WORK}/stderr")"
   fi
   in_image "${rootfs}" --file "${WORK}/config.json" --env SCALED_CONFIG=/tmp/config.json "${env[@]}" \
     --timeout 120 -- scaled-app serve >/dev/null &
@@ -304,17 +359,23 @@ PY
     curl -fsS "http://127.0.0.1:${http}/ready" >/dev/null 2>&1 && { ok=1; break; }
     sleep 0.2
   done
-  local email id=""
+  local email id="" credentials base="http://127.0.0.1:${http}"
   email="image-check-$(date +%s%N)@example.com"
+  credentials="\"email\": \"${email}\", \"password\": \"image check password\""
   if [[ ${ok} == 1 ]]; then
-    id=$(curl -fsS -H 'content-type: application/json' --data "{\"name\": \"Image Check\", \"email\": \"${email}\"}" \
-      "http://127.0.0.1:${http}/api/users" | python3 -c 'import json, sys; print(json.load(sys.stdin)["id"])') || id=""
+    id=$(curl -fsS -H 'content-type: application/json' --data "{\"name\": \"Image Check\", ${credentials}}" \
+      "${base}/api/users" | python3 -c 'import json, sys; print(json.load(sys.stdin)["id"])') || id=""
   fi
-  if [[ -n ${id} ]] && curl -fsS "http://127.0.0.1:${http}/api/users/${id}" | grep -q "${email}" \
+  # The public representation has the name and no email; signed in, /api/me has the email.
+  if [[ -n ${id} ]] && curl -fsS "${base}/api/users/${id}" >"${WORK}/public.json" \
+    && grep -q '"Image Check"' "${WORK}/public.json" && ! grep -q "${email}" "${WORK}/public.json" \
+    && curl -fsS -c "${WORK}/cookies" -H 'content-type: application/json' --data "{${credentials}}" \
+      "${base}/api/sessions" >/dev/null \
+    && curl -fsS -b "${WORK}/cookies" "${base}/api/me" | grep -q "${email}" \
     && curl -fsS "http://127.0.0.1:${metrics}/metrics" | grep -q '^http_requests_total'; then
-    pass "serve from the image (read-only root, 65532): /ready, POST + GET /api/users (id ${id}), /metrics"
+    pass "serve from the image (read-only root, 65532): /ready, sign-up, public GET /api/users/${id}, sign-in, /api/me, /metrics"
   else
-    fail "serve from the image against the 'make stack' components (port ${http})" "$(tail -n 5 "${WORK}/stderr")"
+    fail "serve from the image against real Postgres and Redis (port ${http})" "$(tail -n 5 "${WORK}/stderr")"
   fi
   stop_tree "${serve}" "serve"
   in_image "${rootfs}" --file "${WORK}/worker-config.json" --env SCALED_CONFIG=/tmp/worker-config.json "${env[@]}" \
@@ -326,9 +387,9 @@ PY
     sleep 0.2
   done
   if [[ ${ok} == 1 ]] && kill -0 "${worker}" 2>/dev/null; then
-    pass "worker from the image consumes from the 'make stack' Redis and serves /metrics"
+    pass "worker from the image consumes from the stack's Redis and serves /metrics"
   else
-    fail "worker from the image against the 'make stack' components" "$(tail -n 5 "${WORK}/stderr")"
+    fail "worker from the image against real Postgres and Redis" "$(tail -n 5 "${WORK}/stderr")"
   fi
   stop_tree "${worker}" "worker"
 }

@@ -69,12 +69,14 @@ pub enum ConfigError {
     ShardArgument(String),
 }
 
+use crate::ratelimit::AttemptPolicy;
+
 /// Everything one process needs to start.
 #[derive(Clone, Debug)]
 pub struct Settings {
     /// The operator's document.
     pub runtime: RuntimeConfig,
-    /// Where the document came from; watched for shard-map changes when set.
+    /// Where the document came from; watched for shard-map and rate-limit changes when set.
     pub config_path: Option<PathBuf>,
     /// Postgres password of the application role (absent with trust authentication).
     pub database_password: Option<Secret>,
@@ -86,6 +88,8 @@ pub struct Settings {
     pub pod_name: String,
     /// Address the servers bind (all interfaces in a pod; loopback in tests).
     pub bind_address: IpAddr,
+    /// Failed sign-ins allowed per account and window (the default; tests shorten the window).
+    pub sign_in: AttemptPolicy,
 }
 
 impl Settings {
@@ -111,6 +115,7 @@ impl Settings {
             session_secret,
             pod_name: pod_name_from_env(),
             bind_address: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            sign_in: AttemptPolicy::default(),
         })
     }
 
@@ -124,6 +129,7 @@ impl Settings {
             session_secret,
             pod_name: pod_name_from_env(),
             bind_address: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            sign_in: AttemptPolicy::default(),
         }
     }
 }

@@ -1,14 +1,18 @@
 //! The ScaledApp service. A request flows
-//! `http` (router, errors) -> `cache` (L1 moka, L2 Redis) -> `db` (slot -> shard, replica or
-//! primary); writes commit data and outbox rows together, `relay` moves the outbox into
-//! Redis Streams, and `worker` applies each message once in effect. `startup` wires the three
-//! modes (`serve`, `worker`, `migrate`) from `config`.
+//! `http` (router, errors, who is signed in) -> `cache` (L1 moka, L2 Redis) -> `db` (slot ->
+//! shard, replica or primary); writes commit data and outbox rows together, `relay` moves the
+//! outbox into Redis Streams, and `worker` applies each message once in effect. Sign-in checks
+//! `passwords` (argon2id) and opens a session in `sessions`; `ratelimit` counts requests per
+//! user or address and failed sign-ins per account. `startup` wires the three modes (`serve`,
+//! `worker`, `migrate`) from `config`.
 
 pub mod cache;
 pub mod config;
 pub mod db;
 pub mod http;
 pub mod metrics;
+pub mod password_tokens;
+pub mod passwords;
 pub mod queue;
 pub mod ratelimit;
 pub mod redis_client;

@@ -35,6 +35,13 @@ enum Command {
     },
     /// Apply database migrations to every shard primary.
     Migrate,
+    /// Issue a one-time token with which a user sets a new password (for accounts created before
+    /// passwords existed, or a lost password). Prints the token; it is valid for 24 hours.
+    PasswordToken {
+        /// The user's id.
+        #[arg(long)]
+        user_id: i64,
+    },
     /// Print a development config document (used by scripts/stack.sh).
     #[command(hide = true)]
     LocalConfig {
@@ -122,6 +129,15 @@ async fn main() -> ExitCode {
             .await
         }
         Command::Migrate => startup::run_migrations(settings).await,
+        Command::PasswordToken { user_id } => {
+            match startup::issue_password_token(settings, user_id).await {
+                Ok(token) => match writeln!(std::io::stdout(), "{token}") {
+                    Ok(()) => Ok(()),
+                    Err(error) => return fail(&error),
+                },
+                Err(error) => Err(error),
+            }
+        }
         Command::Seed {
             users,
             concurrency,

@@ -1,7 +1,15 @@
 //! Sessions kept in Redis with a sliding TTL, so any pod can serve any request.
 //!
-//! Ids are 256 random bits from a CSPRNG, new on every login (no fixation). Redis stores only a
+//! Ids are 256 random bits from a CSPRNG, new on every sign-in (no fixation). Redis stores only a
 //! keyed hash of the id (`SHA-256(secret || id)`), so a dump of Redis yields no usable cookie.
+//!
+//! Every user has a session generation (`session-generation:<user id>`, 0 until first set), and a
+//! session carries the generation it was opened under: a password change bumps it, which voids
+//! every session of that user at once, wherever it is used.
+//!
+//! Sessions are opened only by a sign-in with a password. Versions before that opened a session
+//! for any user id without a credential; those sessions were stored under `session:<hash>`, and
+//! this store reads and writes `session:v2:<hash>` only, so none of them is honoured.
 
 use std::time::Duration;
 
@@ -76,6 +84,35 @@ impl SessionStore {
         Ok(id)
     }
 
+    /// The current session generation of `user_id`.
+    pub async fn generation(&self, user_id: i64) -> Result<u64, SessionError> {
+        let mut connection = self.redis.connection();
+        let generation: Option<u64> = self
+            .redis
+            .timed(
+                "session_generation",
+                self.budget,
+                connection.get(generation_key(user_id)),
+            )
+            .await?;
+        Ok(generation.unwrap_or(0))
+    }
+
+    /// Voids every session of `user_id` (a password change) and returns the new generation. The
+    /// key has no TTL: it must outlive every session it voids (and `volatile-*` eviction never
+    /// picks it).
+    pub async fn end_all(&self, user_id: i64) -> Result<u64, SessionError> {
+        let mut connection = self.redis.connection();
+        Ok(self
+            .redis
+            .timed(
+                "session_end_all",
+                self.budget,
+                connection.incr(generation_key(user_id), 1),
+            )
+            .await?)
+    }
+
     /// The session's data, extending its lifetime; `None` if unknown or expired.
     pub async fn load(&self, id: &str) -> Result<Option<Value>, SessionError> {
         let mut connection = self.redis.connection();
@@ -105,8 +142,33 @@ impl SessionStore {
         let mut hasher = Sha256::new();
         hasher.update(self.secret.expose().as_bytes());
         hasher.update(id.as_bytes());
-        format!("session:{}", hex::encode(hasher.finalize()))
+        format!("session:v2:{}", hex::encode(hasher.finalize()))
     }
+}
+
+fn generation_key(user_id: i64) -> String {
+    format!("session-generation:{user_id}")
+}
+
+/// The data of a new session of `user_id`, opened under `generation`.
+pub fn new_data(user_id: i64, generation: u64) -> Value {
+    serde_json::json!({
+        "user_id": user_id,
+        "generation": generation,
+        "created_at": chrono::Utc::now(),
+    })
+}
+
+/// The generation a session's data was opened under.
+pub fn generation_of(data: &Value) -> u64 {
+    data.get("generation").and_then(Value::as_u64).unwrap_or(0)
+}
+
+/// The signed-in user of a session's data.
+pub fn user_of(data: &Value) -> Option<i64> {
+    data.get("user_id")
+        .and_then(Value::as_i64)
+        .filter(|id| *id > 0)
 }
 
 /// Whether `id` has the shape of an id this store issues (so junk never reaches Redis).

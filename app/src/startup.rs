@@ -13,15 +13,17 @@ use crate::{
     db::{self, Cluster, DbError},
     http::{self, AppState, MetricsSources},
     metrics::Metrics,
+    password_tokens::PasswordTokens,
+    passwords::Passwords,
     queue::QueueError,
-    ratelimit::RateLimiter,
-    redis_client::RedisClient,
+    ratelimit::{AttemptLimiter, RateLimiter},
+    redis_client::{RedisCallError, RedisClient},
     relay::Relay,
     sessions::SessionStore,
     worker::{self, FaultInjection},
 };
 
-/// How often the config file is re-read for shard-map changes.
+/// How often the config file is re-read for shard-map and rate-limit changes.
 const CONFIG_POLL: Duration = Duration::from_secs(2);
 /// Budget of session and rate-limit calls: they decide the response, so they get longer than a
 /// cache lookup (which can always fall back to the database).
@@ -54,6 +56,9 @@ pub enum StartupError {
     /// Benchmark users could not be created.
     #[error("failed to seed users")]
     Seed(#[source] DbError),
+    /// A password-set token could not be issued.
+    #[error("failed to issue a password-set token")]
+    PasswordToken(#[source] PasswordTokenError),
     /// Settings are incomplete.
     #[error("failed to load settings")]
     Config(#[from] ConfigError),
@@ -142,6 +147,13 @@ impl Application {
                 Duration::from_secs(runtime.sessions.ttl_seconds),
                 decision_budget,
             ),
+            passwords: Passwords::new(),
+            password_tokens: PasswordTokens::new(
+                core.redis.clone(),
+                settings.session_secret.clone(),
+                decision_budget,
+            ),
+            sign_in: AttemptLimiter::new(core.redis.clone(), settings.sign_in, decision_budget),
             metrics: core.metrics.clone(),
             relay_wake: Arc::new(Notify::new()),
             config: Arc::new(runtime.clone()),
@@ -201,6 +213,7 @@ impl Application {
             tasks.spawn(watch_config(
                 path,
                 self.core.cluster.clone(),
+                self.state.limiter.clone(),
                 background.clone(),
             ));
         }
@@ -293,7 +306,9 @@ pub async fn seed_users(
         .map(|index| {
             let email = format!("seed-{run}-{index}@bench.invalid");
             async move {
-                match db::users::create(cluster, &format!("Seed user {index}"), &email).await? {
+                match db::users::create(cluster, &format!("Seed user {index}"), &email, None)
+                    .await?
+                {
                     db::users::Created::User(user, _) => Ok(Some(user.id)),
                     db::users::Created::EmailTaken => Ok(None),
                 }
@@ -311,11 +326,17 @@ pub async fn seed_users(
     Ok(ids)
 }
 
-/// Re-reads the config file every few seconds and swaps in a changed shard map without a restart.
-/// The file's map is compared with the one in force (not with the file's previous text), so a
-/// change made between start-up and the first poll is not missed. An invalid document is
-/// reported and ignored (the running map stays).
-async fn watch_config(path: PathBuf, cluster: Arc<Cluster>, shutdown: CancellationToken) {
+/// Re-reads the config file every few seconds and puts a changed shard map and changed rate-limit
+/// settings in force without a restart; every other setting is read once at start-up (the
+/// operator replaces the pods when the document changes). The file's values are compared with
+/// the ones in force (not with the file's previous text), so a change made between start-up and
+/// the first poll is not missed. An invalid document is reported and ignored (what runs stays).
+async fn watch_config(
+    path: PathBuf,
+    cluster: Arc<Cluster>,
+    limiter: RateLimiter,
+    shutdown: CancellationToken,
+) {
     let mut last: Option<String> = None;
     loop {
         if let Ok(text) = std::fs::read_to_string(&path)
@@ -323,11 +344,24 @@ async fn watch_config(path: PathBuf, cluster: Arc<Cluster>, shutdown: Cancellati
         {
             last = Some(text);
             match load_runtime_config(&path) {
-                Ok(config) if config.shard_map != *cluster.topology().map() => {
-                    cluster.replace_map(&config.shard_map);
-                    tracing::info!(shards = config.shard_map.shards.len(), "shard map reloaded");
+                Ok(config) => {
+                    if config.shard_map != *cluster.topology().map() {
+                        cluster.replace_map(&config.shard_map);
+                        tracing::info!(
+                            shards = config.shard_map.shards.len(),
+                            "shard map reloaded"
+                        );
+                    }
+                    if config.rate_limit != limiter.settings() {
+                        tracing::info!(
+                            limit = config.rate_limit.limit,
+                            window_seconds = config.rate_limit.window_seconds,
+                            trusted_proxy_hops = config.rate_limit.trusted_proxy_hops,
+                            "rate-limit settings reloaded"
+                        );
+                        limiter.replace_settings(config.rate_limit);
+                    }
                 }
-                Ok(_) => {}
                 Err(error) => tracing::error!(error = %error, "ignoring an invalid config update"),
             }
         }
@@ -336,6 +370,52 @@ async fn watch_config(path: PathBuf, cluster: Arc<Cluster>, shutdown: Cancellati
             () = tokio::time::sleep(CONFIG_POLL) => {}
         }
     }
+}
+
+/// Why a password-set token was not issued.
+#[derive(Debug, thiserror::Error)]
+pub enum PasswordTokenError {
+    /// The user could not be looked up.
+    #[error("failed to look up user {user_id}")]
+    Lookup {
+        /// The user.
+        user_id: i64,
+        /// Why.
+        #[source]
+        source: DbError,
+    },
+    /// There is no such user.
+    #[error("there is no user {0}")]
+    NoSuchUser(i64),
+    /// Redis refused the token.
+    #[error("failed to store the token")]
+    Store(#[source] RedisCallError),
+}
+
+/// The `password-token` command: a one-time token with which user `user_id` sets a new password
+/// (`PUT /api/users/{id}/password {"token": .., "password": ..}`), for accounts created before
+/// passwords existed and for users who lost theirs. Whoever can run this command in the cluster
+/// is trusted to hand the token to the right person.
+pub async fn issue_password_token(
+    settings: Settings,
+    user_id: i64,
+) -> Result<String, StartupError> {
+    let core = Core::new(&settings)?;
+    let found = db::users::credentials_by_id(&core.cluster, user_id)
+        .await
+        .map_err(|source| PasswordTokenError::Lookup { user_id, source })
+        .map_err(StartupError::PasswordToken)?;
+    if found.is_none() {
+        return Err(StartupError::PasswordToken(PasswordTokenError::NoSuchUser(
+            user_id,
+        )));
+    }
+    let budget = Duration::from_millis(settings.runtime.cache.redis_timeout_ms)
+        .max(MIN_REDIS_DECISION_BUDGET);
+    PasswordTokens::new(core.redis.clone(), settings.session_secret.clone(), budget)
+        .issue(user_id)
+        .await
+        .map_err(|source| StartupError::PasswordToken(PasswordTokenError::Store(source)))
 }
 
 /// A token cancelled on SIGTERM or Ctrl-C.

@@ -1,6 +1,9 @@
 //! The contract between the operator and the app: one JSON document, written by the operator into
 //! the `<name>-config` ConfigMap under [`CONFIG_KEY`], mounted into every app and worker pod at
-//! [`CONFIG_PATH`], and read (and re-read on change) by the app.
+//! [`CONFIG_PATH`], and read by the app at start-up. A running app re-reads the file and applies
+//! changes of [`RuntimeConfig::shard_map`] and [`RuntimeConfig::rate_limit`] live; every other
+//! setting takes effect when the pods are replaced (the operator rolls them when the document
+//! changes).
 //!
 //! Both sides compile against these types, so a field cannot be renamed on one side only.
 //! Secrets never appear here: passwords reach the pods as environment variables whose names are
@@ -149,6 +152,15 @@ pub struct RateLimitSettings {
     pub window_seconds: u32,
     /// Behaviour when Redis is down.
     pub failure_mode: FailureMode,
+    /// How many reverse proxies (load balancers, ingress controllers) every request passes
+    /// through before the app. The client address is then the entry that many places from the
+    /// right of `X-Forwarded-For` (the last one a trusted proxy appended); with 0 the header is
+    /// ignored and the peer address of the connection is the client. Set it to exactly the
+    /// number of proxies that append to the header: one too many lets a client choose its own
+    /// address (and so its own rate-limit bucket), one too few limits a proxy instead of its
+    /// clients.
+    #[serde(default)]
+    pub trusted_proxy_hops: u32,
 }
 
 /// Session store.
@@ -300,6 +312,7 @@ impl RuntimeConfig {
                 limit: 100,
                 window_seconds: 60,
                 failure_mode: FailureMode::FailOpen,
+                trusted_proxy_hops: 0,
             },
             sessions: SessionSettings {
                 ttl_seconds: 3_600,
@@ -352,6 +365,22 @@ mod tests {
             matches!(error, ConfigError::UnsupportedVersion { .. }),
             "{error}"
         );
+    }
+
+    #[test]
+    fn a_document_without_trusted_proxy_hops_trusts_no_proxy() {
+        let config =
+            RuntimeConfig::local(two_shards(), "redis://127.0.0.1:6379", 16).expect("valid");
+        let mut document: serde_json::Value =
+            serde_json::from_str(&config.to_json()).expect("json");
+        let removed = document["rateLimit"]
+            .as_object_mut()
+            .expect("rateLimit is an object")
+            .remove("trustedProxyHops");
+        assert_eq!(removed, Some(serde_json::json!(0)), "written as camelCase");
+        let parsed =
+            RuntimeConfig::from_json(&document.to_string()).expect("older documents parse");
+        assert_eq!(parsed.rate_limit.trusted_proxy_hops, 0);
     }
 
     #[test]

@@ -2,7 +2,8 @@
 # Checks that only a cluster running real pods allows (e2e/kind/test.sh runs it; needs the cluster
 # from e2e/kind/up.sh). In a fresh namespace with examples/shop.yaml:
 #  - the ScaledApp becomes Ready, its app pods run as 65532 with a read-only root filesystem;
-#  - the app answers through its Service: POST /api/users, GET /api/users/{id}, POST /api/orders;
+#  - the app answers through its Service: POST /api/users, GET /api/users/{id}, POST /api/sessions,
+#    POST /api/orders (signed in);
 #  - the order reaches a worker: its confirmation e-mail row appears in sent_emails;
 #  - every shard primary streams to replicasPerShard replicas (pg_stat_replication), and the
 #    replicas are in recovery;
@@ -69,17 +70,24 @@ for _ in $(seq 1 30); do
   curl -fsS "http://127.0.0.1:${PORT}/health" >/dev/null 2>&1 && break
   sleep 1
 done
-api() { # method path [json]
-  curl -fsS -X "$1" -H 'content-type: application/json' ${3:+--data "$3"} "http://127.0.0.1:${PORT}$2"
+session=""
+api() { # method path [json]; sends the session cookie once there is one
+  curl -fsS -X "$1" -H 'content-type: application/json' ${session:+-H "cookie: sid=${session}"} ${3:+--data "$3"} \
+    "http://127.0.0.1:${PORT}$2"
 }
 field() { python3 -c 'import json, sys; print(json.load(sys.stdin)[sys.argv[1]])' "$1"; }
 
 email="kind-$(date +%s)-${RANDOM}@example.com"
-user_id=$(api POST /api/users "{\"name\": \"Kind User\", \"email\": \"${email}\"}" | field id) || user_id=""
+credentials="\"email\": \"${email}\", \"password\": \"kind check password\""
+user_id=$(api POST /api/users "{\"name\": \"Kind User\", ${credentials}}" | field id) || user_id=""
 check "POST /api/users through svc/${APP}-app creates a user (id ${user_id:-none})" test -n "${user_id}"
-read_back() { [[ "$(api GET "/api/users/${user_id}" | field email)" == "${email}" ]]; }
+read_back() { [[ "$(api GET "/api/users/${user_id}" | field name)" == "Kind User" ]]; }
 check "GET /api/users/${user_id:-?} reads it back" read_back
-order_id=$(api POST /api/orders "{\"user_id\": ${user_id:-0}, \"items\": [{\"sku\": \"a\", \"quantity\": 1}], \"total\": 10}" |
+# The cookie is Secure (cookieSecure defaults to true), so it is carried by hand over the port-forward.
+session=$(curl -fsS -D - -o /dev/null -H 'content-type: application/json' --data "{${credentials}}" \
+  "http://127.0.0.1:${PORT}/api/sessions" | sed -n 's/^[Ss]et-[Cc]ookie: sid=\([0-9a-f]*\);.*/\1/p') || session=""
+check "POST /api/sessions signs in" test -n "${session}"
+order_id=$(api POST /api/orders "{\"items\": [{\"sku\": \"a\", \"quantity\": 1}], \"total\": 10}" |
   field id) || order_id=""
 check "POST /api/orders places an order (id ${order_id:-none})" test -n "${order_id}"
 

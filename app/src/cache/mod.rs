@@ -70,14 +70,16 @@ redis.call('PUBLISH', ARGV[3], ARGV[4])
 return 1
 ";
 
-/// A user ready to serve: the JSON body and its ETag are computed once per load.
+/// A user ready to serve: the public JSON body and its ETag are computed once per load.
 #[derive(Debug)]
 pub struct CachedUser {
-    /// The user.
+    /// The user (with the email: for its owner only).
     pub user: User,
-    /// `serde_json` of the user.
+    /// `serde_json` of the public representation ([`User::public`]).
     pub json: Bytes,
-    /// Weak ETag of `json` (weak, because compression changes the bytes on the wire).
+    /// Weak ETag (weak, because compression changes the bytes on the wire) of `json` and the
+    /// user's `updated_at`, so it changes with every edit, even one (an email change) that leaves
+    /// the public body as it was.
     pub etag: String,
     epoch: Epoch,
 }
@@ -301,6 +303,11 @@ impl UserCache {
             .map(|_| ())
     }
 
+    /// Whether this pod hears invalidations now (only then does anything enter L1).
+    pub fn is_subscribed(&self) -> bool {
+        self.subscribed.load(Ordering::Acquire)
+    }
+
     /// Drops this pod's entry for `id` (a write here or an invalidation message).
     pub async fn invalidate_local(&self, id: i64) {
         self.epochs.bump(id);
@@ -362,8 +369,11 @@ fn generation_key(id: i64) -> String {
 }
 
 fn finish(user: User, epoch: Epoch, cacheable: bool) -> Result<Arc<CachedUser>, LoadError> {
-    let json = Bytes::from(serde_json::to_vec(&user).expect("a User always serialises"));
-    let digest = Sha256::digest(&json);
+    let json = Bytes::from(serde_json::to_vec(&user.public()).expect("a User always serialises"));
+    let mut hasher = Sha256::new();
+    hasher.update(&json);
+    hasher.update(user.updated_at.to_rfc3339().as_bytes());
+    let digest = hasher.finalize();
     let entry = Arc::new(CachedUser {
         etag: format!("W/\"{}\"", hex::encode(&digest[..16])),
         json,

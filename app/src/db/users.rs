@@ -35,6 +35,29 @@ pub struct User {
     pub updated_at: DateTime<Utc>,
 }
 
+/// What anyone may see of a user, and a CDN may cache: no email, nothing only its owner should
+/// know. [`User`] itself (with the email) is served only to its owner.
+#[derive(Debug, Serialize)]
+pub struct PublicUser<'a> {
+    /// Id.
+    pub id: i64,
+    /// Display name.
+    pub name: &'a str,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+}
+
+impl User {
+    /// The public representation.
+    pub fn public(&self) -> PublicUser<'_> {
+        PublicUser {
+            id: self.id,
+            name: &self.name,
+            created_at: self.created_at,
+        }
+    }
+}
+
 /// Result of [`create`].
 #[derive(Debug)]
 pub enum Created {
@@ -75,7 +98,14 @@ pub fn min_lsn(tokens: &[WriteToken], shard: u32) -> u64 {
 /// Creates a user. The id is drawn in the slot of the email, so the email claim and the user row
 /// are written by one transaction on one shard: there is no state in which one exists without
 /// the other.
-pub async fn create(cluster: &Cluster, name: &str, email: &str) -> Result<Created, DbError> {
+/// `password_hash` is the PHC string of the user's password (`None` only for benchmark seeds, which
+/// cannot sign in).
+pub async fn create(
+    cluster: &Cluster,
+    name: &str,
+    email: &str,
+    password_hash: Option<&str>,
+) -> Result<Created, DbError> {
     const OPERATION: &str = "create a user";
     let topology = cluster.topology();
     let email = normalize_email(email);
@@ -98,11 +128,12 @@ pub async fn create(cluster: &Cluster, name: &str, email: &str) -> Result<Create
             return Ok(Created::EmailTaken);
         }
         let inserted = sqlx::query_as::<_, User>(
-            "INSERT INTO users (id, name, email) VALUES ($1, $2, $3) RETURNING id, name, email, created_at, updated_at",
+            "INSERT INTO users (id, name, email, password_hash) VALUES ($1, $2, $3, $4) RETURNING id, name, email, created_at, updated_at",
         )
         .bind(id)
         .bind(name)
         .bind(&email)
+        .bind(password_hash)
         .fetch_one(&mut *transaction)
         .await;
         let user = match inserted {
@@ -118,6 +149,88 @@ pub async fn create(cluster: &Cluster, name: &str, email: &str) -> Result<Create
         let token = shard.write_token(&mut connection).await?;
         return Ok(Created::User(user, token));
     }
+}
+
+/// What sign-in and password changes need to know about an account. Never served.
+#[derive(Clone)]
+pub struct Credentials {
+    /// The user.
+    pub user_id: i64,
+    /// The user's (normalised) email.
+    pub email: String,
+    /// PHC string of the password; `None` if none was ever set.
+    pub password_hash: Option<String>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Credentials")
+            .field("user_id", &self.user_id)
+            .field("password_set", &self.password_hash.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The account holding `email`, read from primaries (a user who just signed up can sign in at
+/// once). The email's claim names the user; the user's row must still carry that email (during
+/// an email change only the address the row holds signs in).
+pub async fn credentials_by_email(
+    cluster: &Cluster,
+    email: &str,
+) -> Result<Option<Credentials>, DbError> {
+    const OPERATION: &str = "look up an account by email";
+    let topology = cluster.topology();
+    let email = normalize_email(email);
+    let claim_shard = topology.shard_for_key(&email);
+    let owner: Option<i64> =
+        sqlx::query_scalar("SELECT user_id FROM email_claims WHERE email = $1")
+            .bind(&email)
+            .fetch_optional(&claim_shard.primary)
+            .await
+            .map_err(|error| claim_shard.primary_error(OPERATION, error))?;
+    let Some(user_id) = owner else {
+        return Ok(None);
+    };
+    Ok(credentials_by_id(cluster, user_id)
+        .await?
+        .filter(|credentials| credentials.email == email))
+}
+
+/// The credentials of user `id`, from its primary.
+pub async fn credentials_by_id(cluster: &Cluster, id: i64) -> Result<Option<Credentials>, DbError> {
+    const OPERATION: &str = "read an account's credentials";
+    let shard = cluster.shard_for_user(id);
+    let row: Option<(String, Option<String>)> =
+        sqlx::query_as("SELECT email, password_hash FROM users WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&shard.primary)
+            .await
+            .map_err(|error| shard.primary_error(OPERATION, error))?;
+    Ok(row.map(|(email, password_hash)| Credentials {
+        user_id: id,
+        email,
+        password_hash,
+    }))
+}
+
+/// Stores a new password hash for user `id`; false if there is no such user. The public and
+/// private representations do not include the password, so `updated_at` and the cache stay as
+/// they are.
+pub async fn set_password(
+    cluster: &Cluster,
+    id: i64,
+    password_hash: &str,
+) -> Result<bool, DbError> {
+    const OPERATION: &str = "set a password";
+    let shard = cluster.shard_for_user(id);
+    let updated = sqlx::query("UPDATE users SET password_hash = $2 WHERE id = $1")
+        .bind(id)
+        .bind(password_hash)
+        .execute(&shard.primary)
+        .await
+        .map_err(|error| shard.primary_error(OPERATION, error))?;
+    Ok(updated.rows_affected() == 1)
 }
 
 /// One user, from a replica that has replayed `min_lsn` or else the primary. A user the replica

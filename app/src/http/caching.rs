@@ -1,5 +1,11 @@
 //! HTTP caching for CDNs and browsers: `Cache-Control`, `ETag` / `If-None-Match` -> 304, and
-//! `Vary: Accept-Encoding` (responses are compressed when the client asks).
+//! `Vary` naming every request header the response depends on: `Accept-Encoding` (responses are
+//! compressed when the client asks), and `X-Consistency-Token` and `Cookie` (the `ryw` cookie),
+//! which carry the caller's recent writes and turn a public response into a private one.
+//!
+//! Only public representations come through here. After an edit a shared cache may serve the
+//! previous public representation for up to its `max-age` (`cdn.maxAgeSeconds`); the ETag changes
+//! with every edit, so a revalidating cache gets the new one.
 
 use axum::{
     body::Bytes,
@@ -40,7 +46,10 @@ pub fn json(
     if let Ok(value) = HeaderValue::from_str(&cache_control) {
         headers.insert(header::CACHE_CONTROL, value);
     }
-    headers.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+    headers.insert(
+        header::VARY,
+        HeaderValue::from_static("accept-encoding, cookie, x-consistency-token"),
+    );
     if matches(request_headers, etag) {
         return (StatusCode::NOT_MODIFIED, headers).into_response();
     }

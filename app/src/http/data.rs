@@ -1,5 +1,6 @@
-//! `GET /api/data`, guarded by the per-client rate limiter (keyed by `X-Client-ID`, or the peer
-//! address when the header is absent).
+//! `GET /api/data`, guarded by the per-client rate limiter: keyed by the signed-in user when the
+//! request has a live session, else by the client address (see [`super::client`]). Nothing else
+//! the client sends (`X-Client-ID`, an untrusted `X-Forwarded-For`) changes the key.
 
 use std::net::SocketAddr;
 
@@ -13,10 +14,8 @@ use axum::{
 };
 use serde_json::json;
 
-use super::{AppState, error::AppError};
-use crate::ratelimit::Decision;
-
-const MAX_CLIENT_ID: usize = 128;
+use super::{AppState, auth, client::client_address, error::AppError};
+use crate::ratelimit::{ClientKey, Decision};
 
 /// Data routes.
 pub fn router(state: AppState) -> Router<AppState> {
@@ -27,17 +26,31 @@ pub fn router(state: AppState) -> Router<AppState> {
 
 async fn data() -> impl IntoResponse {
     (
-        [(header::CACHE_CONTROL, "private, no-store")],
+        [
+            (header::CACHE_CONTROL, "private, no-store"),
+            (header::VARY, "cookie"),
+        ],
         Json(json!({ "data": "response" })),
     )
 }
 
 async fn limit(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     request: Request,
     next: Next,
 ) -> Result<Response, AppError> {
-    let client = client_id(&request)?;
+    let (parts, body) = request.into_parts();
+    let client = match auth::signed_in(&state, &parts).await {
+        Ok(Some(user)) => ClientKey::User(user.user_id),
+        // No session, or no session store to ask: count the address (if Redis is down the
+        // limiter cannot count either, and its failure mode decides).
+        Ok(None) | Err(_) => {
+            let hops = state.limiter.settings().trusted_proxy_hops;
+            ClientKey::address(client_address(peer.ip(), &parts.headers, hops))
+        }
+    };
+    let request = Request::from_parts(parts, body);
     match state.limiter.check(&client).await {
         Decision::Allowed {
             limit,
@@ -64,28 +77,4 @@ async fn limit(
             retry_after_seconds: 1,
         }),
     }
-}
-
-fn client_id(request: &Request) -> Result<String, AppError> {
-    if let Some(value) = request.headers().get("x-client-id") {
-        let text = value
-            .to_str()
-            .ok()
-            .filter(|text| {
-                !text.is_empty()
-                    && text.len() <= MAX_CLIENT_ID
-                    && text.bytes().all(|byte| byte.is_ascii_graphic())
-            })
-            .ok_or_else(|| {
-                AppError::BadRequest(format!(
-                    "X-Client-ID must be 1 to {MAX_CLIENT_ID} visible ASCII characters"
-                ))
-            })?;
-        return Ok(format!("id:{text}"));
-    }
-    let peer = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map_or_else(|| "unknown".to_string(), |info| info.0.ip().to_string());
-    Ok(format!("ip:{peer}"))
 }

@@ -10,7 +10,9 @@ use axum::{
 };
 use serde_json::json;
 
-use crate::{db::DbError, sessions::SessionError};
+use crate::{
+    db::DbError, passwords::PasswordError, redis_client::RedisCallError, sessions::SessionError,
+};
 
 /// Response extension naming a failed dependency, read by the metrics middleware.
 #[derive(Clone, Copy, Debug)]
@@ -25,6 +27,12 @@ pub enum AppError {
     /// The resource does not exist.
     #[error("{0} not found")]
     NotFound(&'static str),
+    /// The request needs a credential it did not carry, or carried a wrong one.
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    /// The caller is signed in, but not as someone allowed to do this.
+    #[error("{0}")]
+    Forbidden(&'static str),
     /// The method is not supported on this path.
     #[error("method not allowed")]
     MethodNotAllowed,
@@ -53,6 +61,12 @@ pub enum AppError {
         /// Seconds until a request would pass.
         retry_after_seconds: u64,
     },
+    /// Too many failed sign-ins for one account; the window slides, so this passes.
+    #[error("too many failed sign-ins for this account; retry in {retry_after_seconds} s")]
+    TooManyAttempts {
+        /// Seconds until an attempt is allowed again.
+        retry_after_seconds: u64,
+    },
     /// A dependency needed for this request is down.
     #[error("{what} is temporarily unavailable")]
     Unavailable {
@@ -79,12 +93,16 @@ impl AppError {
         match self {
             AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
             AppError::NotFound(_) => StatusCode::NOT_FOUND,
+            AppError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            AppError::Forbidden(_) => StatusCode::FORBIDDEN,
             AppError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             AppError::Conflict(_) => StatusCode::CONFLICT,
             AppError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             AppError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             AppError::InvalidField { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            AppError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            AppError::RateLimited { .. } | AppError::TooManyAttempts { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             AppError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -94,12 +112,15 @@ impl AppError {
         match self {
             AppError::BadRequest(_) => "bad_request",
             AppError::NotFound(_) => "not_found",
+            AppError::Unauthorized(_) => "unauthorized",
+            AppError::Forbidden(_) => "forbidden",
             AppError::MethodNotAllowed => "method_not_allowed",
             AppError::Conflict(_) => "conflict",
             AppError::PayloadTooLarge => "payload_too_large",
             AppError::UnsupportedMediaType => "unsupported_media_type",
             AppError::InvalidField { .. } => "invalid_field",
             AppError::RateLimited { .. } => "rate_limited",
+            AppError::TooManyAttempts { .. } => "too_many_attempts",
             AppError::Unavailable { .. } => "unavailable",
             AppError::Internal(_) => "internal",
         }
@@ -128,6 +149,11 @@ impl IntoResponse for AppError {
                 headers.insert("x-ratelimit-limit", HeaderValue::from(*limit));
                 headers.insert("x-ratelimit-remaining", HeaderValue::from(0));
                 headers.insert("x-ratelimit-reset", HeaderValue::from(*retry_after_seconds));
+            }
+            AppError::TooManyAttempts {
+                retry_after_seconds,
+            } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_seconds));
             }
             AppError::Unavailable {
                 retry_after_seconds,
@@ -181,6 +207,18 @@ impl From<SessionError> for AppError {
             }
             corrupt @ SessionError::Corrupt(_) => AppError::Internal(Box::new(corrupt)),
         }
+    }
+}
+
+impl From<PasswordError> for AppError {
+    fn from(error: PasswordError) -> Self {
+        AppError::Internal(Box::new(error))
+    }
+}
+
+impl From<RedisCallError> for AppError {
+    fn from(error: RedisCallError) -> Self {
+        SessionError::Unavailable(error).into()
     }
 }
 

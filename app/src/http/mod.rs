@@ -1,7 +1,9 @@
 //! The HTTP API: one router per feature, merged here with the shared layers (metrics, body limit,
 //! compression, panic guard) and JSON fallbacks for unknown paths and methods.
 
+pub mod auth;
 mod caching;
+mod client;
 mod data;
 pub mod error;
 pub mod extract;
@@ -24,8 +26,14 @@ use tokio::sync::Notify;
 use tower_http::{catch_panic::CatchPanicLayer, compression::CompressionLayer};
 
 use crate::{
-    cache::UserCache, db::Cluster, metrics::Metrics, ratelimit::RateLimiter,
-    redis_client::RedisClient, sessions::SessionStore,
+    cache::UserCache,
+    db::Cluster,
+    metrics::Metrics,
+    password_tokens::PasswordTokens,
+    passwords::Passwords,
+    ratelimit::{AttemptLimiter, RateLimiter},
+    redis_client::RedisClient,
+    sessions::SessionStore,
 };
 use error::AppError;
 
@@ -45,11 +53,18 @@ pub struct AppState {
     pub limiter: RateLimiter,
     /// Session store.
     pub sessions: SessionStore,
+    /// Password hashing.
+    pub passwords: Passwords,
+    /// One-time password-set tokens.
+    pub password_tokens: PasswordTokens,
+    /// Failed sign-ins per account.
+    pub sign_in: AttemptLimiter,
     /// Metrics.
     pub metrics: Metrics,
     /// Rung after outbox rows are written.
     pub relay_wake: Arc<Notify>,
-    /// The document the process started with.
+    /// The document the process started with (the shard map and rate-limit settings in force
+    /// are the cluster's and the limiter's: those two reload).
     pub config: Arc<RuntimeConfig>,
     /// Redis.
     pub redis: RedisClient,

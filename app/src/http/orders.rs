@@ -1,5 +1,6 @@
 //! `POST /api/orders`: the order and its two queue messages are committed together (outbox);
-//! the relay is woken to move the messages to Redis.
+//! the relay is woken to move the messages to Redis. An order is placed for the signed-in user:
+//! it needs a session (401), and a `user_id` in the body, if sent, must be that user (403).
 
 use axum::{
     Json, Router,
@@ -11,7 +12,7 @@ use axum::{
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{AppState, error::AppError, extract::JsonBody};
+use super::{AppState, auth::SignedIn, error::AppError, extract::JsonBody};
 use crate::{
     db::orders::{self, OrderStreams, Placed},
     queue::{ANALYTICS_STREAM, EMAIL_STREAM},
@@ -30,7 +31,8 @@ pub fn router() -> Router<AppState> {
 
 #[derive(Deserialize)]
 struct NewOrder {
-    user_id: i64,
+    /// Optional: the signed-in user is the buyer; a different id is refused.
+    user_id: Option<i64>,
     items: Vec<Item>,
     total: f64,
 }
@@ -87,11 +89,21 @@ fn validate_items(items: &[Item]) -> Result<(), AppError> {
 
 async fn create(
     State(state): State<AppState>,
+    signed_in: SignedIn,
     JsonBody(body): JsonBody<NewOrder>,
 ) -> Result<Response, AppError> {
-    if body.user_id <= 0 {
-        return Err(AppError::invalid("user_id", "must be a positive integer"));
+    match body.user_id {
+        Some(user_id) if user_id <= 0 => {
+            return Err(AppError::invalid("user_id", "must be a positive integer"));
+        }
+        Some(user_id) if user_id != signed_in.user_id => {
+            return Err(AppError::Forbidden(
+                "an order can only be placed for the signed-in user",
+            ));
+        }
+        _ => {}
     }
+    let user_id = signed_in.user_id;
     validate_items(&body.items)?;
     let total_cents = cents(body.total)?;
     let items =
@@ -100,7 +112,7 @@ async fn create(
         email: EMAIL_STREAM,
         analytics: ANALYTICS_STREAM,
     };
-    match orders::place(&state.cluster, body.user_id, &items, total_cents, streams).await? {
+    match orders::place(&state.cluster, user_id, &items, total_cents, streams).await? {
         Placed::Order(order) => {
             state.relay_wake.notify_one();
             let body: Value = json!({
@@ -112,7 +124,7 @@ async fn create(
             });
             Ok((
                 StatusCode::CREATED,
-                [(header::CACHE_CONTROL, "no-store")],
+                [(header::CACHE_CONTROL, "private, no-store")],
                 Json(body),
             )
                 .into_response())

@@ -1,6 +1,10 @@
-//! `/api/sessions`: create (log in), read and delete the caller's session. Session responses are
-//! never cacheable (`private, no-store`), and the cookie is `HttpOnly`, `SameSite=Lax`, and
-//! `Secure` unless configured off for plain-HTTP development.
+//! `/api/sessions`: sign in (email and password), read and sign out of the caller's session.
+//! Session responses are never cacheable (`private, no-store`), and the cookie is `HttpOnly`,
+//! `SameSite=Lax`, and `Secure` unless configured off for plain-HTTP development.
+//!
+//! A failed sign-in says only "email or password is incorrect", and costs the same whether the
+//! account is unknown, has no password yet, or got a wrong one (see [`crate::passwords`]). Failures
+//! per account are limited ([`crate::ratelimit::AttemptLimiter`]).
 
 use axum::{
     Json, Router,
@@ -12,12 +16,8 @@ use axum::{
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{
-    AppState,
-    error::AppError,
-    extract::{JsonBody, cookie},
-};
-use crate::sessions::is_well_formed;
+use super::{AppState, error::AppError, extract::JsonBody};
+use crate::{db::users, passwords::Password};
 
 /// Session routes.
 pub fn router() -> Router<AppState> {
@@ -26,12 +26,17 @@ pub fn router() -> Router<AppState> {
         .route("/api/sessions/current", get(read).delete(remove))
 }
 
+/// Longest email accepted at sign-in (as at sign-up).
+const MAX_EMAIL_CHARS: usize = 254;
+
 #[derive(Deserialize)]
-struct NewSession {
-    user_id: i64,
+struct SignIn {
+    email: String,
+    password: Password,
 }
 
-fn session_cookie(state: &AppState, value: &str, max_age: u64) -> Option<HeaderValue> {
+/// The `Set-Cookie` value of session `value` (empty with `max_age` 0 to clear it).
+pub(super) fn session_cookie(state: &AppState, value: &str, max_age: u64) -> Option<HeaderValue> {
     let settings = &state.config.sessions;
     let secure = if settings.cookie_secure {
         "; Secure"
@@ -52,6 +57,7 @@ fn private(status: StatusCode, body: Value, cookie: Option<HeaderValue>) -> Resp
         header::CACHE_CONTROL,
         HeaderValue::from_static("private, no-store"),
     );
+    headers.insert(header::VARY, HeaderValue::from_static("cookie"));
     if let Some(cookie) = cookie {
         headers.insert(header::SET_COOKIE, cookie);
     }
@@ -59,22 +65,48 @@ fn private(status: StatusCode, body: Value, cookie: Option<HeaderValue>) -> Resp
 }
 
 fn current_id(state: &AppState, headers: &HeaderMap) -> Option<String> {
-    cookie(headers, &state.config.sessions.cookie_name).filter(|id| is_well_formed(id))
+    super::extract::cookie(headers, &state.config.sessions.cookie_name)
+        .filter(|id| crate::sessions::is_well_formed(id))
 }
 
 async fn create(
     State(state): State<AppState>,
     headers: HeaderMap,
-    JsonBody(body): JsonBody<NewSession>,
+    JsonBody(body): JsonBody<SignIn>,
 ) -> Result<Response, AppError> {
-    if body.user_id <= 0 {
-        return Err(AppError::invalid("user_id", "must be a positive integer"));
+    let email = body.email.trim();
+    if email.is_empty() || email.chars().count() > MAX_EMAIL_CHARS {
+        return Err(AppError::invalid(
+            "email",
+            format!("must be 1 to {MAX_EMAIL_CHARS} characters"),
+        ));
     }
-    if state.cache.get(body.user_id, None).await?.is_none() {
-        return Err(AppError::NotFound("user"));
+    if body.password.is_too_long() {
+        return Err(AppError::invalid(
+            "password",
+            format!("must be at most {} characters", crate::passwords::MAX_CHARS),
+        ));
     }
-    let data = json!({ "user_id": body.user_id, "created_at": chrono::Utc::now() });
-    // A new id on every login, and the old session (if any) ends: no session fixation.
+    let attempt = match state.sign_in.begin(email).await? {
+        Ok(attempt) => attempt,
+        Err(retry_after_seconds) => {
+            return Err(AppError::TooManyAttempts {
+                retry_after_seconds,
+            });
+        }
+    };
+    let account = users::credentials_by_email(&state.cluster, email).await?;
+    let stored = account
+        .as_ref()
+        .and_then(|account| account.password_hash.as_deref());
+    let matched = state.passwords.verify(&body.password, stored).await?;
+    let Some(account) = account.filter(|_| matched) else {
+        return Err(AppError::Unauthorized("email or password is incorrect"));
+    };
+    state.sign_in.succeeded(attempt).await;
+    let generation = state.sessions.generation(account.user_id).await?;
+    let data = crate::sessions::new_data(account.user_id, generation);
+    // A new id on every sign-in, and the old session (if any) ends: no session fixation.
     let previous = current_id(&state, &headers);
     let id = state.sessions.create(&data, previous.as_deref()).await?;
     let ttl = state.sessions.ttl().as_secs();
@@ -93,6 +125,11 @@ async fn read(State(state): State<AppState>, headers: HeaderMap) -> Result<Respo
         .load(&id)
         .await?
         .ok_or(AppError::NotFound("session"))?;
+    // A session voided by a password change is no session.
+    let user_id = crate::sessions::user_of(&data).ok_or(AppError::NotFound("session"))?;
+    if state.sessions.generation(user_id).await? != crate::sessions::generation_of(&data) {
+        return Err(AppError::NotFound("session"));
+    }
     let ttl = state.sessions.ttl().as_secs();
     Ok(private(
         StatusCode::OK,

@@ -1,4 +1,10 @@
-//! `/api/users`: create, read (cached, CDN-cacheable), update, batch read and pages.
+//! `/api/users`: sign up, read (cached, CDN-cacheable), update, batch read and pages, set a
+//! password; `/api/me`: the signed-in user's own account.
+//!
+//! Two representations: the public one (id, name, created_at), which anyone may read and a CDN
+//! may cache, and the private one (with the email), which only the signed-in owner gets, always
+//! `private, no-store`. Changing a user (name, email, password) needs that user's session: 401
+//! without one, 403 with someone else's.
 
 use axum::{
     Json, Router,
@@ -6,18 +12,22 @@ use axum::{
     extract::{Path, Query, State},
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
-    routing::get,
+    routing::{get, put},
 };
 use serde::Deserialize;
 use serde_json::json;
 
 use super::{
     AppState,
+    auth::SignedIn,
     caching::{self, Audience},
     error::AppError,
     extract::{Consistency, JsonBody, parse_id},
 };
-use crate::db::users::{self, Created, Updated, User};
+use crate::{
+    db::users::{self, Created, Updated, User},
+    passwords::Password,
+};
 
 /// Most ids one batch read accepts.
 const MAX_BATCH: usize = 100;
@@ -35,12 +45,24 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/api/users", get(list).post(create))
         .route("/api/users/{id}", get(read).put(update))
+        .route("/api/users/{id}/password", put(set_password))
+        .route("/api/me", get(me))
 }
 
 #[derive(Deserialize)]
 struct NewUser {
     name: String,
     email: String,
+    password: Password,
+}
+
+/// A new password, proved either by the owner's session plus the current password (when one is
+/// set), or by a one-time password-set token.
+#[derive(Deserialize)]
+struct PasswordChange {
+    password: Password,
+    current_password: Option<Password>,
+    token: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -103,8 +125,24 @@ fn validate_email(email: &str) -> Result<&str, AppError> {
     Ok(email)
 }
 
+/// The private representation, for its owner only.
 fn user_response(status: StatusCode, user: &User) -> Response {
-    (status, [(header::CACHE_CONTROL, "no-store")], Json(user)).into_response()
+    (
+        status,
+        [
+            (header::CACHE_CONTROL, "private, no-store"),
+            (header::VARY, "cookie"),
+        ],
+        Json(user),
+    )
+        .into_response()
+}
+
+fn validate_password(password: &Password) -> Result<(), AppError> {
+    match password.problem() {
+        Some(reason) => Err(AppError::invalid("password", reason)),
+        None => Ok(()),
+    }
 }
 
 async fn create(
@@ -114,7 +152,9 @@ async fn create(
 ) -> Result<Response, AppError> {
     let name = validate_name(&body.name)?;
     let email = validate_email(&body.email)?;
-    match users::create(&state.cluster, name, email).await? {
+    validate_password(&body.password)?;
+    let password_hash = state.passwords.hash(&body.password).await?;
+    match users::create(&state.cluster, name, email, Some(&password_hash)).await? {
         Created::User(user, token) => {
             let mut response = user_response(StatusCode::CREATED, &user);
             if let Ok(location) = HeaderValue::from_str(&format!("/api/users/{}", user.id)) {
@@ -159,10 +199,12 @@ async fn read(
 async fn update(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    signed_in: SignedIn,
     consistency: Consistency,
     JsonBody(body): JsonBody<UserPatch>,
 ) -> Result<Response, AppError> {
     let id = parse_id("id", &id)?;
+    signed_in.must_be(id)?;
     let name = body.name.as_deref().map(validate_name).transpose()?;
     let email = body.email.as_deref().map(validate_email).transpose()?;
     if name.is_none() && email.is_none() {
@@ -200,7 +242,7 @@ async fn list(
             .filter(|id| !found.iter().any(|user| user.id == **id))
             .copied()
             .collect();
-        json!({ "users": found, "missing": missing })
+        json!({ "users": public(&found), "missing": missing })
     } else if query.page.is_some() || query.page_size.is_some() {
         let page = parse_number("page", query.page.as_deref(), 1, 1, i64::MAX)?;
         let page_size = parse_number(
@@ -219,7 +261,7 @@ async fn list(
             ));
         }
         let found = users::page_offset(&state.cluster, offset, page_size, &consistency.0).await?;
-        json!({ "users": found, "page": page, "page_size": page_size })
+        json!({ "users": public(&found), "page": page, "page_size": page_size })
     } else {
         let after = parse_number("after", query.after.as_deref(), 0, 0, i64::MAX)?;
         let limit =
@@ -228,7 +270,7 @@ async fn list(
         let next = (found.len() as i64 == limit)
             .then(|| found.last().map(|user| user.id))
             .flatten();
-        json!({ "users": found, "next_after": next })
+        json!({ "users": public(&found), "next_after": next })
     };
     let body = Bytes::from(body.to_string());
     let etag = caching::etag_of(&body);
@@ -246,6 +288,99 @@ async fn list(
         &etag,
         audience,
     ))
+}
+
+fn public(users: &[User]) -> Vec<users::PublicUser<'_>> {
+    users.iter().map(User::public).collect()
+}
+
+/// The signed-in user's own account, with its email.
+async fn me(
+    State(state): State<AppState>,
+    signed_in: SignedIn,
+    consistency: Consistency,
+) -> Result<Response, AppError> {
+    let shard = state.cluster.shard_for_user(signed_in.user_id).index;
+    let entry = state
+        .cache
+        .get(signed_in.user_id, consistency.read_after(shard))
+        .await?
+        .ok_or(AppError::NotFound("user"))?;
+    Ok(user_response(StatusCode::OK, &entry.user))
+}
+
+/// Sets a user's password: 204 on success.
+async fn set_password(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    signed_in: Option<SignedIn>,
+    JsonBody(body): JsonBody<PasswordChange>,
+) -> Result<Response, AppError> {
+    let id = parse_id("id", &id)?;
+    let mut rotate = None;
+    match (&body.token, signed_in) {
+        (Some(token), _) => {
+            validate_password(&body.password)?;
+            if !state.password_tokens.redeem(token, id).await? {
+                return Err(AppError::Unauthorized(
+                    "token is not a valid, unused password-set token for this user",
+                ));
+            }
+        }
+        (None, None) => {
+            return Err(AppError::Unauthorized(
+                "sign in first, or send a password-set token as \"token\"",
+            ));
+        }
+        (None, Some(signed_in)) => {
+            signed_in.must_be(id)?;
+            validate_password(&body.password)?;
+            let account = users::credentials_by_id(&state.cluster, id)
+                .await?
+                .ok_or(AppError::NotFound("user"))?;
+            if let Some(stored) = account.password_hash.as_deref() {
+                let current = body.current_password.as_ref().ok_or_else(|| {
+                    AppError::invalid("current_password", "is required to change a password")
+                })?;
+                let attempt = match state.sign_in.begin(&account.email).await? {
+                    Ok(attempt) => attempt,
+                    Err(retry_after_seconds) => {
+                        return Err(AppError::TooManyAttempts {
+                            retry_after_seconds,
+                        });
+                    }
+                };
+                if !state.passwords.verify(current, Some(stored)).await? {
+                    return Err(AppError::Forbidden("current_password is incorrect"));
+                }
+                state.sign_in.succeeded(attempt).await;
+            }
+            rotate = Some(signed_in.session_id);
+        }
+    }
+    let hash = state.passwords.hash(&body.password).await?;
+    // Every session of the user ends first: should the update then fail, the old password
+    // still works and nothing opened with it survives.
+    let generation = state.sessions.end_all(id).await?;
+    if !users::set_password(&state.cluster, id, &hash).await? {
+        return Err(AppError::NotFound("user"));
+    }
+    let mut response = (
+        StatusCode::NO_CONTENT,
+        [(header::CACHE_CONTROL, "private, no-store")],
+    )
+        .into_response();
+    // The caller who changed it by session keeps working, under a new session id.
+    if let Some(old) = rotate {
+        let data = crate::sessions::new_data(id, generation);
+        let new = state.sessions.create(&data, Some(&old)).await?;
+        if let Some(cookie) =
+            super::sessions::session_cookie(&state, &new, state.sessions.ttl().as_secs())
+        {
+            response.headers_mut().insert(header::SET_COOKIE, cookie);
+        }
+    }
+    Ok(response)
 }
 
 fn parse_ids(text: &str) -> Result<Vec<i64>, AppError> {

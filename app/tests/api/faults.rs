@@ -13,13 +13,15 @@ use serde_json::{Value, json};
 use crate::support::{Stack, TestApp, app_on, eventually, hex_token, own_stack, test_config};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_redis_stopped_reads_and_writes_still_succeed_quickly_and_orders_are_relayed_later() {
+async fn with_redis_stopped_reads_and_sign_ups_succeed_quickly_session_requests_get_503_and_the_outbox_is_relayed_later()
+ {
     let stack = own_stack();
     let app = app_on(&stack, |config| config.cache.redis_timeout_ms = 50).await;
     let user = app.create_user().await;
     let user_id = user["id"].as_i64().expect("id");
     let path = format!("/api/users/{user_id}");
     assert_eq!(app.get(&path).await.status(), StatusCode::OK);
+    app.session_of(&user).await;
 
     stack.redis.stop();
     let bounded = Duration::from_millis(1500);
@@ -31,40 +33,80 @@ async fn with_redis_stopped_reads_and_writes_still_succeed_quickly_and_orders_ar
         "read took {:?}",
         started.elapsed()
     );
-
     let started = Instant::now();
-    let renamed = app.put(&path, &json!({ "name": "Offline edit" })).await;
-    assert_eq!(renamed.status(), StatusCode::OK);
-    assert!(
-        started.elapsed() < bounded,
-        "write took {:?}",
-        started.elapsed()
-    );
-    let read: Value = app.get(&path).await.json().await.expect("json");
-    assert_eq!(
-        read["name"], "Offline edit",
-        "served from the database, not a stale cache"
-    );
+    let second = app.create_user().await;
+    assert!(second["id"].as_i64().is_some(), "sign-up needs no Redis");
+    assert!(started.elapsed() < bounded);
 
+    // Sessions live in Redis: what needs one (an edit, an order, signing in) answers 503 with
+    // Retry-After, quickly, rather than hang, 500, or act without the credential.
     let started = Instant::now();
+    let renamed = app
+        .put_as(&user, &path, &json!({ "name": "Offline edit" }))
+        .await;
     let order = app
-        .post(
+        .send_as(
+            &user,
+            reqwest::Method::POST,
             "/api/orders",
-            &json!({ "user_id": user_id, "items": [{ "sku": "a", "quantity": 1 }], "total": 5 }),
+            &json!({ "items": [{ "sku": "a", "quantity": 1 }], "total": 5 }),
         )
         .await;
-    assert_eq!(order.status(), StatusCode::CREATED);
-    assert!(started.elapsed() < bounded);
-    let second = app.create_user().await;
-    assert!(second["id"].as_i64().is_some());
+    let session = app
+        .post(
+            "/api/sessions",
+            &json!({ "email": user["email"], "password": crate::support::PASSWORD }),
+        )
+        .await;
+    for response in [renamed, order, session] {
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(response.headers().contains_key("retry-after"));
+    }
+    assert!(
+        started.elapsed() < 3 * bounded,
+        "three refusals took {:?}",
+        started.elapsed()
+    );
     // The limiter fails open by configuration.
     assert_eq!(app.get("/api/data").await.status(), StatusCode::OK);
-    // Sessions need Redis: 503 with Retry-After, not a hang or a 500.
-    let session = app
-        .post("/api/sessions", &json!({ "user_id": user_id }))
+
+    // What was committed as Redis went away (an order and an edit, with their outbox rows) is
+    // relayed when it returns.
+    let order = scaled_app::db::orders::place(
+        &app.state.cluster,
+        user_id,
+        &json!([{ "sku": "a", "quantity": 1 }]),
+        500,
+        scaled_app::db::orders::OrderStreams {
+            email: scaled_app::queue::EMAIL_STREAM,
+            analytics: scaled_app::queue::ANALYTICS_STREAM,
+        },
+    )
+    .await
+    .expect("the order commits without Redis");
+    assert!(matches!(order, scaled_app::db::orders::Placed::Order(_)));
+    let edited =
+        scaled_app::db::users::update(&app.state.cluster, user_id, Some("Offline edit"), None)
+            .await
+            .expect("the edit commits without Redis");
+    let scaled_app::db::users::Updated::User(_, token) = edited else {
+        panic!("the edit commits without Redis: {edited:?}");
+    };
+    // As the handler does: this pod's entry goes now, the shared half waits in the outbox.
+    app.state
+        .cache
+        .invalidate_after_write(user_id, token.lsn)
         .await;
-    assert_eq!(session.status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert!(session.headers().contains_key("retry-after"));
+    app.state.relay_wake.notify_one();
+    eventually(
+        "the edit to be served from the database, not a stale cache",
+        Duration::from_secs(10),
+        || async {
+            let read: Value = app.get(&path).await.json().await.ok()?;
+            (read["name"] == "Offline edit").then_some(())
+        },
+    )
+    .await;
 
     stack.redis.start();
     let mut redis = app.redis().await;
@@ -142,7 +184,7 @@ async fn reads_use_replicas_fall_back_when_one_stops_and_the_writer_reads_its_wr
     servers.replica.set_apply_delay(Duration::from_secs(30));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let path = format!("/api/users/{id}");
-    let response = app.put(&path, &json!({ "name": "Fresh" })).await;
+    let response = app.put_as(&user, &path, &json!({ "name": "Fresh" })).await;
     assert_eq!(response.status(), StatusCode::OK);
     let token = response.headers()["x-consistency-token"]
         .to_str()
@@ -187,11 +229,19 @@ async fn a_stopped_primary_makes_its_shards_writes_503_while_the_other_shard_wor
     let app = app_on(&stack, |config| config.database.acquire_timeout_ms = 500).await;
     let on_zero = app.create_user_on(0).await;
     let on_one = app.create_user_on(1).await;
+    // Signing in reads the primaries: sign in while they are up.
+    app.session_of(&on_zero).await;
+    app.session_of(&on_one).await;
     stack.shards[0].primary.stop();
 
     let started = Instant::now();
     let order = app
-        .post("/api/orders", &json!({ "user_id": on_zero["id"], "items": [{ "sku": "a", "quantity": 1 }], "total": 1 }))
+        .send_as(
+            &on_zero,
+            reqwest::Method::POST,
+            "/api/orders",
+            &json!({ "items": [{ "sku": "a", "quantity": 1 }], "total": 1 }),
+        )
         .await;
     assert_eq!(order.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(
@@ -213,7 +263,8 @@ async fn a_stopped_primary_makes_its_shards_writes_503_while_the_other_shard_wor
     );
 
     let renamed = app
-        .put(
+        .put_as(
+            &on_zero,
             &format!("/api/users/{}", on_zero["id"]),
             &json!({ "name": "x" }),
         )
@@ -221,7 +272,12 @@ async fn a_stopped_primary_makes_its_shards_writes_503_while_the_other_shard_wor
     assert_eq!(renamed.status(), StatusCode::SERVICE_UNAVAILABLE);
 
     let order = app
-        .post("/api/orders", &json!({ "user_id": on_one["id"], "items": [{ "sku": "a", "quantity": 1 }], "total": 1 }))
+        .send_as(
+            &on_one,
+            reqwest::Method::POST,
+            "/api/orders",
+            &json!({ "items": [{ "sku": "a", "quantity": 1 }], "total": 1 }),
+        )
         .await;
     assert_eq!(order.status(), StatusCode::CREATED);
     assert_eq!(
@@ -266,7 +322,7 @@ async fn killing_a_worker_mid_message_loses_nothing_and_applies_every_message_on
     for _ in 0..orders {
         let user = app.create_user().await;
         let id = user["id"].as_i64().expect("id");
-        app.create_order(id).await;
+        app.create_order(&user).await;
         users.push(id);
     }
     let directory = tempfile::tempdir().expect("tempdir");
@@ -386,57 +442,109 @@ async fn the_shard_map_is_reloaded_from_the_config_file_without_a_restart() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_server_binary_drains_and_exits_cleanly_on_sigterm() {
+async fn the_server_binary_finishes_every_request_in_flight_on_sigterm_and_exits_cleanly() {
+    const IN_FLIGHT: usize = 8;
     let app = TestApp::spawn().await;
     let mut config = app.config.clone();
     let port = crate::support::free_port();
     config.http_port = port;
     config.metrics_port = 0;
+    // The requests below wait on a row lock for a while; their statements must not time out.
+    config.database.statement_timeout_ms = 120_000;
     let directory = tempfile::tempdir().expect("tempdir");
     let path = directory.path().join("config.json");
     std::fs::write(&path, config.to_json()).expect("write config");
     let mut server = Command::new(env!("CARGO_BIN_EXE_scaled-app"))
         .arg("serve")
         .env("SCALED_CONFIG", &path)
-        .env("SCALED_SESSION_SECRET", "test")
+        // The test app's secret, so sessions opened through it are valid in the binary too.
+        .env("SCALED_SESSION_SECRET", crate::support::SESSION_SECRET)
         .env("RUST_LOG", "warn")
         .spawn()
         .expect("start the server binary");
     let base = format!("http://127.0.0.1:{port}");
-    eventually("the binary to serve", Duration::from_secs(20), || async {
+    eventually("the binary to serve", Duration::from_secs(30), || async {
         let response = app.client.get(format!("{base}/health")).send().await.ok()?;
         (response.status() == StatusCode::OK).then_some(())
     })
     .await;
-    // Requests in flight when SIGTERM arrives still complete.
     let user = app.create_user().await;
-    let reads = (0..50).map(|_| {
-        app.client
-            .get(format!("{base}/api/users/{}", user["id"]))
-            .send()
-    });
-    let in_flight = futures::future::join_all(reads);
-    let terminate = async {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-        let status = Command::new("kill")
-            .arg("-TERM")
-            .arg(server.id().to_string())
-            .status()
-            .expect("kill");
-        assert!(status.success());
-    };
-    let (responses, ()) = tokio::join!(in_flight, terminate);
-    for response in responses.into_iter().flatten() {
+    let user_id = user["id"].as_i64().expect("id");
+    let session = app.session_of(&user).await;
+
+    // Hold the user's row: every rename waits for it inside its handler, so once all of them
+    // wait, all of them are in flight, whatever the machine's speed.
+    let pool = app.primary(app.shard_of(user_id)).await;
+    let mut blocker = pool.begin().await.expect("begin");
+    sqlx::query("SELECT 1 FROM users WHERE id = $1 FOR UPDATE")
+        .bind(user_id)
+        .execute(&mut *blocker)
+        .await
+        .expect("lock the row");
+    let renames: Vec<_> = (0..IN_FLIGHT)
+        .map(|index| {
+            app.client
+                .put(format!("{base}/api/users/{user_id}"))
+                .header(reqwest::header::COOKIE, format!("sid={session}"))
+                .json(&json!({ "name": format!("Drained {index}") }))
+                .send()
+        })
+        .collect();
+    let in_flight = tokio::spawn(futures::future::join_all(renames));
+    eventually(
+        "every rename to wait on the row lock",
+        Duration::from_secs(60),
+        || async {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .fetch_one(&pool)
+            .await
+            .ok()?;
+            (waiting == IN_FLIGHT as i64).then_some(())
+        },
+    )
+    .await;
+
+    let status = Command::new("kill")
+        .arg("-TERM")
+        .arg(server.id().to_string())
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    // Draining: new connections are refused while the requests in flight wait...
+    eventually(
+        "the listener to close after SIGTERM",
+        Duration::from_secs(30),
+        || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_err()
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(
+        server.try_wait().expect("wait").is_none(),
+        "the server exited with requests in flight"
+    );
+    // ...and every one of them completes once the row is free.
+    blocker.rollback().await.expect("release the row");
+    let responses = in_flight.await.expect("the requests' task");
+    assert_eq!(responses.len(), IN_FLIGHT);
+    for response in responses {
+        let response = response.expect("a request in flight at SIGTERM gets its response");
         assert_eq!(response.status(), StatusCode::OK);
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(30);
     let status = loop {
         if let Some(status) = server.try_wait().expect("wait") {
             break status;
         }
         assert!(
             Instant::now() < deadline,
-            "the server did not exit after SIGTERM"
+            "the server did not exit after draining"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
@@ -451,18 +559,39 @@ async fn an_exhausted_pool_answers_503_quickly_instead_of_queueing() {
         config.database.acquire_timeout_ms = 200;
     })
     .await;
-    let user = app.create_user().await;
+    // Set-up shares the one connection per primary with the relay, so on a busy machine a step
+    // may meet the very 503 this test is about: retry set-up steps, not the assertion.
+    let email = format!("pool-{}@example.org", hex_token());
+    let credentials = json!({ "email": email, "password": crate::support::PASSWORD });
+    let user: Value = eventually(
+        "the user to be created",
+        Duration::from_secs(30),
+        || async {
+            let mut body = credentials.clone();
+            body["name"] = json!("Pool");
+            let response = app.post("/api/users", &body).await;
+            (response.status() == StatusCode::CREATED).then_some(())?;
+            response.json().await.ok()
+        },
+    )
+    .await;
     let user_id = user["id"].as_i64().expect("id");
+    let session = eventually("a sign-in", Duration::from_secs(30), || async {
+        crate::support::session_cookie(&app.post("/api/sessions", &credentials).await)
+    })
+    .await;
+    let order = |app: &TestApp| {
+        app.client
+            .post(format!("{}/api/orders", app.address))
+            .header(reqwest::header::COOKIE, format!("sid={session}"))
+            .json(&json!({ "items": [{ "sku": "a", "quantity": 1 }], "total": 1 }))
+            .send()
+    };
     // Hold the shard's only primary connection.
     let shard = app.state.cluster.shard_for_user(user_id);
     let held = shard.primary.acquire().await.expect("the only connection");
     let started = Instant::now();
-    let response = app
-        .post(
-            "/api/orders",
-            &json!({ "user_id": user_id, "items": [{ "sku": "a", "quantity": 1 }], "total": 1 }),
-        )
-        .await;
+    let response = order(&app).await.expect("sent");
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(response.headers().contains_key("retry-after"));
     assert!(
@@ -471,5 +600,10 @@ async fn an_exhausted_pool_answers_503_quickly_instead_of_queueing() {
         started.elapsed()
     );
     drop(held);
-    app.create_order(user_id).await;
+    eventually(
+        "an order once the connection is free",
+        Duration::from_secs(30),
+        || async { (order(&app).await.ok()?.status() == StatusCode::CREATED).then_some(()) },
+    )
+    .await;
 }

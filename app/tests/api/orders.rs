@@ -13,7 +13,7 @@ async fn an_order_is_stored_on_its_users_shard_and_its_messages_reach_both_strea
     let app = TestApp::spawn().await;
     let user = app.create_user().await;
     let user_id = user["id"].as_i64().expect("id");
-    let order = app.create_order(user_id).await;
+    let order = app.create_order(&user).await;
     assert_eq!(order["total"], 19.98);
     assert_eq!(order["items"], json!([{ "sku": "sku-1", "quantity": 2 }]));
 
@@ -68,17 +68,50 @@ async fn an_order_is_stored_on_its_users_shard_and_its_messages_reach_both_strea
 }
 
 #[tokio::test]
-async fn an_order_for_an_unknown_user_is_422_naming_user_id() {
+async fn an_order_needs_the_buyers_session_and_cannot_be_placed_for_someone_else() {
     let app = TestApp::spawn().await;
-    let response = app
+    let buyer = app.create_user().await;
+    let victim = app.create_user().await;
+    let items = json!([{ "sku": "a", "quantity": 1 }]);
+    let anonymous = app
         .post(
             "/api/orders",
-            &json!({ "user_id": 987654321, "items": [{ "sku": "a", "quantity": 1 }], "total": 1 }),
+            &json!({ "user_id": victim["id"], "items": items, "total": 1 }),
         )
         .await;
-    assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
-    let body: Value = response.json().await.expect("json");
-    assert_eq!(body["error"]["field"], "user_id");
+    assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+    let for_someone_else = app
+        .send_as(
+            &buyer,
+            reqwest::Method::POST,
+            "/api/orders",
+            &json!({ "user_id": victim["id"], "items": items, "total": 1 }),
+        )
+        .await;
+    assert_eq!(for_someone_else.status(), StatusCode::FORBIDDEN);
+    let body: Value = for_someone_else.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "forbidden");
+    let victim_id = victim["id"].as_i64().expect("id");
+    let pool = app.primary(app.shard_of(victim_id)).await;
+    let (count,): (i64,) = sqlx::query_as("SELECT count(*) FROM orders WHERE user_id = $1")
+        .bind(victim_id)
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    assert_eq!(count, 0, "nothing was placed for the victim");
+    // Naming oneself is allowed (older clients send user_id).
+    let own = app
+        .send_as(
+            &buyer,
+            reqwest::Method::POST,
+            "/api/orders",
+            &json!({ "user_id": buyer["id"], "items": items, "total": 1 }),
+        )
+        .await;
+    assert_eq!(own.status(), StatusCode::CREATED);
+    assert_eq!(own.headers()["cache-control"], "private, no-store");
+    let order: Value = own.json().await.expect("json");
+    assert_eq!(order["user_id"], buyer["id"]);
 }
 
 #[tokio::test]
@@ -112,7 +145,9 @@ async fn invalid_orders_are_422_and_say_which_field_and_why() {
         ),
     ];
     for (body, field) in cases {
-        let response = app.post("/api/orders", &body).await;
+        let response = app
+            .send_as(&user, reqwest::Method::POST, "/api/orders", &body)
+            .await;
         assert_eq!(
             response.status(),
             StatusCode::UNPROCESSABLE_ENTITY,

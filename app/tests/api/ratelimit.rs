@@ -1,17 +1,24 @@
-//! The rate limiter on `/api/data`.
+//! The rate limiter on `/api/data`: keyed by the signed-in user, else the client address; headers
+//! the client controls do not move it to another bucket.
 
 use std::time::Duration;
 
-use reqwest::StatusCode;
+use reqwest::{StatusCode, header};
 
-use crate::support::TestApp;
+use crate::support::{TestApp, eventually};
 
-async fn fire(app: &TestApp, client: &str, count: usize) -> Vec<reqwest::Response> {
-    let requests = (0..count).map(|_| {
-        app.client
-            .get(format!("{}/api/data", app.address))
-            .header("x-client-id", client)
-            .send()
+/// `count` concurrent requests, each with the headers `headers(index)` gives.
+async fn fire_with(
+    app: &TestApp,
+    count: usize,
+    headers: impl Fn(usize) -> Vec<(&'static str, String)>,
+) -> Vec<reqwest::Response> {
+    let requests = (0..count).map(|index| {
+        let mut request = app.client.get(format!("{}/api/data", app.address));
+        for (name, value) in headers(index) {
+            request = request.header(name, value);
+        }
+        request.send()
     });
     futures::future::join_all(requests)
         .await
@@ -20,20 +27,24 @@ async fn fire(app: &TestApp, client: &str, count: usize) -> Vec<reqwest::Respons
         .collect()
 }
 
+async fn fire(app: &TestApp, count: usize) -> Vec<reqwest::Response> {
+    fire_with(app, count, |_| Vec::new()).await
+}
+
+fn allowed(responses: &[reqwest::Response]) -> usize {
+    responses
+        .iter()
+        .filter(|response| response.status() == StatusCode::OK)
+        .count()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_requests_through_two_pods_get_exactly_the_limit() {
     let first = TestApp::spawn().await;
     let second = first.another_pod().await;
-    let (a, b) = tokio::join!(
-        fire(&first, "shared-client", 30),
-        fire(&second, "shared-client", 30)
-    );
+    let (a, b) = tokio::join!(fire(&first, 30), fire(&second, 30));
     let responses: Vec<_> = a.into_iter().chain(b).collect();
-    let allowed = responses
-        .iter()
-        .filter(|response| response.status() == StatusCode::OK)
-        .count();
-    assert_eq!(allowed, 10);
+    assert_eq!(allowed(&responses), 10);
     let rejected: Vec<_> = responses
         .iter()
         .filter(|response| response.status() == StatusCode::TOO_MANY_REQUESTS)
@@ -66,37 +77,136 @@ async fn concurrent_requests_through_two_pods_get_exactly_the_limit() {
 #[tokio::test]
 async fn rejected_requests_do_not_count_against_the_next_window() {
     let app = TestApp::spawn_with(|config| config.rate_limit.window_seconds = 1).await;
-    let first = fire(&app, "patient", 25).await;
-    assert_eq!(
-        first
-            .iter()
-            .filter(|response| response.status() == StatusCode::OK)
-            .count(),
-        10
-    );
+    assert_eq!(allowed(&fire(&app, 25).await), 10);
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let second = fire(&app, "patient", 15).await;
-    assert_eq!(
-        second
-            .iter()
-            .filter(|response| response.status() == StatusCode::OK)
-            .count(),
-        10
-    );
+    assert_eq!(allowed(&fire(&app, 15).await), 10);
 }
 
 #[tokio::test]
-async fn clients_are_limited_separately_and_a_bad_client_id_is_400() {
+async fn changing_x_client_id_or_spoofing_x_forwarded_for_gets_no_more_than_the_limit() {
     let app = TestApp::spawn().await;
-    fire(&app, "greedy", 12).await;
-    let other = fire(&app, "modest", 1).await;
-    assert_eq!(other[0].status(), StatusCode::OK);
-    let bad = app
-        .client
-        .get(format!("{}/api/data", app.address))
-        .header("x-client-id", "x".repeat(500))
-        .send()
+    let responses = fire_with(&app, 30, |index| {
+        vec![
+            ("x-client-id", format!("client-{index}")),
+            ("x-forwarded-for", format!("198.51.100.{index}")),
+        ]
+    })
+    .await;
+    assert_eq!(
+        allowed(&responses),
+        10,
+        "no proxy is trusted by default, so every request counts against the peer address"
+    );
+    // Junk in those headers is not an error, and does not reach Redis as a key.
+    let junk = fire_with(&app, 1, |_| {
+        vec![
+            ("x-client-id", "x".repeat(500)),
+            ("x-forwarded-for", "*, ratelimit:user:1".into()),
+        ]
+    })
+    .await;
+    assert_eq!(junk[0].status(), StatusCode::TOO_MANY_REQUESTS);
+    let mut redis = app.redis().await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("ratelimit:*")
+        .query_async(&mut redis)
         .await
-        .expect("sent");
-    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+        .expect("keys");
+    assert_eq!(keys, vec!["ratelimit:ip:127.0.0.1".to_string()]);
+}
+
+#[tokio::test]
+async fn behind_one_trusted_proxy_only_the_address_it_appended_counts() {
+    let app = TestApp::spawn_with(|config| config.rate_limit.trusted_proxy_hops = 1).await;
+    // The client may prepend anything; the proxy appends the address it saw (198.51.100.7).
+    let spoofing = fire_with(&app, 30, |index| {
+        vec![(
+            "x-forwarded-for",
+            format!("203.0.113.{index}, 198.51.100.7"),
+        )]
+    })
+    .await;
+    assert_eq!(allowed(&spoofing), 10);
+    // Another client behind the proxy has its own window, and IPv6 clients are counted per /64.
+    let other = fire_with(&app, 1, |_| {
+        vec![("x-forwarded-for", "198.51.100.8".into())]
+    })
+    .await;
+    assert_eq!(other[0].status(), StatusCode::OK);
+    let same_network = fire_with(&app, 20, |index| {
+        vec![("x-forwarded-for", format!("2001:db8:5:6::{index:x}"))]
+    })
+    .await;
+    assert_eq!(allowed(&same_network), 10);
+}
+
+#[tokio::test]
+async fn a_signed_in_user_is_one_client_from_any_address() {
+    let app = TestApp::spawn_with(|config| config.rate_limit.trusted_proxy_hops = 1).await;
+    let user = app.create_user().await;
+    let session = app.session_of(&user).await;
+    let responses = fire_with(&app, 30, |index| {
+        vec![
+            ("x-forwarded-for", format!("198.51.100.{index}")),
+            (header::COOKIE.as_str(), format!("sid={session}")),
+        ]
+    })
+    .await;
+    assert_eq!(allowed(&responses), 10);
+    // The user's count is not an address's: the same address without the session still passes.
+    let anonymous = fire_with(&app, 1, |_| {
+        vec![("x-forwarded-for", "198.51.100.1".into())]
+    })
+    .await;
+    assert_eq!(anonymous[0].status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn rate_limit_settings_are_reloaded_from_the_config_file_without_a_restart() {
+    let app = TestApp::spawn().await;
+    let directory = tempfile::tempdir().expect("tempdir");
+    let path = directory.path().join("config.json");
+    let mut config = app.config.clone();
+    std::fs::write(&path, config.to_json()).expect("write");
+    let mut settings = scaled_app::config::Settings::from_runtime(
+        config.clone(),
+        scaled_app::config::Secret::new(crate::support::SESSION_SECRET),
+    );
+    settings.config_path = Some(path.clone());
+    let application = scaled_app::startup::Application::build(settings)
+        .await
+        .expect("starts");
+    let address = format!("http://{}", application.http_addr());
+    let limiter = application.state().limiter.clone();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(application.run_until_stopped(shutdown.clone()));
+
+    config.rate_limit.limit = 3;
+    config.rate_limit.trusted_proxy_hops = 1;
+    std::fs::write(&path, config.to_json()).expect("write");
+    eventually(
+        "the new rate-limit settings to be in force",
+        Duration::from_secs(20),
+        || async { (limiter.settings() == config.rate_limit).then_some(()) },
+    )
+    .await;
+    let requests = (0..10).map(|_| {
+        app.client
+            .get(format!("{address}/api/data"))
+            .header("x-forwarded-for", "198.51.100.99")
+            .send()
+    });
+    let responses: Vec<_> = futures::future::join_all(requests)
+        .await
+        .into_iter()
+        .map(|response| response.expect("sent"))
+        .collect();
+    assert_eq!(allowed(&responses), 3);
+    assert!(
+        responses
+            .iter()
+            .all(|response| response.status() != StatusCode::OK
+                || response.headers()["x-ratelimit-limit"] == "3")
+    );
+    shutdown.cancel();
 }

@@ -1,11 +1,15 @@
-//! Sessions in Redis.
+//! Sign-in with a password, sessions in Redis, password changes and password-set tokens.
 
+use std::time::Duration;
+
+use redis::AsyncCommands;
 use reqwest::{StatusCode, header};
 use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 
-use crate::support::TestApp;
+use crate::support::{PASSWORD, SESSION_SECRET, TestApp, eventually, hex_token, session_cookie};
 
-fn session_cookie(response: &reqwest::Response) -> String {
+fn set_cookie(response: &reqwest::Response) -> String {
     response
         .headers()
         .get_all(header::SET_COOKIE)
@@ -16,20 +20,20 @@ fn session_cookie(response: &reqwest::Response) -> String {
         .to_string()
 }
 
-fn cookie_value(set_cookie: &str) -> String {
-    set_cookie
-        .split(';')
-        .next()
-        .and_then(|pair| pair.split_once('='))
-        .map(|(_, value)| value.to_string())
-        .expect("name=value")
+async fn sign_in(app: &TestApp, email: &Value, password: &str) -> reqwest::Response {
+    sign_in_replacing(app, email, password, None).await
 }
 
-async fn login(app: &TestApp, user_id: &Value, cookie: Option<&str>) -> reqwest::Response {
+async fn sign_in_replacing(
+    app: &TestApp,
+    email: &Value,
+    password: &str,
+    cookie: Option<&str>,
+) -> reqwest::Response {
     let mut request = app
         .client
         .post(format!("{}/api/sessions", app.address))
-        .json(&json!({ "user_id": user_id }));
+        .json(&json!({ "email": email, "password": password }));
     if let Some(cookie) = cookie {
         request = request.header(header::COOKIE, format!("sid={cookie}"));
     }
@@ -45,27 +49,53 @@ async fn current(app: &TestApp, method: reqwest::Method, cookie: &str) -> reqwes
         .expect("sent")
 }
 
+async fn set_password(
+    app: &TestApp,
+    user_id: &Value,
+    cookie: Option<&str>,
+    body: &Value,
+) -> reqwest::Response {
+    let mut request = app
+        .client
+        .put(format!("{}/api/users/{user_id}/password", app.address))
+        .json(body);
+    if let Some(cookie) = cookie {
+        request = request.header(header::COOKIE, format!("sid={cookie}"));
+    }
+    request.send().await.expect("sent")
+}
+
+async fn error_of(response: reqwest::Response) -> (StatusCode, Value) {
+    let status = response.status();
+    (status, response.json().await.expect("a JSON error"))
+}
+
 #[tokio::test]
-async fn a_session_is_created_read_and_deleted_with_safe_cookie_and_cache_headers() {
+async fn signing_in_with_the_password_opens_a_session_with_safe_cookie_and_cache_headers() {
     let app = TestApp::spawn().await;
     let user = app.create_user().await;
-    let created = login(&app, &user["id"], None).await;
+    let created = sign_in(&app, &user["email"], PASSWORD).await;
     assert_eq!(created.status(), StatusCode::CREATED);
     assert_eq!(
         created.headers()[header::CACHE_CONTROL],
         "private, no-store"
     );
-    let set_cookie = session_cookie(&created);
+    let cookie = set_cookie(&created);
     assert!(
-        set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Lax"),
-        "{set_cookie}"
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax"),
+        "{cookie}"
     );
     assert!(
-        !set_cookie.contains("Secure"),
+        !cookie.contains("Secure"),
         "cookieSecure is off in the test config"
     );
-    let id = cookie_value(&set_cookie);
+    let id = session_cookie(&created).expect("an id");
     assert_eq!(id.len(), 64, "256 random bits, hex");
+    let body = created.text().await.expect("body");
+    assert!(
+        !body.contains(PASSWORD) && !body.contains("argon2"),
+        "{body}"
+    );
 
     let read = current(&app, reqwest::Method::GET, &id).await;
     assert_eq!(read.status(), StatusCode::OK);
@@ -73,6 +103,7 @@ async fn a_session_is_created_read_and_deleted_with_safe_cookie_and_cache_header
     let body: Value = read.json().await.expect("json");
     assert_eq!(body["session"]["user_id"], user["id"]);
 
+    // Signing out deletes the session: the cookie is worthless afterwards.
     assert_eq!(
         current(&app, reqwest::Method::DELETE, &id).await.status(),
         StatusCode::NO_CONTENT
@@ -81,16 +112,141 @@ async fn a_session_is_created_read_and_deleted_with_safe_cookie_and_cache_header
         current(&app, reqwest::Method::GET, &id).await.status(),
         StatusCode::NOT_FOUND
     );
+    let after = app
+        .client
+        .get(format!("{}/api/me", app.address))
+        .header(header::COOKIE, format!("sid={id}"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(after.status(), StatusCode::UNAUTHORIZED);
 }
 
 #[tokio::test]
-async fn logging_in_again_rotates_the_id_and_ends_the_old_session() {
+async fn a_user_id_alone_no_longer_opens_a_session() {
     let app = TestApp::spawn().await;
     let user = app.create_user().await;
-    let first = cookie_value(&session_cookie(&login(&app, &user["id"], None).await));
-    let second = cookie_value(&session_cookie(
-        &login(&app, &user["id"], Some(&first)).await,
-    ));
+    let response = app
+        .post("/api/sessions", &json!({ "user_id": user["id"] }))
+        .await;
+    assert!(session_cookie(&response).is_none());
+    let (status, body) = error_of(response).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|message| message.contains("email")),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn a_wrong_password_an_unknown_email_and_an_account_without_password_fail_alike() {
+    let app = TestApp::spawn().await;
+    let user = app.create_user().await;
+    let legacy_email = format!("legacy-{}@example.org", hex_token());
+    scaled_app::db::users::create(&app.state.cluster, "Legacy", &legacy_email, None)
+        .await
+        .expect("a user created before passwords existed");
+    let attempts = [
+        (json!(user["email"]), "not the password at all"),
+        (
+            json!(format!("nobody-{}@example.org", hex_token())),
+            PASSWORD,
+        ),
+        (json!(legacy_email), PASSWORD),
+        (json!(legacy_email), ""),
+    ];
+    let mut bodies = Vec::new();
+    for (email, password) in attempts {
+        let before = app.state.passwords.verifications();
+        let response = sign_in(&app, &email, password).await;
+        assert!(session_cookie(&response).is_none());
+        let (status, body) = error_of(response).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{email}: {body}");
+        assert_eq!(
+            app.state.passwords.verifications(),
+            before + 1,
+            "{email}: one full argon2 verification, like a wrong password"
+        );
+        bodies.push(body);
+    }
+    assert!(
+        bodies.windows(2).all(|pair| pair[0] == pair[1]),
+        "one answer for all: {bodies:?}"
+    );
+    assert_eq!(bodies[0]["error"]["code"], "unauthorized");
+}
+
+#[tokio::test]
+async fn passwords_are_stored_as_argon2id_hashes_and_never_returned() {
+    let app = TestApp::spawn().await;
+    let user = app.create_user().await;
+    let text = user.to_string();
+    assert!(
+        !text.contains(PASSWORD) && !text.contains("password"),
+        "{text}"
+    );
+    let id = user["id"].as_i64().expect("id");
+    let pool = app.primary(app.shard_of(id)).await;
+    let stored: Option<String> =
+        sqlx::query_scalar("SELECT password_hash FROM users WHERE id = $1")
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .expect("row");
+    let stored = stored.expect("a hash is set at sign-up");
+    assert!(
+        stored.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
+        "{stored}"
+    );
+    assert!(!stored.contains(PASSWORD));
+    for path in [format!("/api/users/{id}"), format!("/api/users?ids={id}")] {
+        let body = app.get_consistent(&path).await.text().await.expect("body");
+        assert!(
+            !body.contains("argon2") && !body.contains("password"),
+            "{body}"
+        );
+    }
+    let me = app
+        .get_as(&user, "/api/me")
+        .await
+        .text()
+        .await
+        .expect("body");
+    assert!(!me.contains("argon2") && !me.contains("password"), "{me}");
+}
+
+#[tokio::test]
+async fn sign_up_refuses_passwords_that_are_too_short_or_too_long_saying_why() {
+    let app = TestApp::spawn().await;
+    for password in ["short".to_string(), "x".repeat(129)] {
+        let response = app
+            .post(
+                "/api/users",
+                &json!({ "name": "A", "email": format!("p-{}@example.org", hex_token()), "password": password }),
+            )
+            .await;
+        let (status, body) = error_of(response).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(body["error"]["field"], "password");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|message| message.contains("12 to 128 characters")),
+            "{body}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn signing_in_again_rotates_the_id_and_ends_the_old_session() {
+    let app = TestApp::spawn().await;
+    let user = app.create_user().await;
+    let first = session_cookie(&sign_in(&app, &user["email"], PASSWORD).await).expect("first");
+    let second =
+        session_cookie(&sign_in_replacing(&app, &user["email"], PASSWORD, Some(&first)).await)
+            .expect("second");
     assert_ne!(first, second);
     assert_eq!(
         current(&app, reqwest::Method::GET, &first).await.status(),
@@ -103,19 +259,322 @@ async fn logging_in_again_rotates_the_id_and_ends_the_old_session() {
 }
 
 #[tokio::test]
-async fn the_cookie_is_secure_when_configured_and_unknown_users_cannot_log_in() {
+async fn the_cookie_is_secure_when_configured_and_junk_cookies_are_no_session() {
     let app = TestApp::spawn_with(|config| config.sessions.cookie_secure = true).await;
     let user = app.create_user().await;
-    let created = login(&app, &user["id"], None).await;
-    assert!(session_cookie(&created).contains("; Secure"));
-    assert_eq!(
-        login(&app, &json!(123456789), None).await.status(),
-        StatusCode::NOT_FOUND
-    );
+    let created = sign_in(&app, &user["email"], PASSWORD).await;
+    assert!(set_cookie(&created).contains("; Secure"));
     assert_eq!(
         current(&app, reqwest::Method::GET, "not-a-session")
             .await
             .status(),
         StatusCode::NOT_FOUND
     );
+}
+
+#[tokio::test]
+async fn sessions_opened_without_a_password_before_the_upgrade_are_not_honoured() {
+    let app = TestApp::spawn().await;
+    let user = app.create_user().await;
+    // What the old `POST /api/sessions {user_id}` stored: `session:<SHA-256(secret || id)>`.
+    let id = hex_token().repeat(4);
+    let mut hasher = Sha256::new();
+    hasher.update(SESSION_SECRET.as_bytes());
+    hasher.update(id.as_bytes());
+    let key = format!("session:{}", hex::encode(hasher.finalize()));
+    let mut redis = app.redis().await;
+    let data = json!({ "user_id": user["id"], "created_at": "2026-01-01T00:00:00Z" });
+    let _: () = redis
+        .set_ex(&key, data.to_string(), 3600)
+        .await
+        .expect("set");
+    assert_eq!(
+        current(&app, reqwest::Method::GET, &id).await.status(),
+        StatusCode::NOT_FOUND
+    );
+    let rename = app
+        .client
+        .put(format!("{}/api/users/{}", app.address, user["id"]))
+        .header(header::COOKIE, format!("sid={id}"))
+        .json(&json!({ "name": "Hijacked" }))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(rename.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn repeated_failures_for_one_account_are_slowed_and_the_owner_gets_back_in_after_the_window()
+{
+    let app = TestApp::spawn_tuned(
+        |_| {},
+        |settings| {
+            settings.sign_in = scaled_app::ratelimit::AttemptPolicy {
+                failures: 3,
+                // Long enough that the failures are still in the window on a loaded machine.
+                window: Duration::from_secs(10),
+            };
+        },
+    )
+    .await;
+    let user = app.create_user().await;
+    let other = app.create_user().await;
+    // A success does not count: the owner can sign in any number of times.
+    for _ in 0..4 {
+        assert_eq!(
+            sign_in(&app, &user["email"], PASSWORD).await.status(),
+            StatusCode::CREATED
+        );
+    }
+    for _ in 0..3 {
+        assert_eq!(
+            sign_in(&app, &user["email"], "a wrong guess here")
+                .await
+                .status(),
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    // The fourth attempt in the window is refused before any password check, even the right one,
+    // for the email in any case; other accounts are unaffected.
+    let before = app.state.passwords.verifications();
+    for email in [
+        json!(user["email"]),
+        json!(user["email"].as_str().map(str::to_uppercase)),
+    ] {
+        let response = sign_in(&app, &email, PASSWORD).await;
+        assert!(response.headers().contains_key("retry-after"));
+        let (status, body) = error_of(response).await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(body["error"]["code"], "too_many_attempts");
+    }
+    assert_eq!(app.state.passwords.verifications(), before);
+    assert_eq!(
+        sign_in(&app, &other["email"], PASSWORD).await.status(),
+        StatusCode::CREATED
+    );
+    // Not locked out for good: once the failures leave the window, the password works again.
+    eventually(
+        "the owner to sign in again",
+        Duration::from_secs(60),
+        || async {
+            (sign_in(&app, &user["email"], PASSWORD).await.status() == StatusCode::CREATED)
+                .then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_password_change_needs_the_owners_session_and_current_password() {
+    let app = TestApp::spawn().await;
+    let user = app.create_user().await;
+    let intruder = app.create_user().await;
+    let new_password = "a brand new passphrase";
+    let change = json!({ "password": new_password, "current_password": PASSWORD });
+
+    let (status, _) = error_of(set_password(&app, &user["id"], None, &change).await).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "no session");
+    let intruders = app.session_of(&intruder).await;
+    let (status, _) =
+        error_of(set_password(&app, &user["id"], Some(&intruders), &change).await).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "another user's session");
+
+    let session = app.session_of(&user).await;
+    let (status, body) = error_of(
+        set_password(
+            &app,
+            &user["id"],
+            Some(&session),
+            &json!({ "password": new_password }),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(body["error"]["field"], "current_password");
+    let (status, _) = error_of(
+        set_password(
+            &app,
+            &user["id"],
+            Some(&session),
+            &json!({ "password": new_password, "current_password": "not the password" }),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "wrong current password");
+    let (status, body) = error_of(
+        set_password(
+            &app,
+            &user["id"],
+            Some(&session),
+            &json!({ "password": "short", "current_password": PASSWORD }),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(body["error"]["field"], "password");
+
+    // A session on another device, opened with the old password.
+    let elsewhere =
+        session_cookie(&sign_in(&app, &user["email"], PASSWORD).await).expect("a second session");
+    let changed = set_password(&app, &user["id"], Some(&session), &change).await;
+    assert_eq!(changed.status(), StatusCode::NO_CONTENT);
+    let rotated = session_cookie(&changed).expect("the caller gets a new session id");
+    assert_eq!(
+        sign_in(&app, &user["email"], PASSWORD).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        sign_in(&app, &user["email"], new_password).await.status(),
+        StatusCode::CREATED
+    );
+    // Every session opened before the change is over; the caller's new one works.
+    let me = |cookie: String| {
+        let app = &app;
+        async move {
+            app.client
+                .get(format!("{}/api/me", app.address))
+                .header(header::COOKIE, format!("sid={cookie}"))
+                .send()
+                .await
+                .expect("sent")
+                .status()
+        }
+    };
+    assert_eq!(me(elsewhere).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(me(session).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(me(rotated).await, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn setting_a_password_with_a_token_ends_every_session_of_the_user() {
+    let app = TestApp::spawn().await;
+    let user = app.create_user().await;
+    let stolen = app.session_of(&user).await;
+    let token = app
+        .state
+        .password_tokens
+        .issue(user["id"].as_i64().expect("id"))
+        .await
+        .expect("a token");
+    let reset = set_password(
+        &app,
+        &user["id"],
+        None,
+        &json!({ "token": token, "password": "after the compromise" }),
+    )
+    .await;
+    assert_eq!(reset.status(), StatusCode::NO_CONTENT);
+    assert!(session_cookie(&reset).is_none(), "a token opens no session");
+    assert_eq!(
+        current(&app, reqwest::Method::GET, &stolen).await.status(),
+        StatusCode::NOT_FOUND
+    );
+    let use_it = app
+        .client
+        .put(format!("{}/api/users/{}", app.address, user["id"]))
+        .header(header::COOKIE, format!("sid={stolen}"))
+        .json(&json!({ "name": "Still mine" }))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(use_it.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn an_account_without_a_password_gets_one_with_a_one_time_token_from_the_cli() {
+    let app = TestApp::spawn().await;
+    let email = format!("legacy-{}@example.org", hex_token());
+    let created = scaled_app::db::users::create(&app.state.cluster, "Legacy", &email, None)
+        .await
+        .expect("a user created before passwords existed");
+    let scaled_app::db::users::Created::User(user, _) = created else {
+        panic!("created");
+    };
+    assert_eq!(
+        sign_in(&app, &json!(email), PASSWORD).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let no_credential = set_password(
+        &app,
+        &json!(user.id),
+        None,
+        &json!({ "password": PASSWORD }),
+    )
+    .await;
+    assert_eq!(no_credential.status(), StatusCode::UNAUTHORIZED);
+
+    // The operator's command, run as in a pod.
+    let directory = tempfile::tempdir().expect("tempdir");
+    let path = directory.path().join("config.json");
+    std::fs::write(&path, app.config.to_json()).expect("write config");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_scaled-app"))
+        .args(["password-token", "--user-id", &user.id.to_string()])
+        .env("SCALED_CONFIG", &path)
+        .env("SCALED_SESSION_SECRET", SESSION_SECRET)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run password-token");
+    assert!(output.status.success(), "{output:?}");
+    let token = String::from_utf8(output.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_string();
+    assert_eq!(token.len(), 64, "{token}");
+
+    // Bound to its user...
+    let other = app.create_user().await;
+    let wrong_user = set_password(
+        &app,
+        &other["id"],
+        None,
+        &json!({ "token": token, "password": PASSWORD }),
+    )
+    .await;
+    assert_eq!(wrong_user.status(), StatusCode::UNAUTHORIZED);
+    // ...which used it up: tokens are single-use, whatever happened.
+    let token = String::from_utf8(
+        std::process::Command::new(env!("CARGO_BIN_EXE_scaled-app"))
+            .args(["password-token", "--user-id", &user.id.to_string()])
+            .env("SCALED_CONFIG", &path)
+            .env("SCALED_SESSION_SECRET", SESSION_SECRET)
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("run password-token")
+            .stdout,
+    )
+    .expect("utf-8")
+    .trim()
+    .to_string();
+    let body = json!({ "token": token, "password": "the legacy user's own" });
+    assert_eq!(
+        set_password(&app, &json!(user.id), None, &body)
+            .await
+            .status(),
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        set_password(&app, &json!(user.id), None, &body)
+            .await
+            .status(),
+        StatusCode::UNAUTHORIZED,
+        "a token works once"
+    );
+    assert_eq!(
+        sign_in(&app, &json!(email), "the legacy user's own")
+            .await
+            .status(),
+        StatusCode::CREATED
+    );
+    // An unknown user gets no token.
+    let missing = std::process::Command::new(env!("CARGO_BIN_EXE_scaled-app"))
+        .args(["password-token", "--user-id", "424242"])
+        .env("SCALED_CONFIG", &path)
+        .env("SCALED_SESSION_SECRET", SESSION_SECRET)
+        .output()
+        .expect("run password-token");
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no user 424242"));
 }

@@ -565,6 +565,8 @@ pub struct TestApp {
     /// Read-your-writes tokens of every write made through this app's helpers, merged per shard
     /// (what a browser's cookie jar would hold).
     tokens: Mutex<std::collections::BTreeMap<u32, u64>>,
+    /// Session ids by user id (see [`TestApp::session_of`]).
+    sessions: Mutex<std::collections::HashMap<i64, String>>,
 }
 
 impl TestApp {
@@ -575,11 +577,19 @@ impl TestApp {
 
     /// An app on the shared stack with a tweaked config.
     pub async fn spawn_with(tweak: impl FnOnce(&mut RuntimeConfig)) -> TestApp {
+        Self::spawn_tuned(tweak, |_| {}).await
+    }
+
+    /// An app on the shared stack with a tweaked config and tweaked process settings.
+    pub async fn spawn_tuned(
+        tweak: impl FnOnce(&mut RuntimeConfig),
+        tweak_settings: impl FnOnce(&mut Settings),
+    ) -> TestApp {
         let stack = Stack::shared();
         let database = stack.create_database().await;
         let mut config = test_config(stack, &database, next_redis_database());
         tweak(&mut config);
-        Self::spawn_config(config).await
+        Self::spawn_settings(config, tweak_settings).await
     }
 
     /// A second app (another "pod") sharing this one's database and Redis.
@@ -589,7 +599,16 @@ impl TestApp {
 
     /// An app running `config`.
     pub async fn spawn_config(config: RuntimeConfig) -> TestApp {
-        let settings = Settings::from_runtime(config.clone(), Secret::new("test-session-secret"));
+        Self::spawn_settings(config, |_| {}).await
+    }
+
+    /// An app running `config`, with process settings tweaked.
+    pub async fn spawn_settings(
+        config: RuntimeConfig,
+        tweak: impl FnOnce(&mut Settings),
+    ) -> TestApp {
+        let mut settings = Settings::from_runtime(config.clone(), Secret::new(SESSION_SECRET));
+        tweak(&mut settings);
         let application = Application::build(settings).await.expect("the app starts");
         let address = format!("http://{}", application.http_addr());
         let metrics_address = format!("http://{}", application.metrics_addr());
@@ -610,31 +629,26 @@ impl TestApp {
             state,
             shutdown,
             tokens: Mutex::new(std::collections::BTreeMap::new()),
+            sessions: Mutex::new(std::collections::HashMap::new()),
         };
         // L1 only fills once the invalidation subscription is up; wait so tests are deterministic.
         app.wait_until_subscribed().await;
         app
     }
 
+    /// Fails the test if the pod does not subscribe in time: a test that went on without the
+    /// subscription would test an app whose L1 is off.
     async fn wait_until_subscribed(&self) {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let mut connection = self.redis().await;
-        loop {
-            let (_, count): (String, u64) = redis::cmd("PUBSUB")
-                .arg("NUMSUB")
-                .arg(scaled_app::cache::INVALIDATION_CHANNEL)
-                .query_async::<Vec<(String, u64)>>(&mut connection)
-                .await
-                .ok()
-                .and_then(|mut pairs| pairs.pop())
-                .unwrap_or_default();
-            if count > 0 || Instant::now() > deadline {
-                // Give the listener a moment to flip its flag after SUBSCRIBE returned.
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let cache = self.state.cache.clone();
+        eventually(
+            "the app to subscribe to cache invalidations",
+            Duration::from_secs(30),
+            || {
+                let cache = cache.clone();
+                async move { cache.is_subscribed().then_some(()) }
+            },
+        )
+        .await;
     }
 
     /// `POST path` with a JSON body.
@@ -709,17 +723,78 @@ impl TestApp {
             .expect("request sent")
     }
 
-    /// Creates a user with a unique email and returns it.
+    /// Creates a user with a unique email and [`PASSWORD`], and returns it (the private
+    /// representation, with the email).
     pub async fn create_user(&self) -> Value {
         let email = format!("user-{}@example.org", hex_token());
         let response = self
             .post(
                 "/api/users",
-                &json!({ "name": "Test User", "email": email }),
+                &json!({ "name": "Test User", "email": email, "password": PASSWORD }),
             )
             .await;
         assert_eq!(response.status(), StatusCode::CREATED);
         response.json().await.expect("a JSON user")
+    }
+
+    /// Signs in as `user` (made by [`TestApp::create_user`]) and returns the session id; one
+    /// sign-in per user and app, reused afterwards.
+    pub async fn session_of(&self, user: &Value) -> String {
+        let id = user["id"].as_i64().expect("a user id");
+        if let Some(session) = self.sessions.lock().expect("session lock").get(&id) {
+            return session.clone();
+        }
+        let response = self
+            .client
+            .post(format!("{}/api/sessions", self.address))
+            .json(&json!({ "email": user["email"], "password": PASSWORD }))
+            .send()
+            .await
+            .expect("request sent");
+        assert_eq!(response.status(), StatusCode::CREATED, "sign-in");
+        let session = session_cookie(&response).expect("a session cookie");
+        self.sessions
+            .lock()
+            .expect("session lock")
+            .insert(id, session.clone());
+        session
+    }
+
+    /// `method path` with a JSON body, as `user` (signed in with [`TestApp::session_of`]).
+    pub async fn send_as(
+        &self,
+        user: &Value,
+        method: reqwest::Method,
+        path: &str,
+        body: &Value,
+    ) -> reqwest::Response {
+        let session = self.session_of(user).await;
+        let response = self
+            .client
+            .request(method, format!("{}{path}", self.address))
+            .header(reqwest::header::COOKIE, format!("sid={session}"))
+            .json(body)
+            .send()
+            .await
+            .expect("request sent");
+        self.remember_token(&response);
+        response
+    }
+
+    /// `GET path` as `user` (with its session, without read-your-writes tokens).
+    pub async fn get_as(&self, user: &Value, path: &str) -> reqwest::Response {
+        let session = self.session_of(user).await;
+        self.client
+            .get(format!("{}{path}", self.address))
+            .header(reqwest::header::COOKIE, format!("sid={session}"))
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    /// `PUT path` as `user`.
+    pub async fn put_as(&self, user: &Value, path: &str, body: &Value) -> reqwest::Response {
+        self.send_as(user, reqwest::Method::PUT, path, body).await
     }
 
     /// Creates a user on shard `shard`.
@@ -738,10 +813,12 @@ impl TestApp {
         map.assignment()[slot_for_key(&id.to_string(), map.slots) as usize]
     }
 
-    /// Places an order and returns it.
-    pub async fn create_order(&self, user_id: i64) -> Value {
-        let body = json!({ "user_id": user_id, "items": [{ "sku": "sku-1", "quantity": 2 }], "total": 19.98 });
-        let response = self.post("/api/orders", &body).await;
+    /// Places an order as `user` and returns it.
+    pub async fn create_order(&self, user: &Value) -> Value {
+        let body = json!({ "items": [{ "sku": "sku-1", "quantity": 2 }], "total": 19.98 });
+        let response = self
+            .send_as(user, reqwest::Method::POST, "/api/orders", &body)
+            .await;
         assert_eq!(response.status(), StatusCode::CREATED);
         response.json().await.expect("a JSON order")
     }
@@ -792,6 +869,29 @@ impl Drop for TestApp {
     fn drop(&mut self) {
         self.shutdown.cancel();
     }
+}
+
+/// The password of every user [`TestApp::create_user`] makes.
+pub const PASSWORD: &str = "correct horse battery staple";
+/// The session secret of test apps (session keys in Redis are hashed with it).
+pub const SESSION_SECRET: &str = "test-session-secret";
+
+/// The public representation of a user as [`TestApp::create_user`] returned it.
+pub fn public(user: &Value) -> Value {
+    json!({ "id": user["id"], "name": user["name"], "created_at": user["created_at"] })
+}
+
+/// The session id a response sets, if it sets one.
+pub fn session_cookie(response: &reqwest::Response) -> Option<String> {
+    response
+        .headers()
+        .get_all(reqwest::header::SET_COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .find_map(|value| value.strip_prefix("sid="))
+        .and_then(|rest| rest.split(';').next())
+        .filter(|value| !value.is_empty())
+        .map(str::to_string)
 }
 
 /// Sixteen random hex characters.

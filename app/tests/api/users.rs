@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use reqwest::{StatusCode, header};
 use serde_json::{Value, json};
 
-use crate::support::{TestApp, hex_token};
+use crate::support::{PASSWORD, TestApp, hex_token, public};
 
 #[tokio::test]
 async fn creating_a_user_returns_201_with_an_id_and_a_location() {
@@ -14,7 +14,7 @@ async fn creating_a_user_returns_201_with_an_id_and_a_location() {
     let response = app
         .post(
             "/api/users",
-            &json!({ "name": " Ada ", "email": email.to_uppercase() }),
+            &json!({ "name": " Ada ", "email": email.to_uppercase(), "password": PASSWORD }),
         )
         .await;
     assert_eq!(response.status(), StatusCode::CREATED);
@@ -35,15 +35,18 @@ async fn a_duplicate_email_is_refused_with_409_whatever_its_case() {
     let app = TestApp::spawn().await;
     let email = format!("dup-{}@example.org", hex_token());
     assert_eq!(
-        app.post("/api/users", &json!({ "name": "A", "email": email }))
-            .await
-            .status(),
+        app.post(
+            "/api/users",
+            &json!({ "name": "A", "email": email, "password": PASSWORD })
+        )
+        .await
+        .status(),
         StatusCode::CREATED
     );
     let response = app
         .post(
             "/api/users",
-            &json!({ "name": "B", "email": email.to_uppercase() }),
+            &json!({ "name": "B", "email": email.to_uppercase(), "password": PASSWORD }),
         )
         .await;
     assert_eq!(response.status(), StatusCode::CONFLICT);
@@ -61,7 +64,7 @@ async fn concurrent_signups_with_one_email_create_exactly_one_user() {
         async move {
             app.post(
                 "/api/users",
-                &json!({ "name": format!("racer {index}"), "email": email }),
+                &json!({ "name": format!("racer {index}"), "email": email, "password": PASSWORD }),
             )
             .await
             .status()
@@ -110,7 +113,8 @@ async fn user_ids_spread_over_both_shards_and_each_row_lives_on_its_owning_shard
 }
 
 #[tokio::test]
-async fn reading_a_user_carries_cdn_headers_and_a_matching_etag_gives_304() {
+async fn reading_a_user_gives_the_public_representation_with_cdn_headers_and_a_matching_etag_gives_304()
+ {
     let app = TestApp::spawn().await;
     let user = app.create_user().await;
     let path = format!("/api/users/{}", user["id"]);
@@ -118,14 +122,19 @@ async fn reading_a_user_carries_cdn_headers_and_a_matching_etag_gives_304() {
     assert_eq!(response.status(), StatusCode::OK);
     let headers = response.headers().clone();
     assert_eq!(headers[header::CACHE_CONTROL], "public, max-age=3600");
-    assert!(headers.get_all(header::VARY).iter().any(|value| {
-        value
-            .to_str()
-            .is_ok_and(|text| text.to_lowercase().contains("accept-encoding"))
-    }));
+    let vary: Vec<String> = headers
+        .get_all(header::VARY)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(|name| name.trim().to_lowercase())
+        .collect();
+    for depends_on in ["accept-encoding", "cookie", "x-consistency-token"] {
+        assert!(vary.iter().any(|name| name == depends_on), "{vary:?}");
+    }
     let etag = headers[header::ETAG].to_str().expect("etag").to_string();
     let body: Value = response.json().await.expect("json");
-    assert_eq!(body, user);
+    assert_eq!(body, public(&user), "id, name and created_at only");
 
     let revalidated = app
         .client
@@ -137,6 +146,153 @@ async fn reading_a_user_carries_cdn_headers_and_a_matching_etag_gives_304() {
     assert_eq!(revalidated.status(), StatusCode::NOT_MODIFIED);
     assert_eq!(revalidated.headers()[header::ETAG], etag.as_str());
     assert!(revalidated.bytes().await.expect("body").is_empty());
+}
+
+#[tokio::test]
+async fn lists_and_batches_carry_no_emails() {
+    let app = TestApp::spawn().await;
+    let first = app.create_user().await;
+    let second = app.create_user().await;
+    let ids = format!("{},{}", first["id"], second["id"]);
+    for path in [
+        format!("/api/users?ids={ids}"),
+        "/api/users?limit=10".to_string(),
+        "/api/users?page=1&page_size=10".to_string(),
+    ] {
+        for response in [app.get(&path).await, app.get_consistent(&path).await] {
+            assert_eq!(response.status(), StatusCode::OK);
+            let body: Value = response.json().await.expect("json");
+            for user in body["users"].as_array().expect("users") {
+                assert_eq!(
+                    user.as_object().map(|fields| fields.len()),
+                    Some(3),
+                    "{user}"
+                );
+                assert!(user.get("email").is_none(), "{user}");
+            }
+        }
+    }
+    let body: Value = app
+        .get_consistent(&format!("/api/users?ids={ids}"))
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(body["users"], json!([public(&first), public(&second)]));
+}
+
+#[tokio::test]
+async fn only_the_signed_in_owner_reads_the_private_representation_and_nothing_stores_it() {
+    let app = TestApp::spawn().await;
+    let user = app.create_user().await;
+    let created_headers = {
+        let email = format!("fresh-{}@example.org", hex_token());
+        let response = app
+            .post(
+                "/api/users",
+                &json!({ "name": "Fresh", "email": email, "password": PASSWORD }),
+            )
+            .await;
+        response.headers().clone()
+    };
+    assert_eq!(
+        created_headers[header::CACHE_CONTROL],
+        "private, no-store",
+        "the sign-up response carries the email"
+    );
+    let me = app.get_as(&user, "/api/me").await;
+    assert_eq!(me.status(), StatusCode::OK);
+    assert_eq!(me.headers()[header::CACHE_CONTROL], "private, no-store");
+    assert!(
+        me.headers()[header::VARY]
+            .to_str()
+            .is_ok_and(|vary| vary.contains("cookie"))
+    );
+    let body: Value = me.json().await.expect("json");
+    assert_eq!(body["email"], user["email"]);
+    assert_eq!(body["id"], user["id"]);
+
+    let anonymous = app.get("/api/me").await;
+    assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(anonymous.headers()[header::CACHE_CONTROL], "no-store");
+    let error: Value = anonymous.json().await.expect("json");
+    assert_eq!(error["error"]["code"], "unauthorized");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .is_some_and(|message| message.contains("POST /api/sessions")),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn changing_a_user_needs_that_users_session() {
+    let app = TestApp::spawn().await;
+    let owner = app.create_user().await;
+    let other = app.create_user().await;
+    let path = format!("/api/users/{}", owner["id"]);
+    let anonymous = app.put(&path, &json!({ "name": "Anonymous" })).await;
+    assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+    for change in [
+        json!({ "name": "Not yours" }),
+        json!({ "email": format!("taken-over-{}@example.org", hex_token()) }),
+    ] {
+        let response = app.put_as(&other, &path, &change).await;
+        assert_eq!(response.status(), StatusCode::FORBIDDEN, "{change}");
+        let error: Value = response.json().await.expect("json");
+        assert_eq!(error["error"]["code"], "forbidden");
+    }
+    let mine: Value = app
+        .get_as(&owner, "/api/me")
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        (&mine["name"], &mine["email"]),
+        (&owner["name"], &owner["email"])
+    );
+    let renamed = app.put_as(&owner, &path, &json!({ "name": "Mine" })).await;
+    assert_eq!(renamed.status(), StatusCode::OK);
+    assert_eq!(
+        renamed.headers()[header::CACHE_CONTROL],
+        "private, no-store"
+    );
+}
+
+#[tokio::test]
+async fn the_etag_changes_with_every_edit_even_one_the_public_body_does_not_show() {
+    let app = TestApp::spawn().await;
+    let user = app.create_user().await;
+    let path = format!("/api/users/{}", user["id"]);
+    let read = || async {
+        let response = app.get_consistent(&path).await;
+        let etag = response.headers()[header::ETAG]
+            .to_str()
+            .expect("etag")
+            .to_string();
+        (etag, response.json::<Value>().await.expect("json"))
+    };
+    let (first, first_body) = read().await;
+    let email = format!("changed-{}@example.org", hex_token());
+    assert_eq!(
+        app.put_as(&user, &path, &json!({ "email": email }))
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    let (second, second_body) = read().await;
+    assert_eq!(first_body, second_body, "the email is not public");
+    assert_ne!(first, second, "but the edit changes the ETag");
+    assert_eq!(
+        app.put_as(&user, &path, &json!({ "name": "Renamed" }))
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    let (third, third_body) = read().await;
+    assert_eq!(third_body["name"], "Renamed");
+    assert!(third != second && third != first);
 }
 
 #[tokio::test]
@@ -161,7 +317,9 @@ async fn an_update_is_visible_to_the_next_read_even_when_the_old_value_was_cache
     for _ in 0..2 {
         assert_eq!(app.get(&path).await.status(), StatusCode::OK);
     }
-    let updated = app.put(&path, &json!({ "name": "Renamed" })).await;
+    let updated = app
+        .put_as(&user, &path, &json!({ "name": "Renamed" }))
+        .await;
     assert_eq!(updated.status(), StatusCode::OK);
     let read: Value = app.get(&path).await.json().await.expect("json");
     assert_eq!(read["name"], "Renamed");
@@ -175,7 +333,7 @@ async fn an_email_change_frees_the_old_address_and_claims_the_new_one() {
     let new = format!("moved-{}@example.org", hex_token());
     let path = format!("/api/users/{}", user["id"]);
     let response = app
-        .put(&path, &json!({ "email": new, "name": "Moved" }))
+        .put_as(&user, &path, &json!({ "email": new, "name": "Moved" }))
         .await;
     assert_eq!(response.status(), StatusCode::OK);
     let body: Value = response.json().await.expect("json");
@@ -185,15 +343,21 @@ async fn an_email_change_frees_the_old_address_and_claims_the_new_one() {
     );
     // The old address is free again, the new one is taken.
     assert_eq!(
-        app.post("/api/users", &json!({ "name": "X", "email": old }))
-            .await
-            .status(),
+        app.post(
+            "/api/users",
+            &json!({ "name": "X", "email": old, "password": PASSWORD })
+        )
+        .await
+        .status(),
         StatusCode::CREATED
     );
     assert_eq!(
-        app.post("/api/users", &json!({ "name": "Y", "email": new }))
-            .await
-            .status(),
+        app.post(
+            "/api/users",
+            &json!({ "name": "Y", "email": new, "password": PASSWORD })
+        )
+        .await
+        .status(),
         StatusCode::CONFLICT
     );
 }
@@ -205,10 +369,19 @@ async fn an_email_change_to_a_taken_address_is_409_and_changes_nothing() {
     let second = app.create_user().await;
     let path = format!("/api/users/{}", second["id"]);
     let response = app
-        .put(&path, &json!({ "email": first["email"], "name": "Thief" }))
+        .put_as(
+            &second,
+            &path,
+            &json!({ "email": first["email"], "name": "Thief" }),
+        )
         .await;
     assert_eq!(response.status(), StatusCode::CONFLICT);
-    let read: Value = app.get(&path).await.json().await.expect("json");
+    let read: Value = app
+        .get_as(&second, "/api/me")
+        .await
+        .json()
+        .await
+        .expect("json");
     assert_eq!(read["email"], second["email"]);
     assert_eq!(
         read["name"], second["name"],
@@ -217,7 +390,9 @@ async fn an_email_change_to_a_taken_address_is_409_and_changes_nothing() {
     // No intent is left behind: a later valid change goes through.
     let fresh = format!("fresh-{}@example.org", hex_token());
     assert_eq!(
-        app.put(&path, &json!({ "email": fresh })).await.status(),
+        app.put_as(&second, &path, &json!({ "email": fresh }))
+            .await
+            .status(),
         StatusCode::OK
     );
 }
@@ -241,7 +416,7 @@ async fn an_interrupted_email_change_is_finished_by_driving_its_intent() {
     // While it is pending, another change of this user is refused rather than interleaved.
     let path = format!("/api/users/{id}");
     assert_eq!(
-        app.put(&path, &json!({ "email": "other@example.org" }))
+        app.put_as(&user, &path, &json!({ "email": "other@example.org" }))
             .await
             .status(),
         StatusCode::CONFLICT
@@ -257,15 +432,18 @@ async fn an_interrupted_email_change_is_finished_by_driving_its_intent() {
         "the new email to be served",
         std::time::Duration::from_secs(10),
         || async {
-            let read: Value = app.get(&path).await.json().await.ok()?;
+            let read: Value = app.get_as(&user, "/api/me").await.json().await.ok()?;
             (read["email"] == new.as_str()).then_some(())
         },
     )
     .await;
     assert_eq!(
-        app.post("/api/users", &json!({ "name": "X", "email": old }))
-            .await
-            .status(),
+        app.post(
+            "/api/users",
+            &json!({ "name": "X", "email": old, "password": PASSWORD })
+        )
+        .await
+        .status(),
         StatusCode::CREATED
     );
     // Driving again finds nothing to do.

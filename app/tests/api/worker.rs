@@ -49,7 +49,7 @@ async fn an_order_confirmation_is_rendered_once_and_the_analytics_counter_moves_
     let user = app.create_user().await;
     let user_id = user["id"].as_i64().expect("id");
     let shard = app.shard_of(user_id);
-    let order = app.create_order(user_id).await;
+    let order = app.create_order(&user).await;
     let mut redis = app.redis().await;
     eventually(
         "the relay to move both messages",

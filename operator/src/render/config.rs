@@ -65,6 +65,7 @@ pub fn runtime_config(app: &ValidatedApp) -> RuntimeConfig {
                 RateLimitFailureMode::FailOpen => FailureMode::FailOpen,
                 RateLimitFailureMode::FailClosed => FailureMode::FailClosed,
             },
+            trusted_proxy_hops: 0,
         },
         sessions: SessionSettings {
             ttl_seconds: spec.sessions.ttl_seconds as u64,
