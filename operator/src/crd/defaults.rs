@@ -127,6 +127,7 @@ impl Default for RateLimitSpec {
             requests: rate_limit(),
             window_seconds: rate_window(),
             failure_mode: RateLimitFailureMode::default(),
+            trusted_proxy_hops: 0,
         }
     }
 }

@@ -509,7 +509,7 @@ pub struct WorkerPoolSpec {
     pub resources: ResourceSpec,
 }
 
-/// Rate limiting per client (`X-Client-ID`).
+/// Rate limiting per client: per signed-in user, else per client address.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct RateLimitSpec {
@@ -525,6 +525,13 @@ pub struct RateLimitSpec {
     /// answers 503.
     #[serde(default)]
     pub failure_mode: RateLimitFailureMode,
+    /// How many proxies in front of the app (load balancers, CDN) append to `X-Forwarded-For`.
+    /// The client address is the entry that many places from the right; with 0 (the default)
+    /// the header is ignored and the connection's peer address is the client, so a client can
+    /// never choose its own rate-limit identity by sending the header.
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 16))]
+    pub trusted_proxy_hops: i32,
 }
 
 /// Rate limiter behaviour without Redis.

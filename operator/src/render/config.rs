@@ -1,5 +1,6 @@
 //! The `<app>-config` ConfigMap: the contract document (`scaled_contract::RuntimeConfig`) that
-//! app and worker pods mount and reload when it changes.
+//! app and worker pods mount. The app reloads its shard map and rate-limit settings live; a hash
+//! of the document on the pod templates rolls the pods for every other change.
 
 use std::collections::BTreeMap;
 
@@ -65,7 +66,7 @@ pub fn runtime_config(app: &ValidatedApp) -> RuntimeConfig {
                 RateLimitFailureMode::FailOpen => FailureMode::FailOpen,
                 RateLimitFailureMode::FailClosed => FailureMode::FailClosed,
             },
-            trusted_proxy_hops: 0,
+            trusted_proxy_hops: spec.rate_limit.trusted_proxy_hops as u32,
         },
         sessions: SessionSettings {
             ttl_seconds: spec.sessions.ttl_seconds as u64,
@@ -148,6 +149,10 @@ mod tests {
         assert_eq!(config.database.max_overflow, 40);
         assert_eq!(config.rate_limit.limit, 100);
         assert_eq!(config.rate_limit.window_seconds, 60);
+        assert_eq!(
+            config.rate_limit.trusted_proxy_hops, 0,
+            "X-Forwarded-For is ignored by default"
+        );
         assert_eq!(config.cdn.max_age_seconds, 3600);
         assert_eq!(config.sessions.ttl_seconds, 3600);
         assert_eq!(config.cache.default_ttl_seconds, 3600);
