@@ -344,7 +344,8 @@ async fn spec_changes_converge() {
     workers.retain(|pool| pool.name != "analytics");
     workers.push(WorkerPoolSpec {
         name: "reports".into(),
-        queues: vec!["reports:build".into()],
+        // Only queues the app has handlers for are accepted (the CRD says so).
+        queues: vec!["analytics:track".into()],
         ..workers[0].clone()
     });
     merge_spec(
