@@ -29,6 +29,9 @@ use crate::render::{
 };
 use crate::validate::ValidatedApp;
 
+/// Label the StatefulSet controller puts on each pod: the revision it was created from.
+const REVISION_LABEL: &str = "controller-revision-hash";
+
 /// How long one instance manager may take to answer `/status`.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -44,6 +47,17 @@ pub enum InstanceError {
         namespace: String,
         /// ScaledApp name.
         name: String,
+        /// Cause.
+        #[source]
+        source: kube::Error,
+    },
+    /// Deleting a pod for a rolling update failed.
+    #[error("failed to delete pod {namespace}/{pod} for the rolling update: {source}")]
+    Replace {
+        /// Namespace.
+        namespace: String,
+        /// Pod.
+        pod: String,
         /// Cause.
         #[source]
         source: kube::Error,
@@ -74,6 +88,8 @@ pub struct PodObservation {
     pub role_label: Option<String>,
     /// Running and not being deleted.
     pub running: bool,
+    /// The StatefulSet revision the pod was created from.
+    pub revision: Option<String>,
     /// What its instance manager reported, if it answered.
     pub instance: Option<InstanceStatus>,
 }
@@ -87,6 +103,8 @@ pub struct ShardObservation {
     pub pods: Vec<PodObservation>,
     /// Ordinals that have a data volume (PVC) already.
     pub volumes: BTreeSet<u32>,
+    /// The StatefulSet's current template revision (`status.updateRevision`).
+    pub update_revision: Option<String>,
 }
 
 /// What the operator decided for one shard.
@@ -114,6 +132,8 @@ pub struct ShardDecision {
     pub news: Vec<News>,
     /// The switchover request acted on (or refused) this pass.
     pub handled_switchover: Option<String>,
+    /// Pods to delete so the StatefulSet recreates them from its new template.
+    pub replace: Vec<String>,
 }
 
 /// Something a pass decided that users should hear about.
@@ -265,10 +285,18 @@ fn decide_shard(inputs: Inputs<'_>, shard: &ShardObservation) -> ShardDecision {
                     &health,
                     unhealthy_for,
                 );
-            } else if decision.failover.is_none()
-                && let Some(request) = inputs.switchover.filter(|r| r.shard == shard.index)
-            {
-                switch_over(&mut decision, inputs, shard, &primary, request);
+            } else if decision.failover.is_none() {
+                match inputs.switchover.filter(|r| r.shard == shard.index) {
+                    Some(request) => switch_over(
+                        &mut decision,
+                        inputs,
+                        shard,
+                        &primary,
+                        request,
+                        format!("requested ({})", request.id),
+                    ),
+                    None => roll(&mut decision, inputs, shard, &primary),
+                }
             }
         }
     }
@@ -331,6 +359,56 @@ fn complete_failover(decision: &mut ShardDecision, shard: &ShardObservation, now
         decision.failover = None;
         decision.last_failover = Some(done);
     }
+}
+
+/// Replaces pods built from an older template, one at a time and only while every pod of the
+/// shard serves: replicas first; then a switchover to an updated replica; then the old primary,
+/// now a replica. An update costs one short write pause per shard.
+fn roll(decision: &mut ShardDecision, inputs: Inputs<'_>, shard: &ShardObservation, primary: &str) {
+    let Some(current) = &shard.update_revision else {
+        return;
+    };
+    let outdated = |pod: &&PodObservation| pod.revision.as_ref().is_some_and(|r| r != current);
+    if !shard.pods.iter().any(|pod| outdated(&pod)) {
+        return;
+    }
+    let expected = instances_per_shard(inputs.app) as usize;
+    let all_serving = shard.pods.len() == expected
+        && shard
+            .pods
+            .iter()
+            .all(|pod| pod.running && pod.instance.as_ref().is_some_and(|instance| instance.ready));
+    if !all_serving {
+        // Wait for the last replaced pod (or anything else) to come back first.
+        return;
+    }
+    if let Some(replica) = shard
+        .pods
+        .iter()
+        .filter(|pod| pod.name != primary)
+        .find(|pod| outdated(pod))
+    {
+        decision.news.push(News {
+            warning: false,
+            reason: "RollingUpdate",
+            note: format!(
+                "shard {}: replacing replica {} with the new template",
+                shard.index, replica.name
+            ),
+        });
+        decision.replace.push(replica.name.clone());
+        return;
+    }
+    // Only the primary is left: hand its role to an updated replica first.
+    let request = SwitchoverRequest {
+        shard: shard.index,
+        to: None,
+        id: format!("rolling update to {current}"),
+    };
+    let reason = format!("rolling update to revision {current}");
+    switch_over(decision, inputs, shard, primary, &request, reason);
+    // Not a user's request: nothing to remember, and the reason says what it was.
+    decision.handled_switchover = None;
 }
 
 /// `kind` of an unplanned change.
@@ -454,6 +532,7 @@ fn switch_over(
     shard: &ShardObservation,
     primary: &str,
     request: &SwitchoverRequest,
+    reason: String,
 ) {
     let ready_replicas: Vec<(&PodObservation, &InstanceStatus)> = shard
         .pods
@@ -493,7 +572,7 @@ fn switch_over(
             });
             decision.failover = Some(FailoverStatus {
                 kind: SWITCHOVER.into(),
-                reason: format!("requested ({})", request.id),
+                reason,
                 from: primary.to_string(),
                 to: target.clone(),
                 started_at: inputs.now.clone(),
@@ -516,6 +595,7 @@ pub async fn observe(
     client: &Client,
     http: &reqwest::Client,
     app: &ValidatedApp,
+    update_revisions: &BTreeMap<u32, String>,
 ) -> Result<Vec<ShardObservation>, InstanceError> {
     let selector = format!(
         "{INSTANCE_LABEL}={},{COMPONENT_LABEL}={}",
@@ -546,6 +626,7 @@ pub async fn observe(
     let mut shards: Vec<ShardObservation> = (0..app.spec.database.shards as u32)
         .map(|index| ShardObservation {
             index,
+            update_revision: update_revisions.get(&index).cloned(),
             ..ShardObservation::default()
         })
         .collect();
@@ -561,6 +642,7 @@ pub async fn observe(
                 ordinal,
                 role_label: pod.labels().get(ROLE_LABEL).cloned(),
                 running,
+                revision: pod.labels().get(REVISION_LABEL).cloned(),
                 instance,
             });
         }
@@ -680,6 +762,33 @@ fn summary(pod: &PodObservation) -> InstanceSummary {
     }
 }
 
+/// Deletes the pods `decisions` replace, so their StatefulSet recreates them from the new
+/// template; returns `Pod/name` of each.
+pub async fn replace(
+    client: &Client,
+    namespace: &str,
+    metrics: &Metrics,
+    decisions: &[ShardDecision],
+) -> Result<Vec<String>, InstanceError> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let mut replaced = Vec::new();
+    for pod in decisions.iter().flat_map(|shard| shard.replace.iter()) {
+        metrics.record_write("Pod");
+        match pods.delete(pod, &kube::api::DeleteParams::default()).await {
+            Ok(_) => replaced.push(format!("Pod/{pod} (replaced for the new template)")),
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(source) => {
+                return Err(InstanceError::Replace {
+                    namespace: namespace.to_string(),
+                    pod: pod.clone(),
+                    source,
+                });
+            }
+        }
+    }
+    Ok(replaced)
+}
+
 /// Sets the role label of each pod in `decisions` that needs it; returns `Pod/name` of each.
 pub async fn label(
     client: &Client,
@@ -754,6 +863,7 @@ mod tests {
             ordinal,
             role_label: None,
             running: true,
+            revision: Some("r1".into()),
             instance,
         }
     }
@@ -763,6 +873,7 @@ mod tests {
             index: 0,
             pods,
             volumes: volumes.iter().copied().collect(),
+            update_revision: Some("r1".into()),
         }
     }
 
@@ -1119,5 +1230,64 @@ mod tests {
         assert_eq!(shard_and_ordinal(&app, "shop-shard-12-3"), Some((12, 3)));
         assert_eq!(shard_and_ordinal(&app, "shop-redis-0"), None);
         assert_eq!(shard_and_ordinal(&app, "shopping-shard-1-0"), None);
+    }
+
+    #[test]
+    fn a_new_template_replaces_replicas_one_at_a_time_then_switches_over_then_the_old_primary() {
+        let case = Case::new(Some(recorded("shop-shard-0-0")));
+        let mut observed = running_shard(true, [900, 900]);
+        observed.update_revision = Some("r2".into());
+        let first = case.decide(observed.clone());
+        assert_eq!(first.replace, vec!["shop-shard-0-1".to_string()]);
+        assert_eq!(first.primary_pod.as_deref(), Some("shop-shard-0-0"));
+
+        // While the replaced pod is not back, nothing else moves.
+        let mut restarting = observed.clone();
+        restarting.pods[1].instance = None;
+        assert!(case.decide(restarting).replace.is_empty());
+
+        observed.pods[1].revision = Some("r2".into());
+        assert_eq!(
+            case.decide(observed.clone()).replace,
+            vec!["shop-shard-0-2".to_string()]
+        );
+
+        observed.pods[2].revision = Some("r2".into());
+        let switch = case.decide(observed.clone());
+        assert!(
+            switch.replace.is_empty(),
+            "the primary is never deleted while primary"
+        );
+        let progress = switch.failover.expect("switchover");
+        assert_eq!(
+            (progress.kind.as_str(), progress.from.as_str()),
+            (SWITCHOVER, "shop-shard-0-0")
+        );
+        assert!(
+            progress.reason.contains("rolling update"),
+            "{}",
+            progress.reason
+        );
+        assert_eq!(switch.handled_switchover, None);
+
+        // After the switchover, the old primary is an outdated replica: replaced last.
+        let after = Case::new(Some(recorded(&progress.to)));
+        let mut observed = observed;
+        let promoted: usize = if progress.to == "shop-shard-0-1" {
+            1
+        } else {
+            2
+        };
+        observed.pods[promoted].instance =
+            Some(report(&progress.to, InstanceRole::Primary, Some((2, 950))));
+        observed.pods[0].instance = Some(report(
+            "shop-shard-0-0",
+            InstanceRole::Replica,
+            Some((2, 950)),
+        ));
+        assert_eq!(
+            after.decide(observed).replace,
+            vec!["shop-shard-0-0".to_string()]
+        );
     }
 }

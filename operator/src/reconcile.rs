@@ -17,6 +17,9 @@ use tracing::{info, instrument, warn};
 use crate::apply::{Applier, ApplyError, Changes};
 use crate::context::Context;
 use crate::crd::{ScaledApp, ScaledAppStatus};
+use std::collections::BTreeMap;
+
+use crate::children::{Children, Observation};
 use crate::instances;
 use crate::metrics::Metrics;
 use crate::render::{MANAGER, render};
@@ -156,10 +159,12 @@ async fn reconcile_children(app: &ScaledApp, context: &Context, namespace: &str)
         Err(error) => return Outcome::ApplyFailed(error),
     };
     // Then the Postgres instances: which pod of each shard is primary, and role labels to match.
-    let observed = match instances::observe(&context.client, &context.http, &validated).await {
-        Ok(observed) => observed,
-        Err(error) => return Outcome::ApplyFailed(ApplyError::Instances(error)),
-    };
+    let revisions = update_revisions(&children);
+    let observed =
+        match instances::observe(&context.client, &context.http, &validated, &revisions).await {
+            Ok(observed) => observed,
+            Err(error) => return Outcome::ApplyFailed(ApplyError::Instances(error)),
+        };
     let unhealthy_for = context.primaries.observe(
         &key(app),
         recorded_primaries(app.status.as_ref(), &observed),
@@ -212,12 +217,38 @@ async fn reconcile_children(app: &ScaledApp, context: &Context, namespace: &str)
         Ok(labelled) => changes.updated.extend(labelled),
         Err(error) => return Outcome::ApplyFailed(ApplyError::Instances(error)),
     }
+    match instances::replace(&context.client, namespace, &context.metrics, &shards).await {
+        Ok(replaced) => changes.updated.extend(replaced),
+        Err(error) => return Outcome::ApplyFailed(ApplyError::Instances(error)),
+    }
     Outcome::Applied {
         app: Box::new(validated),
         children,
         changes,
         shards,
         switchover_handled,
+    }
+}
+
+/// Each shard StatefulSet's current template revision, as the cluster reports it.
+fn update_revisions(children: &Observed) -> BTreeMap<u32, String> {
+    fn revisions<S: Observation>(children: &Children<S>) -> BTreeMap<u32, String> {
+        children
+            .shards
+            .iter()
+            .filter_map(|shard| {
+                let revision = S::object(&shard.statefulset)?
+                    .status
+                    .as_ref()?
+                    .update_revision
+                    .clone()?;
+                Some((shard.index, revision))
+            })
+            .collect()
+    }
+    match children {
+        Observed::Applied(children) => revisions(children.as_ref()),
+        Observed::Live(children) => revisions(children.as_ref()),
     }
 }
 

@@ -26,6 +26,7 @@ use scaled_contract::instance::{
     INSTANCE_CONFIG_KEY, INSTANCE_SCHEMA_VERSION, INSTANCE_STATUS_PORT, InstanceConfig,
 };
 
+use super::app::CONFIG_HASH_ANNOTATION;
 use super::config::{DATABASE_NAME, DATABASE_USER};
 use super::secrets::{
     POSTGRES_APP_KEY, POSTGRES_REPLICATION_KEY, POSTGRES_SUPERUSER_KEY, postgres_secret,
@@ -337,7 +338,7 @@ fn statefulset(app: &ValidatedApp, index: u32) -> StatefulSet {
             ..Volume::default()
         },
     ];
-    stateful_set(
+    let mut set = stateful_set(
         app,
         StatefulSetParts {
             meta: shard_meta(app, set_name, index),
@@ -346,6 +347,9 @@ fn statefulset(app: &ValidatedApp, index: u32) -> StatefulSet {
             // Each instance manager waits for what it needs (the named primary) by itself; no
             // reason to start the pods one by one.
             pod_management_policy: Some("Parallel"),
+            // The operator replaces the pods itself: replicas first, then a switchover, then
+            // the old primary, so an update costs one short write pause, not an outage.
+            update_strategy: Some("OnDelete"),
             pod: PodSpec {
                 service_account_name: Some(child_name(app, COMPONENT)),
                 automount_service_account_token: Some(true),
@@ -364,7 +368,26 @@ fn statefulset(app: &ValidatedApp, index: u32) -> StatefulSet {
                 database.storage.storage_class_name.clone(),
             )]),
         },
-    )
+    );
+    // Settings changes (the instance config) roll the pods too, in the same careful order.
+    if let Some(template) = set
+        .spec
+        .as_mut()
+        .and_then(|spec| spec.template.metadata.as_mut())
+    {
+        template.annotations = Some(BTreeMap::from([(
+            CONFIG_HASH_ANNOTATION.to_string(),
+            instance_config_hash(app),
+        )]));
+    }
+    set
+}
+
+/// A short hash of the instance configuration.
+fn instance_config_hash(app: &ValidatedApp) -> String {
+    use sha2::{Digest, Sha256};
+    let json = serde_json::to_vec(&instance_config(app)).expect("the instance config serialises");
+    hex::encode(&Sha256::digest(&json)[..8])
 }
 
 #[cfg(test)]

@@ -162,6 +162,7 @@ fn statefulset(app: &ValidatedApp, spec: &RedisSpec) -> StatefulSet {
             selector,
             replicas: 1,
             pod_management_policy: None,
+            update_strategy: None,
             pod: PodSpec {
                 automount_service_account_token: Some(false),
                 enable_service_links: Some(false),

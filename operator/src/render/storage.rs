@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{
     StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
+    StatefulSetUpdateStrategy,
 };
 use k8s_openapi::api::core::v1::{
     PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, Service,
@@ -120,6 +121,9 @@ pub struct StatefulSetParts {
     /// `Parallel` when pods do not depend on their predecessors; `None` keeps the default
     /// (ordered). Immutable once created.
     pub pod_management_policy: Option<&'static str>,
+    /// `OnDelete` when the operator replaces pods itself, in an order the StatefulSet controller
+    /// cannot know; `None` keeps rolling updates by the controller.
+    pub update_strategy: Option<&'static str>,
     /// The pod.
     pub pod: PodSpec,
     /// Volume claim templates, if the pods keep data.
@@ -133,6 +137,7 @@ pub fn stateful_set(app: &ValidatedApp, parts: StatefulSetParts) -> StatefulSet 
         selector,
         replicas,
         pod_management_policy,
+        update_strategy,
         pod,
         claims,
     } = parts;
@@ -141,6 +146,10 @@ pub fn stateful_set(app: &ValidatedApp, parts: StatefulSetParts) -> StatefulSet 
             replicas: Some(replicas),
             service_name: meta.name.clone(),
             pod_management_policy: pod_management_policy.map(String::from),
+            update_strategy: update_strategy.map(|type_| StatefulSetUpdateStrategy {
+                type_: Some(type_.into()),
+                rolling_update: None,
+            }),
             selector: LabelSelector {
                 match_labels: Some(selector.clone()),
                 match_expressions: None,
