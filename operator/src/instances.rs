@@ -1272,7 +1272,6 @@ mod tests {
 
         // After the switchover, the old primary is an outdated replica: replaced last.
         let after = Case::new(Some(recorded(&progress.to)));
-        let mut observed = observed;
         let promoted: usize = if progress.to == "shop-shard-0-1" {
             1
         } else {
