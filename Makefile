@@ -6,7 +6,7 @@ CARGO ?= cargo
 CRD_FILE := crds/scaled.dev_scaledapps.yaml
 CHART_CRD := charts/scaledapp-operator/crds/scaled.dev_scaledapps.yaml
 
-.PHONY: help deps test fmt-check clippy unit e2e crds crds-check stack stack-down bench bench-scale demo demo-down cluster-up cluster-down images images-check e2e-kind e2e-kind-down
+.PHONY: help deps test fmt-check clippy unit e2e crds crds-check chart-check stack stack-down bench bench-scale demo demo-down cluster-up cluster-down images images-check e2e-kind e2e-kind-down
 
 help:
 	@echo "make demo        local control plane + operator + examples/shop.yaml, shown until Ready (KIND=1: kind)"
@@ -14,6 +14,7 @@ help:
 	@echo "make test        fmt check, clippy -D warnings, generated-file checks, all tests"
 	@echo "make crds        regenerate $(CRD_FILE) and docs/api.md from the Rust types"
 	@echo "make crds-check  fail if $(CRD_FILE), the chart's copy or docs/api.md is stale"
+	@echo "make chart-check helm lint and what the chart renders for the values users set"
 	@echo "make e2e         the end-to-end suite on the local control plane (builds it on first use)"
 	@echo "make stack       run the app locally on real Postgres (2 shards + replicas) and Redis"
 	@echo "make bench-scale 100 ScaledApps at once: time to Ready, operator RSS, API requests"
@@ -24,7 +25,7 @@ help:
 deps:
 	@scripts/install-deps.sh
 
-test: deps fmt-check clippy crds-check unit e2e images-check
+test: deps fmt-check clippy crds-check chart-check unit e2e images-check
 
 fmt-check:
 	$(CARGO) fmt --all -- --check
@@ -56,6 +57,9 @@ crds:
 	$(CARGO) run -q -p scaledapp-operator -- api-docs > docs/api.md
 	@if [ -d charts/scaledapp-operator ]; then mkdir -p $(dir $(CHART_CRD)) && cp $(CRD_FILE) $(CHART_CRD); fi
 	@echo "wrote $(CRD_FILE)"
+
+chart-check: deps
+	charts/check.sh
 
 crds-check:
 	@tmp=$$(mktemp); $(CARGO) run -q -p scaledapp-operator -- api-docs > $$tmp; \

@@ -72,7 +72,7 @@ done
 
 log "helm install ${RELEASE} into ${NAMESPACE} (operator in-cluster, image ${OPERATOR_IMAGE})"
 helm upgrade --install "${RELEASE}" charts/scaledapp-operator --namespace "${NAMESPACE}" --create-namespace \
-  --set "image.repository=${REGISTRY}/scaledapp-operator,image.tag=${VERSION},image.pullPolicy=IfNotPresent" \
+  --set "image.registry=${REGISTRY},image.tag=${VERSION},appImage.tag=${VERSION},image.pullPolicy=IfNotPresent" \
   --set localOperator.enabled=false --wait --timeout 5m
 # helm installs crds/ only on first install; keep the cluster's CRD current across runs.
 kubectl apply --server-side --force-conflicts -f crds/scaled.dev_scaledapps.yaml >/dev/null

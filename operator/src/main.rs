@@ -104,12 +104,16 @@ struct DefaultsArgs {
     /// image (the chart sets it).
     #[arg(long, env = "SCALEDAPP_INSTANCE_IMAGE", default_value_t = Defaults::default().instance_image)]
     instance_image: String,
+    /// App image for ScaledApps that name none (the chart sets it from `image.registry`).
+    #[arg(long, env = "SCALEDAPP_DEFAULT_APP_IMAGE", default_value_t = Defaults::default().app_image)]
+    default_app_image: String,
 }
 
 impl DefaultsArgs {
     fn into_defaults(self) -> Defaults {
         Defaults {
             instance_image: self.instance_image,
+            app_image: self.default_app_image,
         }
     }
 }

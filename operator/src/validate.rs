@@ -20,15 +20,20 @@ pub struct Defaults {
     /// Image holding `scaled-instance`, which an init container copies into every Postgres pod:
     /// the operator's own image, so the instance manager always matches the operator.
     pub instance_image: String,
+    /// The app image for ScaledApps that name none: the `scaled-app` image of the operator's
+    /// own release.
+    pub app_image: String,
 }
+
+/// Registry of the images built from this repository, until a release says otherwise.
+pub const DEFAULT_REGISTRY: &str = "ghcr.io/scaled-dev";
 
 impl Default for Defaults {
     fn default() -> Self {
+        let version = env!("CARGO_PKG_VERSION");
         Defaults {
-            instance_image: format!(
-                "ghcr.io/scaled-dev/scaledapp-operator:{}",
-                env!("CARGO_PKG_VERSION")
-            ),
+            instance_image: format!("{DEFAULT_REGISTRY}/scaledapp-operator:{version}"),
+            app_image: format!("{DEFAULT_REGISTRY}/scaled-app:{version}"),
         }
     }
 }
@@ -56,6 +61,8 @@ pub struct ValidatedApp {
     pub postgres_volume_mib: u64,
     /// Image of the instance manager (from [`Defaults`]).
     pub instance_image: String,
+    /// Image of the app and workers: `app.image`, or the operator's default.
+    pub app_image: String,
 }
 
 /// UID of the `postgres` user in the official images: 70 in the Alpine variants, 999 in the
@@ -202,6 +209,11 @@ pub fn validate(app: &ScaledApp, defaults: &Defaults) -> Result<ValidatedApp, In
             .unwrap_or_else(|| official_postgres_uid(&database.image)),
         postgres_volume_mib,
         instance_image: defaults.instance_image.clone(),
+        app_image: spec
+            .app
+            .image
+            .clone()
+            .unwrap_or_else(|| defaults.app_image.clone()),
     })
 }
 
@@ -290,5 +302,24 @@ mod tests {
         assert_eq!(volume_mib("1Ti"), Some(1024 * 1024));
         assert_eq!(volume_mib("10G"), None);
         assert_eq!(volume_mib("Gi"), None);
+    }
+
+    #[test]
+    fn a_scaledapp_without_an_app_image_gets_the_operators_default() {
+        let mut app = example("shop");
+        app.spec.app.image = None;
+        let defaults = Defaults {
+            app_image: "registry.local:5000/scaled/scaled-app:9.9.9".into(),
+            ..Defaults::default()
+        };
+        assert_eq!(
+            validate(&app, &defaults).expect("valid").app_image,
+            "registry.local:5000/scaled/scaled-app:9.9.9"
+        );
+        app.spec.app.image = Some("mine:1".into());
+        assert_eq!(
+            validate(&app, &defaults).expect("valid").app_image,
+            "mine:1"
+        );
     }
 }

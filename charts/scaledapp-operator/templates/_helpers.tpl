@@ -68,14 +68,32 @@ Image tag: the value, or the chart's appVersion.
 {{- end }}
 
 {{/*
-Full image reference; a digest wins over the tag.
+A full image reference from the one registry value: <registry>/<repository>, then @digest when
+a digest is set (pinning), else :tag (default: the chart's appVersion).
+Call with (dict "root" $ "image" .Values.image).
+*/}}
+{{- define "scaledapp-operator.imageRef" -}}
+{{- $repository := .image.repository -}}
+{{- with .root.Values.image.registry }}{{ $repository = printf "%s/%s" (trimSuffix "/" .) $repository }}{{ end -}}
+{{- if .image.digest }}
+{{- printf "%s@%s" $repository .image.digest }}
+{{- else }}
+{{- printf "%s:%s" $repository (.image.tag | default .root.Chart.AppVersion) }}
+{{- end }}
+{{- end }}
+
+{{/*
+The operator's image (also the instance manager's, copied into every Postgres pod).
 */}}
 {{- define "scaledapp-operator.image" -}}
-{{- if .Values.image.digest }}
-{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
-{{- else }}
-{{- printf "%s:%s" .Values.image.repository (include "scaledapp-operator.imageTag" .) }}
+{{- include "scaledapp-operator.imageRef" (dict "root" . "image" .Values.image) }}
 {{- end }}
+
+{{/*
+The app image for ScaledApps that name none.
+*/}}
+{{- define "scaledapp-operator.appImage" -}}
+{{- include "scaledapp-operator.imageRef" (dict "root" . "image" .Values.appImage) }}
 {{- end }}
 
 {{/*

@@ -9,7 +9,7 @@ use super::spec::*;
 impl Default for AppSpec {
     fn default() -> Self {
         AppSpec {
-            image: app_image(),
+            image: None,
             port: app_port(),
             metrics_port: metrics_port(),
             replicas: app_replicas(),
@@ -151,12 +151,6 @@ impl Default for SessionSpec {
 
 pub(super) fn enabled() -> bool {
     true
-}
-pub(super) fn app_image() -> String {
-    format!(
-        "ghcr.io/scaled-dev/scaled-app:{}",
-        env!("CARGO_PKG_VERSION")
-    )
 }
 pub(super) fn app_port() -> u16 {
     8080

@@ -76,6 +76,13 @@ pub struct ScaledAppSpec {
     #[serde(default)]
     pub sessions: SessionSpec,
 
+    /// Secrets (in the ScaledApp's namespace) with credentials for pulling images from private
+    /// registries, given to every pod the ScaledApp runs: app, workers, Redis and Postgres (whose
+    /// instance manager comes from the operator's image).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub image_pull_secrets: Vec<ImagePullSecret>,
+
     /// When true the operator stops changing this ScaledApp's children (status still reports
     /// their state and the `Paused` condition says so). Set back to false to resume.
     #[serde(default)]
@@ -86,6 +93,14 @@ pub struct ScaledAppSpec {
     /// name finds its data again; `Delete` removes them with everything else.
     #[serde(default)]
     pub data_policy: DataPolicy,
+}
+
+/// A Secret of type `kubernetes.io/dockerconfigjson` in the ScaledApp's namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ImagePullSecret {
+    /// Secret name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
 }
 
 /// Whether data outlives the ScaledApp.
@@ -103,10 +118,12 @@ pub enum DataPolicy {
 #[serde(rename_all = "camelCase")]
 pub struct AppSpec {
     /// Container image of the app. The same image runs the workers (`worker` mode) and the
-    /// schema migrations (`migrate` mode).
-    #[serde(default = "defaults::app_image")]
+    /// schema migrations (`migrate` mode). When omitted, the operator's default app image: the
+    /// `scaled-app` image of the operator's own release, from the registry its Helm chart names
+    /// (`image.registry`). No public images exist yet: build and push them first (`make push`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 512))]
-    pub image: String,
+    pub image: Option<String>,
 
     /// Port the app serves HTTP on; the Service exposes it as port 80.
     #[serde(default = "defaults::app_port")]

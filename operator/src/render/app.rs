@@ -25,8 +25,8 @@ use super::secrets::{
     redis_secret,
 };
 use super::{
-    APP_UID, autoscaling, child_name, field_env, object_meta, plain_env, resources,
-    restricted_container, restricted_pod, secret_env, selector_labels,
+    APP_UID, autoscaling, child_name, field_env, image_pull_secrets, object_meta, plain_env,
+    resources, restricted_container, restricted_pod, secret_env, selector_labels,
 };
 use crate::children::{AppObjects, Rendered};
 use crate::validate::ValidatedApp;
@@ -52,7 +52,7 @@ fn deployment(app: &ValidatedApp) -> Deployment {
     let selector = selector_labels(app, COMPONENT);
     let container = Container {
         name: "app".into(),
-        image: Some(spec.image.clone()),
+        image: Some(app.app_image.clone()),
         args: Some(vec!["serve".into()]),
         ports: Some(vec![
             ContainerPort {
@@ -130,6 +130,7 @@ pub fn pod_template(
         spec: Some(PodSpec {
             automount_service_account_token: Some(false),
             enable_service_links: Some(false),
+            image_pull_secrets: image_pull_secrets(app),
             security_context: Some(restricted_pod(APP_UID)),
             termination_grace_period_seconds: Some(30),
             topology_spread_constraints: Some(spread(&selector)),

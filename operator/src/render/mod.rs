@@ -18,8 +18,8 @@ mod workers;
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, EnvVar, EnvVarSource, ObjectFieldSelector, PodSecurityContext,
-    ResourceRequirements, SeccompProfile, SecretKeySelector, SecurityContext,
+    Capabilities, EnvVar, EnvVarSource, LocalObjectReference, ObjectFieldSelector,
+    PodSecurityContext, ResourceRequirements, SeccompProfile, SecretKeySelector, SecurityContext,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -153,6 +153,19 @@ pub fn data_meta(app: &ValidatedApp, name: String, component: &str) -> ObjectMet
         meta.owner_references = None;
     }
     meta
+}
+
+/// The ScaledApp's image pull Secrets, for every pod it runs.
+pub fn image_pull_secrets(app: &ValidatedApp) -> Option<Vec<LocalObjectReference>> {
+    let secrets = &app.spec.image_pull_secrets;
+    (!secrets.is_empty()).then(|| {
+        secrets
+            .iter()
+            .map(|secret| LocalObjectReference {
+                name: secret.name.clone(),
+            })
+            .collect()
+    })
 }
 
 /// A container security context that passes the `restricted` Pod Security Standard.
@@ -321,5 +334,30 @@ mod tests {
     fn rendering_is_deterministic() {
         let app = validated_example("shop");
         assert_eq!(render(&app), render(&app));
+    }
+
+    #[test]
+    fn image_pull_secrets_reach_every_pod_the_scaledapp_runs() {
+        let mut app = validated_example("shop");
+        app.spec.image_pull_secrets = vec![crate::crd::ImagePullSecret {
+            name: "registry-login".into(),
+        }];
+        let pods: Vec<serde_json::Value> = render(&app)
+            .manifests()
+            .into_iter()
+            .filter(|m| matches!(m["kind"].as_str(), Some("Deployment" | "StatefulSet")))
+            .map(|m| m["spec"]["template"]["spec"].clone())
+            .collect();
+        assert_eq!(
+            pods.len(),
+            1 + 2 + 1 + 2,
+            "app, two pools, Redis, two shards"
+        );
+        for pod in pods {
+            assert_eq!(
+                pod["imagePullSecrets"][0]["name"], "registry-login",
+                "{pod}"
+            );
+        }
     }
 }

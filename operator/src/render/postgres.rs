@@ -33,8 +33,9 @@ use super::secrets::{
 };
 use super::storage::{Addressing, StatefulSetParts, claim, service, stateful_set};
 use super::{
-    POSTGRES_PORT, ROLE_LABEL, SHARD_LABEL, child_name, field_env, object_meta, plain_env,
-    resources, restricted_container, restricted_pod, secret_env, selector_labels, service_host,
+    POSTGRES_PORT, ROLE_LABEL, SHARD_LABEL, child_name, field_env, image_pull_secrets, object_meta,
+    plain_env, resources, restricted_container, restricted_pod, secret_env, selector_labels,
+    service_host,
 };
 use crate::children::{PostgresAccess, Rendered, ShardObjects};
 use crate::validate::ValidatedApp;
@@ -354,6 +355,7 @@ fn statefulset(app: &ValidatedApp, index: u32) -> StatefulSet {
                 service_account_name: Some(child_name(app, COMPONENT)),
                 automount_service_account_token: Some(true),
                 enable_service_links: Some(false),
+                image_pull_secrets: image_pull_secrets(app),
                 security_context: Some(restricted_pod(app.postgres_uid)),
                 // Postgres needs time for a clean shutdown checkpoint.
                 termination_grace_period_seconds: Some(60),

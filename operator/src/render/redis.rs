@@ -14,7 +14,8 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use super::secrets::{REDIS_PASSWORD_KEY, redis_secret};
 use super::storage::{Addressing, StatefulSetParts, claim, service, stateful_set};
 use super::{
-    REDIS_PORT, child_name, object_meta, restricted_container, restricted_pod, selector_labels,
+    REDIS_PORT, child_name, image_pull_secrets, object_meta, restricted_container, restricted_pod,
+    selector_labels,
 };
 use crate::children::{RedisObjects, Rendered};
 use crate::crd::RedisSpec;
@@ -166,6 +167,7 @@ fn statefulset(app: &ValidatedApp, spec: &RedisSpec) -> StatefulSet {
             pod: PodSpec {
                 automount_service_account_token: Some(false),
                 enable_service_links: Some(false),
+                image_pull_secrets: image_pull_secrets(app),
                 security_context: Some(restricted_pod(REDIS_UID)),
                 containers: vec![container],
                 volumes: Some(volumes),

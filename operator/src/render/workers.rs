@@ -32,7 +32,7 @@ fn deployment(app: &ValidatedApp, pool: &WorkerPoolSpec, name: String) -> Deploy
     selector.insert(POOL_LABEL.into(), pool.name.clone());
     let container = Container {
         name: "worker".into(),
-        image: Some(app.spec.app.image.clone()),
+        image: Some(app.app_image.clone()),
         args: Some(vec![
             "worker".into(),
             "--queues".into(),
@@ -95,10 +95,7 @@ mod tests {
         let objects = objects(&app, pool);
         let spec = objects.deployment.spec.expect("spec");
         let container = &spec.template.spec.expect("pod").containers[0];
-        assert_eq!(
-            container.image.as_deref(),
-            Some(app.spec.app.image.as_str())
-        );
+        assert_eq!(container.image.as_deref(), Some(app.app_image.as_str()));
         let args = container.args.clone().expect("args");
         assert_eq!(args[0], "worker");
         assert_eq!(args[2], pool.queues.join(","));
