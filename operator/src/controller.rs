@@ -4,7 +4,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use kube::runtime::controller::{Config, Controller};
 use kube::runtime::watcher;
 use kube::{Api, Client};
@@ -21,30 +21,47 @@ const DEBOUNCE: Duration = Duration::from_millis(500);
 /// Reconciles in flight at once; bounds memory and the burst of requests on start-up.
 const CONCURRENCY: u16 = 8;
 
-/// Runs the controller until `shutdown` completes.
+/// Which ScaledApps the operator reconciles.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// Every namespace (the chart's ClusterRole).
+    Cluster,
+    /// Only these namespaces (the chart's `watchNamespaces`, with a Role in each).
+    Namespaces(Vec<String>),
+}
+
+/// Runs the controller (one per namespace in a namespaced scope) until `shutdown` completes.
 pub async fn run(
     client: Client,
     context: Arc<Context>,
-    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+    scope: Scope,
+    shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    let controller = Controller::new(
-        Api::<ScaledApp>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .with_config(
-        Config::default()
-            .debounce(DEBOUNCE)
-            .concurrency(CONCURRENCY),
-    );
-    watch_every_kind(controller, &client)
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, context)
-        .for_each(|result| async move {
-            match result {
-                Ok((object, _)) => debug!(scaledapp = %object.name, "reconciled"),
-                // error_policy has already logged reconcile failures with their retry delay.
-                Err(error) => debug!(%error, "reconcile did not complete"),
-            }
-        })
-        .await;
+    let shutdown = shutdown.shared();
+    let namespaces: Vec<Option<String>> = match scope {
+        Scope::Cluster => vec![None],
+        Scope::Namespaces(namespaces) => namespaces.into_iter().map(Some).collect(),
+    };
+    let controllers = namespaces.into_iter().map(|namespace| {
+        let apps = match &namespace {
+            Some(namespace) => Api::<ScaledApp>::namespaced(client.clone(), namespace),
+            None => Api::<ScaledApp>::all(client.clone()),
+        };
+        let controller = Controller::new(apps, watcher::Config::default()).with_config(
+            Config::default()
+                .debounce(DEBOUNCE)
+                .concurrency(CONCURRENCY),
+        );
+        watch_every_kind(controller, &client, namespace.as_deref())
+            .graceful_shutdown_on(shutdown.clone())
+            .run(reconcile, error_policy, context.clone())
+            .for_each(|result| async move {
+                match result {
+                    Ok((object, _)) => debug!(scaledapp = %object.name, "reconciled"),
+                    // error_policy has already logged reconcile failures with their retry delay.
+                    Err(error) => debug!(%error, "reconcile did not complete"),
+                }
+            })
+    });
+    futures::future::join_all(controllers).await;
 }

@@ -47,9 +47,14 @@ pub trait Child:
 /// the cluster and of pod specs.
 fn child_events<K: Child>(
     client: &Client,
+    namespace: Option<&str>,
 ) -> impl Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static {
     let config = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGER}"));
-    watcher(Api::<PartialObjectMeta<K>>::all(client.clone()), config).touched_objects()
+    let api = match namespace {
+        Some(namespace) => Api::<PartialObjectMeta<K>>::namespaced(client.clone(), namespace),
+        None => Api::<PartialObjectMeta<K>>::all(client.clone()),
+    };
+    watcher(api, config).touched_objects()
 }
 
 macro_rules! child_kinds {
@@ -89,12 +94,14 @@ macro_rules! child_kinds {
             }
         }
 
-        /// The controller, woken by a change to any child of any kind.
+        /// The controller, woken by a change to any child of any kind (in `namespace`, or in
+        /// every namespace).
         pub fn watch_every_kind(
             controller: Controller<ScaledApp>,
             client: &Client,
+            namespace: Option<&str>,
         ) -> Controller<ScaledApp> {
-            controller $(.owns_stream(child_events::<$kind>(client)))+
+            controller $(.owns_stream(child_events::<$kind>(client, namespace)))+
         }
     };
 }

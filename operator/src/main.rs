@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use kube::CustomResourceExt;
+use scaledapp_operator::controller::Scope;
 use scaledapp_operator::crd::ScaledApp;
 use scaledapp_operator::render::render;
 use scaledapp_operator::run::{RunSettings, run};
@@ -45,6 +46,9 @@ enum Command {
         /// Log format.
         #[arg(long, env = "LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
         log_format: String,
+        /// Reconcile only ScaledApps in these namespaces (comma-separated); all when empty.
+        #[arg(long, env = "WATCH_NAMESPACES", value_delimiter = ',')]
+        watch_namespaces: Vec<String>,
         #[command(flatten)]
         defaults: DefaultsArgs,
     },
@@ -268,6 +272,7 @@ async fn main() -> ExitCode {
             lease_name,
             identity,
             log_format,
+            watch_namespaces,
             defaults,
         } => {
             init_tracing(&log_format);
@@ -287,6 +292,18 @@ async fn main() -> ExitCode {
                 lease_name,
                 identity,
                 defaults: defaults.into_defaults(),
+                scope: {
+                    let namespaces: Vec<String> = watch_namespaces
+                        .into_iter()
+                        .map(|namespace| namespace.trim().to_string())
+                        .filter(|namespace| !namespace.is_empty())
+                        .collect();
+                    if namespaces.is_empty() {
+                        Scope::Cluster
+                    } else {
+                        Scope::Namespaces(namespaces)
+                    }
+                },
             };
             match run(settings).await {
                 Ok(()) => ExitCode::SUCCESS,

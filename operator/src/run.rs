@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::context::Context;
-use crate::controller;
+use crate::controller::{self, Scope};
 use crate::metrics::Metrics;
 use crate::server::{self, ProbeState};
 use crate::validate::Defaults;
@@ -35,6 +35,8 @@ pub struct RunSettings {
     pub identity: String,
     /// What the operator fills in that a ScaledApp does not say.
     pub defaults: Defaults,
+    /// Which ScaledApps to reconcile.
+    pub scope: Scope,
 }
 
 /// Why `run` stopped abnormally.
@@ -108,7 +110,12 @@ async fn wait_for_api(client: &Client) -> bool {
 /// Runs the controller until `stopped` completes, then gives in-flight reconciles
 /// [`SHUTDOWN_GRACE`] to finish: a controller whose watches are stuck retrying an unreachable
 /// API server must not keep the process alive after SIGTERM.
-async fn run_controller(client: Client, context: Arc<Context>, stop: watch::Receiver<bool>) {
+async fn run_controller(
+    client: Client,
+    context: Arc<Context>,
+    scope: Scope,
+    stop: watch::Receiver<bool>,
+) {
     let deadline = {
         let mut stop = stop.clone();
         async move {
@@ -121,7 +128,7 @@ async fn run_controller(client: Client, context: Arc<Context>, stop: watch::Rece
         let _ = stop.wait_for(|stopped| *stopped).await;
     };
     tokio::select! {
-        _ = controller::run(client, context, stopped) => {}
+        _ = controller::run(client, context, scope, stopped) => {}
         _ = deadline => warn!(grace = ?SHUTDOWN_GRACE, "reconciles did not finish in time; stopping anyway"),
     }
 }
@@ -187,7 +194,7 @@ pub async fn run(settings: RunSettings) -> Result<(), RunError> {
             info!("leading: starting the controller");
             let mut lost = leading.clone();
             tokio::select! {
-                _ = run_controller(client, context, stop.clone()) => Ok(()),
+                _ = run_controller(client, context, settings.scope.clone(), stop.clone()) => Ok(()),
                 _ = lost.wait_for(|leader| !*leader) => Err(RunError::LostLeadership),
             }
         } else {
@@ -214,7 +221,7 @@ pub async fn run(settings: RunSettings) -> Result<(), RunError> {
         };
         if connected {
             ready.store(true, Ordering::Relaxed);
-            run_controller(client, context, stop.clone()).await;
+            run_controller(client, context, settings.scope.clone(), stop.clone()).await;
         }
         Ok(())
     };
