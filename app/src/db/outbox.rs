@@ -32,7 +32,8 @@ pub async fn enqueue_invalidation(
         .map(|_| ())
 }
 
-/// Locks up to `limit` rows no other relay holds (`SKIP LOCKED`), oldest first.
+/// Locks up to `limit` rows no other relay holds (`SKIP LOCKED`), oldest first. The relay takes
+/// them in batches, so one transaction (one commit) moves many messages.
 pub async fn lock_batch(
     connection: &mut PgConnection,
     limit: i64,
@@ -45,7 +46,7 @@ pub async fn lock_batch(
     .await
 }
 
-/// Removes relayed rows (in the transaction that locked them).
+/// Removes relayed (or dead-lettered) rows, in the transaction that locked them.
 pub async fn delete(connection: &mut PgConnection, ids: &[i64]) -> Result<(), sqlx::Error> {
     sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
         .bind(ids)
