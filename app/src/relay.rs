@@ -142,21 +142,15 @@ impl Relay {
         let mut done = Vec::with_capacity(rows.len());
         for row in &rows {
             if row.stream == outbox::CACHE_INVALIDATION {
-                if let Some(user_id) = row
-                    .payload
-                    .0
-                    .get("user_id")
-                    .and_then(serde_json::Value::as_i64)
+                if let Some(user_id) = serde_json::from_str::<serde_json::Value>(&row.payload)
+                    .ok()
+                    .and_then(|payload| payload.get("user_id")?.as_i64())
                 {
                     invalidations.push(user_id);
                 }
                 done.push(row.id);
             } else {
-                pipeline.xadd(
-                    &row.stream,
-                    "*",
-                    &[(PAYLOAD_FIELD, row.payload.0.to_string())],
-                );
+                pipeline.xadd(&row.stream, "*", &[(PAYLOAD_FIELD, row.payload.as_str())]);
                 messages.push(row);
             }
         }
@@ -202,7 +196,7 @@ impl Relay {
                             .arg(dead_letter_stream(&row.stream))
                             .arg("*")
                             .arg(PAYLOAD_FIELD)
-                            .arg(row.payload.0.to_string())
+                            .arg(&row.payload)
                             .arg("reason")
                             .arg(&reason)
                             .query_async(&mut redis),

@@ -1,8 +1,7 @@
 //! The transactional outbox: messages written in the same transaction as the change that causes
 //! them, and taken out again by the relay once Redis has them.
 
-use serde_json::Value;
-use sqlx::{PgConnection, types::Json};
+use sqlx::PgConnection;
 
 /// Outbox topic that is not a queue: "invalidate the cached user in the payload". Written with
 /// every user change so a change made while Redis is unreachable still reaches the cache later.
@@ -15,8 +14,8 @@ pub struct OutboxRow {
     pub id: i64,
     /// Target stream, or [`CACHE_INVALIDATION`].
     pub stream: String,
-    /// Message body.
-    pub payload: Json<Value>,
+    /// Message body: JSON text, passed on to Redis as it is (not parsed and printed again).
+    pub payload: String,
 }
 
 /// Adds a cache invalidation for `user_id` to the caller's transaction.
@@ -39,7 +38,8 @@ pub async fn lock_batch(
     limit: i64,
 ) -> Result<Vec<OutboxRow>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT id, stream, payload FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+        "SELECT id, stream, payload::text AS payload FROM outbox ORDER BY id LIMIT $1 \
+         FOR UPDATE SKIP LOCKED",
     )
     .bind(limit)
     .fetch_all(connection)
