@@ -82,7 +82,9 @@ up() {
   done
 
   log "redis :$REDIS_PORT"
-  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --daemonize yes \
+  # The persistence and memory policy the operator deploys by default (AOF fsynced every second).
+  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --appendonly yes --appendfsync everysec \
+    --maxmemory 256mb --maxmemory-policy volatile-lru --daemonize yes \
     --pidfile "$STACK/redis.pid" --logfile "$STACK/redis.log" --dir "$STACK"
 
   "$app" local-config "${shard_args[@]}" --redis "redis://127.0.0.1:$REDIS_PORT/0" \

@@ -1,17 +1,34 @@
 //! Prometheus metrics of one process, in a registry of its own (not the global default) so that
 //! several app instances in one test binary do not share counters.
 //!
-//! Labels are fixed categories or matched routes, never raw paths or error texts, so the number of
-//! series stays bounded.
+//! Every label value comes from a fixed set (a method list, a status list, the router's route
+//! templates, `&'static str` categories), never from raw paths, client input or error texts, so
+//! the number of series stays bounded. Series counted on every request are resolved once and
+//! kept (see [`CacheLookups`] and `http::observe`): a `with_label_values` lookup hashes the
+//! values and takes a lock, which the hot path should not pay.
+
+use std::{ops::Deref, sync::Arc};
 
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
     TextEncoder,
 };
 
-/// All metrics the app exports.
+/// All metrics the app exports; cheap to clone (one reference count), because it travels in
+/// state that axum clones several times per request.
 #[derive(Clone)]
-pub struct Metrics {
+pub struct Metrics(Arc<Families>);
+
+impl Deref for Metrics {
+    type Target = Families;
+
+    fn deref(&self) -> &Families {
+        &self.0
+    }
+}
+
+/// The metric families of [`Metrics`].
+pub struct Families {
     registry: Registry,
     /// Requests by method, matched route and status code.
     pub http_requests: IntCounterVec,
@@ -21,10 +38,13 @@ pub struct Metrics {
     pub cache_lookups: IntCounterVec,
     /// Database statements by query name and role (`primary`, `replica`).
     pub db_queries: IntCounterVec,
-    /// Database failures by kind (`unavailable`, `query`).
+    /// Database failures by kind (`unavailable`, `replica_fallback`).
     pub db_errors: IntCounterVec,
     /// Redis failures by operation.
     pub redis_errors: IntCounterVec,
+    /// Requests answered 503 because a dependency was down, by dependency (`database`,
+    /// `redis`): a Redis outage is not counted as a database error.
+    pub dependency_failures: IntCounterVec,
     /// Pool connections by shard, role and state (`open`, `idle`, `max`).
     pub pool_connections: IntGaugeVec,
     /// Stream length and pending (delivered, unacknowledged) entries per queue.
@@ -37,13 +57,47 @@ pub struct Metrics {
     pub rate_limit_rejections: IntCounter,
     /// Rate-limit decisions taken without Redis, by failure mode.
     pub rate_limit_degraded: IntCounterVec,
+    /// `cache_lookups` series, resolved once.
+    pub cache: CacheLookups,
+}
+
+/// The series of `cache_lookups_total`.
+pub struct CacheLookups {
+    /// L1 served the entry.
+    pub l1_hit: IntCounter,
+    /// L1 had no (valid) entry.
+    pub l1_miss: IntCounter,
+    /// L2 served the value.
+    pub l2_hit: IntCounter,
+    /// L2 had no (current) value.
+    pub l2_miss: IntCounter,
+    /// L2 failed or was too slow.
+    pub l2_error: IntCounter,
+}
+
+impl CacheLookups {
+    fn new(lookups: &IntCounterVec) -> Self {
+        let series = |layer: &str, result: &str| lookups.with_label_values(&[layer, result]);
+        CacheLookups {
+            l1_hit: series("l1", "hit"),
+            l1_miss: series("l1", "miss"),
+            l2_hit: series("l2", "hit"),
+            l2_miss: series("l2", "miss"),
+            l2_error: series("l2", "error"),
+        }
+    }
 }
 
 impl Metrics {
     /// Creates and registers every metric.
     pub fn new() -> Self {
         let registry = Registry::new();
-        let metrics = Metrics {
+        let cache_lookups = IntCounterVec::new(
+            Opts::new("cache_lookups_total", "Cache lookups by layer and result"),
+            &["layer", "result"],
+        )
+        .expect("valid metric definition");
+        let families = Families {
             http_requests: IntCounterVec::new(
                 Opts::new(
                     "http_requests_total",
@@ -63,11 +117,8 @@ impl Metrics {
                 &["route"],
             )
             .expect("valid metric definition"),
-            cache_lookups: IntCounterVec::new(
-                Opts::new("cache_lookups_total", "Cache lookups by layer and result"),
-                &["layer", "result"],
-            )
-            .expect("valid metric definition"),
+            cache: CacheLookups::new(&cache_lookups),
+            cache_lookups,
             db_queries: IntCounterVec::new(
                 Opts::new("db_queries_total", "Database statements by query and role"),
                 &["query", "role"],
@@ -81,6 +132,14 @@ impl Metrics {
             redis_errors: IntCounterVec::new(
                 Opts::new("redis_errors_total", "Redis failures by operation"),
                 &["operation"],
+            )
+            .expect("valid metric definition"),
+            dependency_failures: IntCounterVec::new(
+                Opts::new(
+                    "http_dependency_failures_total",
+                    "Requests answered 503 because a dependency was down, by dependency",
+                ),
+                &["dependency"],
             )
             .expect("valid metric definition"),
             pool_connections: IntGaugeVec::new(
@@ -121,27 +180,28 @@ impl Metrics {
             .expect("valid metric definition"),
             registry,
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 12] = [
-            Box::new(metrics.http_requests.clone()),
-            Box::new(metrics.http_duration.clone()),
-            Box::new(metrics.cache_lookups.clone()),
-            Box::new(metrics.db_queries.clone()),
-            Box::new(metrics.db_errors.clone()),
-            Box::new(metrics.redis_errors.clone()),
-            Box::new(metrics.pool_connections.clone()),
-            Box::new(metrics.queue_depth.clone()),
-            Box::new(metrics.queue_messages.clone()),
-            Box::new(metrics.outbox_relayed.clone()),
-            Box::new(metrics.rate_limit_rejections.clone()),
-            Box::new(metrics.rate_limit_degraded.clone()),
+        let collectors: [Box<dyn prometheus::core::Collector>; 13] = [
+            Box::new(families.http_requests.clone()),
+            Box::new(families.http_duration.clone()),
+            Box::new(families.cache_lookups.clone()),
+            Box::new(families.db_queries.clone()),
+            Box::new(families.db_errors.clone()),
+            Box::new(families.redis_errors.clone()),
+            Box::new(families.dependency_failures.clone()),
+            Box::new(families.pool_connections.clone()),
+            Box::new(families.queue_depth.clone()),
+            Box::new(families.queue_messages.clone()),
+            Box::new(families.outbox_relayed.clone()),
+            Box::new(families.rate_limit_rejections.clone()),
+            Box::new(families.rate_limit_degraded.clone()),
         ];
         for collector in collectors {
-            metrics
+            families
                 .registry
                 .register(collector)
                 .expect("metric names are unique within the registry");
         }
-        metrics
+        Metrics(Arc::new(families))
     }
 
     /// The text exposition format of every metric.

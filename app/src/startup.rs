@@ -11,7 +11,7 @@ use crate::{
     cache::UserCache,
     config::{ConfigError, Settings, load_runtime_config},
     db::{self, Cluster, DbError},
-    http::{self, AppState, MetricsSources},
+    http::{self, AppState, MetricsSources, Services},
     metrics::Metrics,
     password_tokens::PasswordTokens,
     passwords::Passwords,
@@ -132,7 +132,7 @@ impl Application {
             core.cluster.clone(),
             core.metrics.clone(),
         ));
-        let state = AppState {
+        let services = Services {
             cluster: core.cluster.clone(),
             cache,
             limiter: RateLimiter::new(
@@ -159,6 +159,7 @@ impl Application {
             config: Arc::new(runtime.clone()),
             redis: core.redis.clone(),
         };
+        let state = AppState::new(services);
         Ok(Application {
             http: bind(&settings, runtime.http_port).await?,
             metrics: bind(&settings, runtime.metrics_port).await?,

@@ -152,18 +152,24 @@ impl UserCache {
         if read_after.is_none() {
             if let Some(entry) = self.l1.get(&id).await {
                 if self.epochs.current(id) == entry.epoch {
-                    self.metrics
-                        .cache_lookups
-                        .with_label_values(&["l1", "hit"])
-                        .inc();
+                    self.metrics.cache.l1_hit.inc();
                     return Ok(Some(entry));
                 }
                 self.l1.invalidate(&id).await;
             }
-            self.metrics
-                .cache_lookups
-                .with_label_values(&["l1", "miss"])
-                .inc();
+            self.metrics.cache.l1_miss.inc();
+        }
+        // Boxed: the miss path holds the loader's Redis and Postgres futures, and without the box
+        // every read's future (an L1 hit's too) would be that large and moved that often.
+        Box::pin(self.get_uncached(id, read_after)).await
+    }
+
+    async fn get_uncached(
+        &self,
+        id: i64,
+        read_after: Option<u64>,
+    ) -> Result<Option<Arc<CachedUser>>, DbError> {
+        if read_after.is_none() {
             let loaded = self.l1.try_get_with(id, self.load(id, 0)).await;
             match loaded {
                 // An entry whose epoch moved while it loaded: fall through to a direct load.
@@ -196,26 +202,16 @@ impl UserCache {
                 let generation = generation.unwrap_or(0);
                 match value.and_then(|raw| serde_json::from_slice::<L2Value>(&raw).ok()) {
                     Some(value) if value.g == generation => {
-                        self.metrics
-                            .cache_lookups
-                            .with_label_values(&["l2", "hit"])
-                            .inc();
+                        self.metrics.cache.l2_hit.inc();
                         return finish(value.u, epoch, cacheable);
                     }
-                    _ => self
-                        .metrics
-                        .cache_lookups
-                        .with_label_values(&["l2", "miss"])
-                        .inc(),
+                    _ => self.metrics.cache.l2_miss.inc(),
                 }
                 Some(generation)
             }
             Err(error) => {
                 tracing::debug!(%error, "L2 unavailable; reading the database");
-                self.metrics
-                    .cache_lookups
-                    .with_label_values(&["l2", "error"])
-                    .inc();
+                self.metrics.cache.l2_error.inc();
                 cacheable = false;
                 None
             }

@@ -52,7 +52,9 @@ pub async fn place(
     const OPERATION: &str = "place an order";
     let shard = cluster.shard_for_user(user_id);
     loop {
-        let placed = sqlx::query_as::<_, Order>(
+        // Boxed: the driver's future is large, and unboxed it would make every order request's
+        // future that large, copied in full whenever it moves.
+        let placed = Box::pin(sqlx::query_as::<_, Order>(
             "WITH new_order AS ( \
                  INSERT INTO orders (id, user_id, items, total_cents) VALUES ($1, $2, $3, $4) \
                  RETURNING id, user_id, items, total_cents, created_at \
@@ -75,7 +77,7 @@ pub async fn place(
         .bind(new_event_id())
         .bind(streams.analytics)
         .bind(new_event_id())
-        .fetch_one(&shard.primary)
+        .fetch_one(&shard.primary))
         .await;
         return match placed {
             Ok(order) => Ok(Placed::Order(order)),

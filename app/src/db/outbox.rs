@@ -1,8 +1,7 @@
 //! The transactional outbox: messages written in the same transaction as the change that causes
 //! them, and taken out again by the relay once Redis has them.
 
-use serde_json::Value;
-use sqlx::{PgConnection, types::Json};
+use sqlx::PgConnection;
 
 /// Outbox topic that is not a queue: "invalidate the cached user in the payload". Written with
 /// every user change so a change made while Redis is unreachable still reaches the cache later.
@@ -15,8 +14,8 @@ pub struct OutboxRow {
     pub id: i64,
     /// Target stream, or [`CACHE_INVALIDATION`].
     pub stream: String,
-    /// Message body.
-    pub payload: Json<Value>,
+    /// Message body: JSON text, passed on to Redis as it is (not parsed and printed again).
+    pub payload: String,
 }
 
 /// Adds a cache invalidation for `user_id` to the caller's transaction.
@@ -32,20 +31,22 @@ pub async fn enqueue_invalidation(
         .map(|_| ())
 }
 
-/// Locks up to `limit` rows no other relay holds (`SKIP LOCKED`), oldest first.
+/// Locks up to `limit` rows no other relay holds (`SKIP LOCKED`), oldest first. The relay takes
+/// them in batches, so one transaction (one commit) moves many messages.
 pub async fn lock_batch(
     connection: &mut PgConnection,
     limit: i64,
 ) -> Result<Vec<OutboxRow>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT id, stream, payload FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+        "SELECT id, stream, payload::text AS payload FROM outbox ORDER BY id LIMIT $1 \
+         FOR UPDATE SKIP LOCKED",
     )
     .bind(limit)
     .fetch_all(connection)
     .await
 }
 
-/// Removes relayed rows (in the transaction that locked them).
+/// Removes relayed (or dead-lettered) rows, in the transaction that locked them.
 pub async fn delete(connection: &mut PgConnection, ids: &[i64]) -> Result<(), sqlx::Error> {
     sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
         .bind(ids)

@@ -1,5 +1,5 @@
-//! The HTTP API: one router per feature, merged here with the shared layers (metrics, body limit,
-//! compression, panic guard) and JSON fallbacks for unknown paths and methods.
+//! The HTTP API: one router per feature, merged here with the shared layers (metrics and panic
+//! guard, compression, body limit) and JSON fallbacks for unknown paths and methods.
 
 pub mod auth;
 mod caching;
@@ -13,17 +13,13 @@ mod orders;
 mod sessions;
 mod users;
 
-use std::sync::Arc;
+use std::{ops::Deref, sync::Arc};
 
-use axum::{
-    Router,
-    extract::DefaultBodyLimit,
-    middleware,
-    response::{IntoResponse, Response},
-};
+use axum::{Router, extract::DefaultBodyLimit};
 use scaled_contract::RuntimeConfig;
 use tokio::sync::Notify;
-use tower_http::{catch_panic::CatchPanicLayer, compression::CompressionLayer};
+use tower::ServiceBuilder;
+use tower_http::compression::CompressionLayer;
 
 use crate::{
     cache::UserCache,
@@ -42,9 +38,28 @@ pub use observe::{MetricsSources, metrics_router};
 /// Largest accepted request body. Bigger ones get 413 before they are buffered.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
-/// Everything handlers share; cheap to clone.
+/// Everything handlers share, behind one reference count: axum clones the state several times per
+/// request (into each route's service, then for every `State` extractor).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Services>);
+
+impl AppState {
+    /// Shares `services` with every handler.
+    pub fn new(services: Services) -> Self {
+        AppState(Arc::new(services))
+    }
+}
+
+impl Deref for AppState {
+    type Target = Services;
+
+    fn deref(&self) -> &Services {
+        &self.0
+    }
+}
+
+/// The clients, caches and settings inside [`AppState`].
+pub struct Services {
     /// Shards.
     pub cluster: Arc<Cluster>,
     /// User cache.
@@ -80,15 +95,15 @@ pub fn router(state: AppState) -> Router {
         .merge(sessions::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        // Inner: records the matched route for the outer metrics layer (fallbacks have none).
-        .route_layer(middleware::from_fn(observe::remember_route))
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(CompressionLayer::new())
-        .layer(middleware::from_fn_with_state(
-            state.metrics.clone(),
-            observe::track,
-        ))
-        .layer(CatchPanicLayer::custom(panic_response))
+        // One `layer` call, so each route gets one service stack rather than a boxed service per
+        // layer (axum clones a route's service for every request it serves). It runs after
+        // routing, so the matched route template is known to the metrics.
+        .layer(
+            ServiceBuilder::new()
+                .layer(observe::ObserveLayer::new(&state.metrics))
+                .layer(CompressionLayer::new())
+                .layer(DefaultBodyLimit::max(MAX_BODY_BYTES)),
+        )
         .with_state(state)
 }
 
@@ -98,9 +113,4 @@ async fn not_found() -> AppError {
 
 async fn method_not_allowed() -> AppError {
     AppError::MethodNotAllowed
-}
-
-fn panic_response(_panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
-    tracing::error!("a request handler panicked");
-    AppError::Internal("handler panicked".into()).into_response()
 }

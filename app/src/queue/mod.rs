@@ -248,11 +248,20 @@ impl StreamConsumer {
 
     /// Acknowledges and deletes a handled message (deleting keeps `XLEN` equal to the backlog).
     pub async fn ack(&mut self, id: &str) -> Result<(), QueueError> {
+        self.ack_all(&[id]).await
+    }
+
+    /// Acknowledges and deletes handled messages, all in one round trip.
+    pub async fn ack_all<S: AsRef<str>>(&mut self, ids: &[S]) -> Result<(), QueueError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<&str> = ids.iter().map(AsRef::as_ref).collect();
         let mut pipeline = redis::pipe();
         pipeline
-            .xack(&self.stream, GROUP, &[id])
+            .xack(&self.stream, GROUP, &ids)
             .ignore()
-            .xdel(&self.stream, &[id])
+            .xdel(&self.stream, &ids)
             .ignore();
         self.redis
             .timed(

@@ -139,6 +139,14 @@ async fn with_redis_stopped_a_fail_closed_limiter_answers_503() {
     let response = app.get("/api/data").await;
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(response.headers().contains_key("retry-after"));
+    // Counted as a Redis failure, not as a database error.
+    let dependency = |name: &'static str| {
+        let app = &app;
+        async move { app.metric("http_dependency_failures_total", &[name]).await }
+    };
+    assert_eq!(dependency(r#"dependency="redis""#).await, 1.0);
+    assert_eq!(dependency(r#"dependency="database""#).await, 0.0);
+    assert_eq!(app.metric("db_errors_total", &[]).await, 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -57,3 +57,51 @@ async fn metrics_are_served_on_the_metrics_port_with_route_templates_as_labels()
     // The API port does not serve metrics.
     assert_eq!(app.get("/metrics").await.status(), StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn odd_methods_and_unknown_paths_add_no_metric_series() {
+    let app = TestApp::spawn().await;
+    let series = |text: &str| {
+        text.lines()
+            .filter(|line| line.starts_with("http_requests_total{"))
+            .count()
+    };
+    let scrape = || async {
+        app.client
+            .get(format!("{}/metrics", app.metrics_address))
+            .send()
+            .await
+            .expect("scrape")
+            .text()
+            .await
+            .expect("text")
+    };
+    let odd = |index: usize| {
+        reqwest::Method::from_bytes(format!("X{}{index}", crate::support::hex_token()).as_bytes())
+            .expect("a method token")
+    };
+    // One of each kind first, so the "other" and "unmatched" series exist.
+    app.client
+        .request(odd(0), format!("{}/health", app.address))
+        .send()
+        .await
+        .expect("sent");
+    app.get("/no/such/path/0").await;
+    let before = scrape().await;
+    for index in 1..=100 {
+        let response = app
+            .client
+            .request(odd(index), format!("{}/health", app.address))
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+        app.get(&format!("/no/such/path/{}", crate::support::hex_token()))
+            .await;
+    }
+    let after = scrape().await;
+    assert_eq!(series(&after), series(&before), "{after}");
+    assert!(after.contains(r#"method="other""#), "{after}");
+    assert!(!after.contains("method=\"X"), "{after}");
+    assert!(!after.contains("/no/such/path"), "{after}");
+}

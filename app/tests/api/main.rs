@@ -7,6 +7,7 @@ mod faults;
 mod health;
 mod orders;
 mod ratelimit;
+mod relay;
 mod sessions;
 mod support;
 mod users;
