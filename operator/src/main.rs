@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use kube::CustomResourceExt;
 use scaledapp_operator::crd::ScaledApp;
+use scaledapp_operator::metrics_api::MetricsApiSettings;
 use scaledapp_operator::render::render;
 use scaledapp_operator::run::{RunSettings, run};
 use scaledapp_operator::status_view;
@@ -45,6 +46,17 @@ enum Command {
         /// Log format.
         #[arg(long, env = "LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
         log_format: String,
+        /// Address of the aggregated metrics APIs (TLS; custom.metrics.k8s.io and
+        /// external.metrics.k8s.io). Unset: not served.
+        #[arg(long, env = "METRICS_API_ADDRESS")]
+        metrics_api_address: Option<SocketAddr>,
+        /// Directory holding the metrics APIs' serving certificate (tls.crt, tls.key).
+        #[arg(
+            long,
+            env = "METRICS_API_CERT_DIR",
+            default_value = "/var/run/scaledapp/metrics-api-tls"
+        )]
+        metrics_api_cert_dir: PathBuf,
         #[command(flatten)]
         defaults: DefaultsArgs,
     },
@@ -264,6 +276,8 @@ async fn main() -> ExitCode {
             lease_name,
             identity,
             log_format,
+            metrics_api_address,
+            metrics_api_cert_dir,
             defaults,
         } => {
             init_tracing(&log_format);
@@ -283,6 +297,10 @@ async fn main() -> ExitCode {
                 lease_name,
                 identity,
                 defaults: defaults.into_defaults(),
+                metrics_api: metrics_api_address.map(|address| MetricsApiSettings {
+                    address,
+                    cert_dir: metrics_api_cert_dir,
+                }),
             };
             match run(settings).await {
                 Ok(()) => ExitCode::SUCCESS,
