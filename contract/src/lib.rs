@@ -13,6 +13,7 @@
 //! needs a new [`RuntimeConfig::schema_version`].
 
 pub mod instance;
+pub mod metrics;
 mod shard_map;
 
 pub use shard_map::{

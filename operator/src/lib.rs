@@ -6,6 +6,8 @@
 //! children, one status patch when something changed). [`children`] is the one child set the
 //! stages hand on; [`kinds`] is the one table of child kinds. [`reconcile`] drives it;
 //! [`controller`] wires it to watches; [`run`] adds leader election, probes and shutdown.
+//! Beside it, on every replica, [`metrics_api`] serves the HPAs the custom and external metrics
+//! they scale on (requests/s and p95 per app pod, queue backlog per ScaledApp and queue).
 
 pub mod api_docs;
 pub mod apply;
@@ -16,6 +18,7 @@ pub mod crd;
 pub mod instances;
 pub mod kinds;
 pub mod metrics;
+pub mod metrics_api;
 pub mod reconcile;
 pub mod render;
 pub mod run;

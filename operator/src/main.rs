@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use kube::CustomResourceExt;
 use scaledapp_operator::controller::Scope;
 use scaledapp_operator::crd::ScaledApp;
+use scaledapp_operator::metrics_api::MetricsApiSettings;
 use scaledapp_operator::render::render;
 use scaledapp_operator::run::{RunSettings, run};
 use scaledapp_operator::status_view;
@@ -49,6 +50,17 @@ enum Command {
         /// Reconcile only ScaledApps in these namespaces (comma-separated); all when empty.
         #[arg(long, env = "WATCH_NAMESPACES", value_delimiter = ',')]
         watch_namespaces: Vec<String>,
+        /// Address of the aggregated metrics APIs (TLS; custom.metrics.k8s.io and
+        /// external.metrics.k8s.io). Unset: not served.
+        #[arg(long, env = "METRICS_API_ADDRESS")]
+        metrics_api_address: Option<SocketAddr>,
+        /// Directory holding the metrics APIs' serving certificate (tls.crt, tls.key).
+        #[arg(
+            long,
+            env = "METRICS_API_CERT_DIR",
+            default_value = "/var/run/scaledapp/metrics-api-tls"
+        )]
+        metrics_api_cert_dir: PathBuf,
         #[command(flatten)]
         defaults: DefaultsArgs,
     },
@@ -273,6 +285,8 @@ async fn main() -> ExitCode {
             identity,
             log_format,
             watch_namespaces,
+            metrics_api_address,
+            metrics_api_cert_dir,
             defaults,
         } => {
             init_tracing(&log_format);
@@ -304,6 +318,10 @@ async fn main() -> ExitCode {
                         Scope::Namespaces(namespaces)
                     }
                 },
+                metrics_api: metrics_api_address.map(|address| MetricsApiSettings {
+                    address,
+                    cert_dir: metrics_api_cert_dir,
+                }),
             };
             match run(settings).await {
                 Ok(()) => ExitCode::SUCCESS,

@@ -17,6 +17,7 @@ use tracing::{info, warn};
 use crate::context::Context;
 use crate::controller::{self, Scope};
 use crate::metrics::Metrics;
+use crate::metrics_api::{MetricsApi, MetricsApiError, MetricsApiSettings};
 use crate::server::{self, ProbeState};
 use crate::validate::Defaults;
 
@@ -37,6 +38,8 @@ pub struct RunSettings {
     pub defaults: Defaults,
     /// Which ScaledApps to reconcile.
     pub scope: Scope,
+    /// The aggregated metrics APIs, served on every replica; `None`: not served.
+    pub metrics_api: Option<MetricsApiSettings>,
 }
 
 /// Why `run` stopped abnormally.
@@ -67,6 +70,9 @@ pub enum RunError {
         #[source]
         source: LeaseManagerError,
     },
+    /// The metrics APIs could not start.
+    #[error(transparent)]
+    MetricsApi(MetricsApiError),
     /// Another process took the lease while this one led.
     #[error("lost the leader lease; stopping so that only one operator writes")]
     LostLeadership,
@@ -160,6 +166,17 @@ pub async fn run(settings: RunSettings) -> Result<(), RunError> {
     };
     let listener_address = settings.probe_address;
     let probe_task = tokio::spawn(server::serve(listener_address, probes, stopped()));
+    // Every replica serves the metrics APIs, leader or not: the APIService's Service balances
+    // over all of them.
+    let metrics_api_task = match settings.metrics_api.clone() {
+        Some(api) => {
+            let server = MetricsApi::start(client.clone(), api)
+                .await
+                .map_err(RunError::MetricsApi)?;
+            Some(tokio::spawn(server.run(stopped())))
+        }
+        None => None,
+    };
 
     let context = Arc::new(Context::new(
         client.clone(),
@@ -225,6 +242,9 @@ pub async fn run(settings: RunSettings) -> Result<(), RunError> {
         }
         Ok(())
     };
+    if let Some(task) = metrics_api_task {
+        task.abort();
+    }
     match probe_task.await {
         Ok(Ok(())) => {}
         Ok(Err(source)) => {

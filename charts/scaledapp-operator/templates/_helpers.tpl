@@ -110,3 +110,17 @@ Replicas of the Deployment: 0 when the operator runs as a local process.
 {{- define "scaledapp-operator.replicas" -}}
 {{- if .Values.localOperator.enabled }}0{{ else }}{{ int .Values.replicaCount }}{{ end }}
 {{- end }}
+
+{{/*
+Name of the Service in front of the metrics APIs (the APIServices point at it).
+*/}}
+{{- define "scaledapp-operator.metricsApiService" -}}
+{{- printf "%s-metrics-api" (include "scaledapp-operator.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Secret holding the metrics APIs' serving certificate: the user's, or the one the chart generates.
+*/}}
+{{- define "scaledapp-operator.metricsApiSecret" -}}
+{{- .Values.metricsApi.tls.existingSecret | default (printf "%s-metrics-api-tls" (include "scaledapp-operator.fullname" .) | trunc 63 | trimSuffix "-") }}
+{{- end }}

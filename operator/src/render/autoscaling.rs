@@ -1,9 +1,10 @@
 //! HorizontalPodAutoscalers (autoscaling/v2) for the app and for each worker pool.
 //!
-//! The app scales on CPU (Resource metric), requests per second and p95 latency (Pods metrics
-//! served by a custom-metrics adapter); the article's "scale down only after N minutes of low
-//! load" is the scale-down stabilization window. Worker pools scale on queue depth (an External
-//! metric per queue).
+//! The app scales on CPU (Resource metric), requests per second and p95 latency (Pods metrics);
+//! worker pools scale on each queue's backlog (an External metric per queue). The operator
+//! itself serves the Pods and External metrics (`crate::metrics_api`), under the names in
+//! [`scaled_contract::metrics`], so no adapter is needed. The article's "scale down only after N
+//! minutes of low load" is the scale-down stabilization window.
 
 use k8s_openapi::api::autoscaling::v2::{
     CrossVersionObjectReference, ExternalMetricSource, HPAScalingPolicy, HPAScalingRules,
@@ -12,18 +13,15 @@ use k8s_openapi::api::autoscaling::v2::{
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use scaled_contract::metrics::{
+    QUEUE_BACKLOG, QUEUE_LABEL, REQUESTS_PER_SECOND, RESPONSE_TIME_P95, SCALEDAPP_LABEL,
+    queue_label_value,
+};
 use std::collections::BTreeMap;
 
-use super::{INSTANCE_LABEL, child_name, object_meta};
+use super::{child_name, object_meta};
 use crate::crd::{ScalingRules, WorkerPoolSpec};
 use crate::validate::ValidatedApp;
-
-/// Pods metric: requests per second of one app pod.
-pub const REQUESTS_METRIC: &str = "http_requests_per_second";
-/// Pods metric: p95 request duration of one app pod, in seconds.
-pub const LATENCY_METRIC: &str = "http_request_duration_seconds_p95";
-/// External metric: messages waiting in a queue (label `queue`, with ':' written as '.').
-pub const QUEUE_DEPTH_METRIC: &str = "scaledapp_queue_depth";
 
 /// The app's HPA.
 pub fn app(app: &ValidatedApp) -> HorizontalPodAutoscaler {
@@ -42,13 +40,13 @@ pub fn app(app: &ValidatedApp) -> HorizontalPodAutoscaler {
     }];
     if spec.target_requests_per_second > 0 {
         metrics.push(pods_metric(
-            REQUESTS_METRIC,
+            REQUESTS_PER_SECOND,
             spec.target_requests_per_second.to_string(),
         ));
     }
     if let Some(milliseconds) = spec.target_response_time_ms {
         // Quantities in seconds: 500 ms is "500m".
-        metrics.push(pods_metric(LATENCY_METRIC, format!("{milliseconds}m")));
+        metrics.push(pods_metric(RESPONSE_TIME_P95, format!("{milliseconds}m")));
     }
     autoscaler(
         app,
@@ -61,7 +59,8 @@ pub fn app(app: &ValidatedApp) -> HorizontalPodAutoscaler {
     )
 }
 
-/// A worker pool's HPA: one External metric per queue, the HPA follows the busiest.
+/// A worker pool's HPA: one External metric per queue, the HPA follows the busiest. The selector
+/// uses label keys the metrics server can match exactly: the ScaledApp's name and the queue.
 pub fn worker(
     app: &ValidatedApp,
     pool: &WorkerPoolSpec,
@@ -74,11 +73,11 @@ pub fn worker(
             type_: "External".into(),
             external: Some(ExternalMetricSource {
                 metric: MetricIdentifier {
-                    name: QUEUE_DEPTH_METRIC.into(),
+                    name: QUEUE_BACKLOG.into(),
                     selector: Some(LabelSelector {
                         match_labels: Some(BTreeMap::from([
-                            (INSTANCE_LABEL.to_string(), app.name.clone()),
-                            ("queue".to_string(), queue_label(queue)),
+                            (SCALEDAPP_LABEL.to_string(), app.name.clone()),
+                            (QUEUE_LABEL.to_string(), queue_label_value(queue)),
                         ])),
                         match_expressions: None,
                     }),
@@ -107,11 +106,6 @@ pub fn worker(
         metrics,
         behavior(&scale_up, &app.spec.autoscaling.scale_down),
     )
-}
-
-/// Label values cannot contain ':', queue names do.
-pub fn queue_label(queue: &str) -> String {
-    queue.replace(':', ".")
 }
 
 fn pods_metric(name: &str, average_value: String) -> MetricSpec {
@@ -214,8 +208,8 @@ mod tests {
                 .and_then(|m| m.pods.as_ref())
                 .and_then(|p| p.target.average_value.clone())
         };
-        assert_eq!(value(REQUESTS_METRIC), Some(Quantity("1000".into())));
-        assert_eq!(value(LATENCY_METRIC), Some(Quantity("500m".into())));
+        assert_eq!(value(REQUESTS_PER_SECOND), Some(Quantity("1000".into())));
+        assert_eq!(value(RESPONSE_TIME_P95), Some(Quantity("500m".into())));
         let behavior = spec.behavior.as_ref().expect("behavior");
         let down = behavior.scale_down.as_ref().expect("down");
         assert_eq!(
@@ -237,14 +231,19 @@ mod tests {
         let external = metric(&hpa, "External");
         assert_eq!(external.len(), pool.queues.len());
         let first = external[0].external.as_ref().expect("external");
-        assert_eq!(first.metric.name, QUEUE_DEPTH_METRIC);
+        assert_eq!(first.metric.name, QUEUE_BACKLOG);
         let labels = first
             .metric
             .selector
             .as_ref()
             .and_then(|s| s.match_labels.as_ref())
             .expect("labels");
-        assert_eq!(labels["queue"], queue_label(&pool.queues[0]));
-        assert!(!labels["queue"].contains(':'));
+        assert_eq!(labels[SCALEDAPP_LABEL], "shop");
+        assert_eq!(labels[QUEUE_LABEL], queue_label_value(&pool.queues[0]));
+        assert!(!labels[QUEUE_LABEL].contains(':'));
+        assert_eq!(
+            first.target.average_value,
+            Some(Quantity(pool.target_queue_depth_per_replica.to_string()))
+        );
     }
 }

@@ -1,5 +1,6 @@
 //! NetworkPolicies: Postgres answers only this ScaledApp's app, worker and Postgres (replica)
-//! pods; Redis answers only its app and worker pods. The app itself stays reachable from
+//! pods; Redis answers only its app and worker pods, and the operator's pods (any namespace),
+//! which read the queue backlog for the worker autoscalers (`metrics_api::queues`). The app itself stays reachable from
 //! anywhere, since it is what users talk to. The Postgres instance managers' status port is open
 //! to any client: the operator (wherever it runs), the kubelet's probes and Prometheus read it,
 //! and it serves only read-only role, replication and health figures, never data or secrets.
@@ -30,9 +31,36 @@ pub fn policies(app: &ValidatedApp) -> Vec<NetworkPolicy> {
         &[i32::from(INSTANCE_STATUS_PORT)],
     )];
     if app.spec.cache.external_redis.is_none() {
-        policies.push(policy(app, "redis", &["app", "worker"], REDIS_PORT, &[]));
+        let mut redis = policy(app, "redis", &["app", "worker"], REDIS_PORT, &[]);
+        if let Some(rule) = redis
+            .spec
+            .as_mut()
+            .and_then(|spec| spec.ingress.as_mut())
+            .and_then(|rules| rules.first_mut())
+        {
+            rule.from.get_or_insert_with(Vec::new).push(operator_peer());
+        }
+        policies.push(redis);
     }
     policies
+}
+
+/// Label of the operator's pods (the chart's `app.kubernetes.io/name`).
+pub const OPERATOR_POD_LABEL: (&str, &str) = ("app.kubernetes.io/name", "scaledapp-operator");
+
+/// The operator's pods, in whatever namespace the chart installed them.
+fn operator_peer() -> NetworkPolicyPeer {
+    NetworkPolicyPeer {
+        namespace_selector: Some(LabelSelector::default()),
+        pod_selector: Some(LabelSelector {
+            match_labels: Some(BTreeMap::from([(
+                OPERATOR_POD_LABEL.0.to_string(),
+                OPERATOR_POD_LABEL.1.to_string(),
+            )])),
+            match_expressions: None,
+        }),
+        ..NetworkPolicyPeer::default()
+    }
 }
 
 fn policy(
@@ -126,6 +154,35 @@ mod tests {
         assert_eq!(
             peer_labels[INSTANCE_LABEL], "shop",
             "only this ScaledApp's pods"
+        );
+    }
+
+    #[test]
+    fn redis_admits_the_operators_pods_from_any_namespace_and_postgres_does_not() {
+        let app = validated_example("shop");
+        let policies = policies(&app);
+        let peers = |policy: &NetworkPolicy| {
+            policy
+                .spec
+                .as_ref()
+                .and_then(|s| s.ingress.as_ref())
+                .expect("ingress")[0]
+                .from
+                .clone()
+                .expect("from")
+        };
+        let redis = peers(&policies[1]);
+        assert_eq!(redis.len(), 2);
+        assert_eq!(redis[1], operator_peer());
+        assert_eq!(
+            redis[1].namespace_selector,
+            Some(LabelSelector::default()),
+            "any namespace"
+        );
+        assert_eq!(
+            peers(&policies[0]).len(),
+            1,
+            "Postgres: this app's pods only"
         );
     }
 
