@@ -100,7 +100,7 @@ impl Metrics {
         let families = Families {
             http_requests: IntCounterVec::new(
                 Opts::new(
-                    "http_requests_total",
+                    scaled_contract::metrics::HTTP_REQUESTS_TOTAL,
                     "HTTP requests by method, matched route and status",
                 ),
                 &["method", "route", "status"],
@@ -108,7 +108,7 @@ impl Metrics {
             .expect("valid metric definition"),
             http_duration: HistogramVec::new(
                 HistogramOpts::new(
-                    "http_request_duration_seconds",
+                    scaled_contract::metrics::HTTP_REQUEST_DURATION_SECONDS,
                     "HTTP request latency by matched route",
                 )
                 .buckets(vec![
@@ -151,7 +151,10 @@ impl Metrics {
             )
             .expect("valid metric definition"),
             queue_depth: IntGaugeVec::new(
-                Opts::new("queue_depth", "Stream length and pending entries per queue"),
+                Opts::new(
+                    scaled_contract::metrics::QUEUE_DEPTH,
+                    "Stream length and pending entries per queue",
+                ),
                 &["stream", "kind"],
             )
             .expect("valid metric definition"),

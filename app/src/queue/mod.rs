@@ -23,7 +23,7 @@ pub use scaled_contract::EMAIL_QUEUE as EMAIL_STREAM;
 /// Every queue this app has a handler for (the operator refuses worker pools naming others).
 pub use scaled_contract::KNOWN_QUEUES as STREAMS;
 /// The consumer group all workers join.
-pub const GROUP: &str = "scaled-workers";
+pub const GROUP: &str = scaled_contract::metrics::WORKER_GROUP;
 /// Field of a stream entry holding the JSON message.
 pub const PAYLOAD_FIELD: &str = "payload";
 
