@@ -33,10 +33,7 @@ use scaled_contract::metrics::{
 use super::error::ApiError;
 use super::source::AppKey;
 use crate::crd::ScaledApp;
-use crate::render::REDIS_PORT;
-
-/// Key of the password in the operator-generated `<name>-redis` Secret (`render::secrets`).
-pub const REDIS_PASSWORD_KEY: &str = "password";
+use crate::render::{REDIS_PASSWORD_KEY, REDIS_PORT};
 
 /// How often Redis is read and how long it may take.
 #[derive(Clone, Debug)]

@@ -33,6 +33,7 @@ pub use config::runtime_config;
 pub use postgres::{
     COMPONENT as POSTGRES_COMPONENT, PRIMARY_ROLE, REPLICA_ROLE, instance_config, shard_set_name,
 };
+pub use secrets::REDIS_PASSWORD_KEY;
 pub use secrets::SecretTemplate;
 
 /// The operator's field manager and `app.kubernetes.io/managed-by` value.
