@@ -16,7 +16,7 @@
 # Root filesystems come from mmdebstrap (Debian's apt mirror only); nothing is pulled.
 #
 #   images/debian/build.sh [--force] [NAME...]     (default: all five)
-#   images/debian/build.sh --print NAME            print NAME's image.env path (after building)
+#   images/debian/build.sh --print [NAME...]       print each image's image.env path (built ones)
 #
 # One progress line per image; mmdebstrap's output goes to <cache>/logs/image-<name>.log.
 set -euo pipefail
@@ -31,12 +31,12 @@ POSTGRES_MAJOR=17
 ALL=(pause busybox postgres postgres-official-layout redis)
 
 FORCE=0
-PRINT=""
+PRINT=0
 names=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --force) FORCE=1 ;;
-    --print) PRINT=${2:?--print needs an image name}; shift ;;
+    --print) PRINT=1 ;;
     -h | --help) sed -n '2,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) die "unknown option $1" ;;
     *) names+=("$1") ;;
@@ -44,7 +44,6 @@ while [[ $# -gt 0 ]]; do
   shift
 done
 [[ ${#names[@]} -gt 0 ]] || names=("${ALL[@]}")
-[[ -z "${PRINT}" ]] || names=("${PRINT}")
 for name in "${names[@]}"; do
   [[ " ${ALL[*]} " == *" ${name} "* ]] || die "unknown image ${name} (${ALL[*]})"
 done
@@ -273,9 +272,11 @@ recipe_hash() {
 }
 image_dir() { printf '%s/%s-%s\n' "${NODE_IMAGES_DIR}" "$1" "$(recipe_hash "$1")"; }
 
-if [[ -n "${PRINT}" ]]; then
-  [[ -f "$(image_dir "${PRINT}")/image.env" ]] || die "image ${PRINT} is not built (run $0 ${PRINT})"
-  printf '%s\n' "$(image_dir "${PRINT}")/image.env"
+if [[ "${PRINT}" == 1 ]]; then
+  for name in "${names[@]}"; do
+    [[ -f "$(image_dir "${name}")/image.env" ]] || die "image ${name} is not built (run $0 ${name})"
+    printf '%s\n' "$(image_dir "${name}")/image.env"
+  done
   exit 0
 fi
 
