@@ -10,7 +10,11 @@ for test in "${HERE}"/test-*.sh; do
   name=$(basename "${test}" .sh)
   scratch=$(mktemp -d)
   if output=$(cd "${scratch}" && SCRATCH="${scratch}" bash "${test}" 2>&1); then
-    printf 'ok   %s\n' "${name}"
+    if grep '^SKIP' <<<"${output}" >/dev/null; then
+      printf 'skip %s: %s\n' "${name}" "$(grep -m1 '^SKIP' <<<"${output}")"
+    else
+      printf 'ok   %s\n' "${name}"
+    fi
     passed=$((passed + 1))
   else
     printf 'FAIL %s\n' "${name}"
