@@ -79,7 +79,9 @@ fi
 if [[ -d "${NODE_STATE}" ]]; then
   cgroup=$(guard_cgroup || true)
   if [[ -n "${cgroup}" && -d "${cgroup}" ]]; then
-    for pid in $(find "${cgroup}" -name cgroup.procs -exec cat {} + 2>/dev/null); do stop_pid "${pid}" 5; done
+    while read -r pid; do
+      stop_pid "${pid}" 5
+    done < <(find "${cgroup}" -name cgroup.procs -exec cat {} + 2>/dev/null)
     # Processes that were just stopped may keep the group populated for a moment.
     for _ in $(seq 1 50); do
       find "${cgroup}" -depth -type d -exec rmdir {} + 2>/dev/null && break
