@@ -6,7 +6,7 @@ CARGO ?= cargo
 CRD_FILE := crds/scaled.dev_scaledapps.yaml
 CHART_CRD := charts/scaledapp-operator/crds/scaled.dev_scaledapps.yaml
 
-.PHONY: help deps test fmt-check clippy unit e2e crds crds-check chart-check stack stack-down bench bench-scale demo demo-down cluster-up cluster-down images images-check e2e-kind e2e-kind-down
+.PHONY: help deps test fmt-check clippy unit e2e real-node-smoke script-tests crds crds-check chart-check stack stack-down bench bench-scale demo demo-down cluster-up cluster-down images images-check push node-images e2e-kind e2e-kind-down
 
 help:
 	@echo "make demo        local control plane + operator + examples/shop.yaml, shown until Ready (KIND=1: kind)"
@@ -15,17 +15,21 @@ help:
 	@echo "make crds        regenerate $(CRD_FILE) and docs/api.md from the Rust types"
 	@echo "make crds-check  fail if $(CRD_FILE), the chart's copy or docs/api.md is stale"
 	@echo "make chart-check helm lint and what the chart renders for the values users set"
-	@echo "make e2e         the end-to-end suite on the local control plane (builds it on first use)"
+	@echo "make e2e         the end-to-end suite on the local cluster (builds it on first use)"
+	@echo "make real-node-smoke  real pods on the cluster's real node: probes, DNS, Services, volumes, NetworkPolicy, aggregation, no egress"
+	@echo "make script-tests the scripts' own tests (a failing cluster start stops the callers, one line per build)"
 	@echo "make stack       run the app locally on real Postgres (2 shards + replicas) and Redis"
 	@echo "make bench-scale 100 ScaledApps at once: time to Ready, operator RSS, API requests"
 	@echo "make images      operator + app images as OCI layouts under target/images (no Docker needed)"
 	@echo "make images-check check the images and run them from their own root filesystem (root)"
+	@echo "make push        push the two images (REGISTRY=host[:port]/path, default the local cluster's; TAG=...)"
+	@echo "make node-images Postgres, Redis, pause and busybox images for the real node, from Debian packages"
 	@echo "make e2e-kind    kind cluster, images, chart, e2e suite and real-pod checks (needs Docker)"
 
 deps:
 	@scripts/install-deps.sh
 
-test: deps fmt-check clippy crds-check chart-check unit e2e images-check
+test: deps fmt-check clippy crds-check chart-check script-tests unit e2e real-node-smoke images-check
 
 fmt-check:
 	$(CARGO) fmt --all -- --check
@@ -38,6 +42,15 @@ unit:
 
 e2e: deps
 	e2e/run.sh
+
+# SCALEDAPP_REAL_NODE=0 skips it (and says so).
+real-node-smoke: deps
+	@if [ "$${SCALEDAPP_REAL_NODE:-1}" = 0 ]; then \
+	  echo "SKIP real-node smoke test: SCALEDAPP_REAL_NODE=0 (kwok nodes only, no pod really runs)"; \
+	else e2e/cluster/up.sh >/dev/null && e2e/cluster/real-node-smoke.sh; fi
+
+script-tests:
+	e2e/cluster/tests/run.sh
 
 demo: deps
 	scripts/demo.sh
@@ -87,6 +100,12 @@ images:
 
 images-check: images
 	scripts/check-images.sh
+
+push:
+	REGISTRY="$(REGISTRY)" TAG="$(TAG)" scripts/push-images.sh
+
+node-images:
+	images/debian/build.sh
 
 e2e-kind:
 	e2e/kind/up.sh

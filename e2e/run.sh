@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs the end-to-end suite (`make e2e`): against the local control plane (e2e/cluster/up.sh),
-# or, with E2E_USE_KUBECONFIG=1, against the cluster KUBECONFIG already names.
+# Runs the end-to-end suite (`make e2e`): against the local cluster (e2e/cluster/up.sh, whose
+# kubeconfig it uses, never an inherited KUBECONFIG), or against a cluster named explicitly with
+# E2E_KUBECONFIG=/path/to/kubeconfig. A failed start of the local cluster stops it.
 #
 # 1. helm lint/template, then helm install the chart (the operator Deployment scaled to 0: the
 #    local control plane's simulated nodes run no containers);
@@ -13,13 +14,22 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "${ROOT}"
 # shellcheck source=scripts/lib/local-operator.sh
 source scripts/lib/local-operator.sh
+# shellcheck source=scripts/lib/local-cluster.sh
+source scripts/lib/local-cluster.sh
 log() { printf '[e2e %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
-if [[ "${E2E_USE_KUBECONFIG:-0}" != 1 ]]; then
-  log "starting the local control plane (a first run builds Kubernetes, etcd, kwok and helm from source: about 12 min on 2 cores)"
-  eval "$(e2e/cluster/up.sh)"
+if [[ "${E2E_USE_KUBECONFIG:-0}" == 1 ]]; then
+  log "E2E_USE_KUBECONFIG=1 is gone: name the cluster explicitly with E2E_KUBECONFIG=/path/to/kubeconfig"
+  exit 2
 fi
-: "${KUBECONFIG:?KUBECONFIG must name a cluster}"
+if [[ -n "${E2E_KUBECONFIG:-}" ]]; then
+  [[ -f "${E2E_KUBECONFIG}" ]] || { log "E2E_KUBECONFIG=${E2E_KUBECONFIG} does not exist"; exit 2; }
+  export KUBECONFIG="${E2E_KUBECONFIG}"
+  log "running against the cluster in ${KUBECONFIG} (E2E_KUBECONFIG)"
+else
+  log "starting the local cluster (a first run builds Kubernetes, etcd, kwok, helm and the real node's components from source and its images from Debian packages: about 25 min on 2 cores)"
+  start_local_cluster "${ROOT}" || exit 1
+fi
 HELM=${SCALEDAPP_HELM:-helm}
 STATE="${ROOT}/e2e/cluster/.state"
 mkdir -p "${STATE}"

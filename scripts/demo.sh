@@ -11,6 +11,8 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "${ROOT}"
 # shellcheck source=scripts/lib/local-operator.sh
 source scripts/lib/local-operator.sh
+# shellcheck source=scripts/lib/local-cluster.sh
+source scripts/lib/local-cluster.sh
 say() { printf '\n\033[1m==> %s\033[0m\n' "$*" >&2; }
 
 say "Building the operator"
@@ -30,7 +32,7 @@ else
   say "Starting the local control plane (etcd + kube-apiserver + controller-manager + scheduler, kwok nodes)"
   echo "    A first run builds Kubernetes v1.34, etcd, kwok and helm from Go modules: about 12 minutes" >&2
   echo "    on 2 cores, with progress below. Later runs start in seconds." >&2
-  eval "$(e2e/cluster/up.sh)"
+  start_local_cluster "${ROOT}" || exit 1
   STATE="${ROOT}/e2e/cluster/.state"
 
   say "Installing the operator chart (helm) into ${LOCAL_OPERATOR_NAMESPACE}"

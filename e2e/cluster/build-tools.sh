@@ -5,8 +5,14 @@
 #   etcd, etcdctl, etcdutl (go.etcd.io/etcd/{server,etcdctl,etcdutl}/v3)
 #   kwok, kwokctl (sigs.k8s.io/kwok)
 #   helm (helm.sh/helm/v3)
+# and, unless SCALEDAPP_REAL_NODE=0, the real node's components:
+#   kubelet, kube-proxy (k8s.io/kubernetes), coredns (github.com/coredns/coredns, a few plugins),
+#   local-path-provisioner (github.com/rancher/local-path-provisioner),
+#   kube-router (github.com/cloudnativelabs/kube-router/v2, its NetworkPolicy controller)
 # into ${SCALEDAPP_CACHE:-$HOME/.cache/scaledapp-e2e}/<component>-<version>/.
 # A component is rebuilt only when its pinned version (versions.env) changes.
+# Prints one line per component it builds; the Go output goes to
+# <cache>/logs/<component>-<version>.log, whose tail and path are printed on failure.
 #
 # Usage: build-tools.sh [--force]   (--force rebuilds every component)
 set -euo pipefail
@@ -19,7 +25,7 @@ for arg in "$@"; do
   case "${arg}" in
     --force) FORCE=1 ;;
     -h | --help)
-      sed -n '3,11p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+      sed -n '3,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
       exit 0
       ;;
     *) die "unknown argument: ${arg}" ;;
@@ -40,7 +46,7 @@ export GOWORK=off
 export CGO_ENABLED=0
 export GO111MODULE=on
 
-mkdir -p "${CACHE_DIR}" "${GOMODCACHE}" "${GOCACHE}" "${CACHE_DIR}/tmp"
+mkdir -p "${CACHE_DIR}" "${GOMODCACHE}" "${GOCACHE}" "${CACHE_DIR}/tmp" "${BUILD_LOG_DIR}"
 
 # One build at a time per cache dir.
 if command -v flock >/dev/null 2>&1; then
@@ -137,12 +143,10 @@ publish() {
   mv "${src}" "${dest}"
 }
 
-build_kubernetes() {
-  local ver=${KUBE_VERSION} dest=${KUBE_DIR}
-  if is_built "${dest}"; then
-    log "kubernetes ${ver}: cached in ${dest}"
-    return
-  fi
+# kubernetes_wrapper: sets WRAPPER to a module that builds k8s.io/kubernetes at KUBE_VERSION and
+# LDFLAGS to its version stamp.
+kubernetes_wrapper() {
+  local ver=${KUBE_VERSION}
   local minor=${ver#v1.}
   minor=${minor%%.*}
   local staging="v0.${ver#v1.}"
@@ -172,32 +176,45 @@ build_kubernetes() {
 
   build_date=$(sed -n 's/.*"Time":"\([^"]*\)".*/\1/p' "${info}")
   [[ -n "${build_date}" ]] || build_date=$(date -u +%Y-%m-%dT%H:%M:%SZ)
-  local ldflags="-s -w" pkg
+  LDFLAGS="-s -w"
+  local pkg
   for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-    ldflags+=" -X ${pkg}.gitVersion=${ver}"
-    ldflags+=" -X ${pkg}.gitMajor=1"
-    ldflags+=" -X ${pkg}.gitMinor=${minor}"
-    ldflags+=" -X ${pkg}.gitTreeState=clean"
-    ldflags+=" -X ${pkg}.gitCommit="
-    ldflags+=" -X ${pkg}.buildDate=${build_date}"
+    LDFLAGS+=" -X ${pkg}.gitVersion=${ver}"
+    LDFLAGS+=" -X ${pkg}.gitMajor=1"
+    LDFLAGS+=" -X ${pkg}.gitMinor=${minor}"
+    LDFLAGS+=" -X ${pkg}.gitTreeState=clean"
+    LDFLAGS+=" -X ${pkg}.gitCommit="
+    LDFLAGS+=" -X ${pkg}.buildDate=${build_date}"
   done
-  local out="${dest}.partial" bin
+}
+
+# build_kubernetes_commands DEST COMMAND...: the k8s.io/kubernetes/cmd/* binaries into DEST.
+build_kubernetes_commands() {
+  local dest=$1 bin
+  shift
+  kubernetes_wrapper
+  local out="${dest}.partial"
   rm -rf "${out}"
   mkdir -p "${out}"
-  for bin in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
-    log "building ${bin} ${ver} ... ($(elapsed) so far)"
-    (cd "${w}" && go_ build -trimpath -ldflags "${ldflags}" -o "${out}/${bin}" "k8s.io/kubernetes/cmd/${bin}")
+  for bin in "$@"; do
+    log "building ${bin} ${KUBE_VERSION} ... ($(elapsed) so far)"
+    (cd "${WRAPPER}" && go_ build -trimpath -ldflags "${LDFLAGS}" -o "${out}/${bin}" "k8s.io/kubernetes/cmd/${bin}")
   done
-  publish "${out}" "${dest}" "${ver}"
-  log "kubernetes ${ver}: done ($(elapsed))"
+  publish "${out}" "${dest}" "${KUBE_VERSION}"
+}
+
+build_kubernetes() {
+  build_kubernetes_commands "${KUBE_DIR}" kube-apiserver kube-controller-manager kube-scheduler kubectl
+}
+
+# The real node's kubelet and kube-proxy: same module, same version stamp, own cache directory
+# so that adding them never rebuilds the control plane.
+build_kubernetes_node() {
+  build_kubernetes_commands "${KUBE_NODE_DIR}" kubelet kube-proxy
 }
 
 build_etcd() {
   local ver=${ETCD_VERSION} dest=${ETCD_DIR}
-  if is_built "${dest}"; then
-    log "etcd ${ver}: cached in ${dest}"
-    return
-  fi
   log "etcd ${ver}: preparing wrapper module"
   local w gomod m
   new_wrapper etcd
@@ -222,15 +239,10 @@ build_etcd() {
       -o "${out}/${bin}" "${pkg}")
   done
   publish "${out}" "${dest}" "${ver}"
-  log "etcd ${ver}: done ($(elapsed))"
 }
 
 build_kwok() {
   local ver=${KWOK_VERSION} dest=${KWOK_DIR}
-  if is_built "${dest}"; then
-    log "kwok ${ver}: cached in ${dest}"
-    return
-  fi
   log "kwok ${ver}: preparing wrapper module"
   local w gomod
   new_wrapper kwok
@@ -260,15 +272,10 @@ build_kwok() {
     (cd "${w}" && go_ build -trimpath -ldflags "${ldflags}" -o "${out}/${bin}" "sigs.k8s.io/kwok/cmd/${bin}")
   done
   publish "${out}" "${dest}" "${ver}"
-  log "kwok ${ver}: done ($(elapsed))"
 }
 
 build_helm() {
   local ver=${HELM_VERSION} dest=${HELM_DIR}
-  if is_built "${dest}"; then
-    log "helm ${ver}: cached in ${dest}"
-    return
-  fi
   log "helm ${ver}: preparing wrapper module"
   local w gomod
   new_wrapper helm
@@ -299,15 +306,130 @@ build_helm() {
   log "building helm ${ver} ... ($(elapsed) so far)"
   (cd "${w}" && go_ build -trimpath -ldflags "${ldflags}" -o "${out}/helm" helm.sh/helm/v3/cmd/helm)
   publish "${out}" "${dest}" "${ver}"
-  log "helm ${ver}: done ($(elapsed))"
 }
 
-log "using $(go_ version) (${GO_BIN}), cache ${CACHE_DIR}"
-build_kubernetes
-build_etcd
-build_kwok
-build_helm
-log "all tools ready ($(elapsed) total)"
+# CoreDNS with only the plugins this cluster needs. Upstream selects plugins with plugin.cfg and
+# generated files; the documented alternative used here is a main package of our own that sets
+# dnsserver.Directives (in plugin.cfg's order) and imports just those plugins. No `forward`:
+# names outside the cluster's zones are refused, nothing is resolved off the machine.
+COREDNS_PLUGINS=(bind ready health errors log loadbalance cache kubernetes)
+build_coredns() {
+  local ver=${COREDNS_VERSION} dest=${COREDNS_DIR}
+  log "coredns ${ver}: preparing wrapper module (plugins: ${COREDNS_PLUGINS[*]})"
+  local w gomod plugin
+  new_wrapper coredns
+  w=${WRAPPER}
+  gomod=$(cd "${w}" && module_file github.com/coredns/coredns "${ver}" mod)
+  copy_directives "${gomod}" "${w}"
+  {
+    printf '// Generated by e2e/cluster/build-tools.sh: CoreDNS with a fixed plugin set.\n'
+    printf 'package main\n\nimport (\n'
+    printf '\t"github.com/coredns/coredns/core/dnsserver"\n'
+    printf '\t"github.com/coredns/coredns/coremain"\n'
+    for plugin in "${COREDNS_PLUGINS[@]}"; do
+      printf '\t_ "github.com/coredns/coredns/plugin/%s"\n' "${plugin}"
+    done
+    printf ')\n\nfunc init() {\n\tdnsserver.Directives = []string{'
+    for plugin in "${COREDNS_PLUGINS[@]}"; do
+      printf '"%s", ' "${plugin}"
+    done
+    printf '}\n}\n\nfunc main() { coremain.Run() }\n'
+  } >"${w}/main.go"
+  log "coredns ${ver}: downloading github.com/coredns/coredns and its dependencies ($(elapsed))"
+  (cd "${w}" && go_ get "github.com/coredns/coredns@${ver}" && go_ mod tidy)
+  local out="${dest}.partial"
+  rm -rf "${out}"
+  mkdir -p "${out}"
+  log "building coredns ${ver} ... ($(elapsed) so far)"
+  (cd "${w}" && go_ build -trimpath -ldflags "-s -w -X github.com/coredns/coredns/coremain.GitCommit=${ver}" \
+    -o "${out}/coredns" .)
+  publish "${out}" "${dest}" "${ver}"
+}
+
+build_local_path_provisioner() {
+  local ver=${LOCAL_PATH_PROVISIONER_VERSION} dest=${LOCAL_PATH_DIR}
+  local mod=github.com/rancher/local-path-provisioner w gomod
+  new_wrapper local-path-provisioner
+  w=${WRAPPER}
+  gomod=$(cd "${w}" && module_file "${mod}" "${ver}" mod)
+  copy_directives "${gomod}" "${w}"
+  log "local-path-provisioner ${ver}: downloading ${mod} and its dependencies ($(elapsed))"
+  (cd "${w}" && go_ get "${mod}@${ver}")
+  local out="${dest}.partial"
+  rm -rf "${out}"
+  mkdir -p "${out}"
+  log "building local-path-provisioner ${ver} ... ($(elapsed) so far)"
+  (cd "${w}" && go_ build -trimpath -ldflags "-s -w -X main.VERSION=${ver}" -o "${out}/local-path-provisioner" "${mod}")
+  publish "${out}" "${dest}" "${ver}"
+}
+
+build_kube_router() {
+  local ver=${KUBE_ROUTER_VERSION} dest=${KUBE_ROUTER_DIR}
+  local mod=github.com/cloudnativelabs/kube-router/v2 w gomod
+  new_wrapper kube-router
+  w=${WRAPPER}
+  gomod=$(cd "${w}" && module_file "${mod}" "${ver}" mod)
+  copy_directives "${gomod}" "${w}"
+  log "kube-router ${ver}: downloading ${mod} and its dependencies ($(elapsed))"
+  (cd "${w}" && go_ get "${mod}@${ver}")
+  local out="${dest}.partial"
+  rm -rf "${out}"
+  mkdir -p "${out}"
+  log "building kube-router ${ver} ... ($(elapsed) so far)"
+  (cd "${w}" && go_ build -trimpath \
+    -ldflags "-s -w -X ${mod}/pkg/version.Version=${ver} -X ${mod}/pkg/version.BuildDate=$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
+    -o "${out}/kube-router" "${mod}/cmd/kube-router")
+  publish "${out}" "${dest}" "${ver}"
+}
+
+# run_build NAME VERSION DEST FUNCTION: one line on the terminal ("NAME VERSION: building ...
+# done in N s"); everything the build prints goes to BUILD_LOG_DIR/NAME-VERSION.log.
+BUILT=0
+CACHED=0
+run_build() {
+  local name=$1 ver=$2 dest=$3 fn=$4 logfile started
+  if is_built "${dest}"; then
+    CACHED=$((CACHED + 1))
+    return
+  fi
+  logfile="${BUILD_LOG_DIR}/${name}-${ver}.log"
+  started=${SECONDS}
+  printf '[e2e-cluster %s] %s %s: building from Go modules (log: %s) ...' \
+    "$(date +%H:%M:%S)" "${name}" "${ver}" "${logfile}" >&2
+  # A subshell of its own: the wrapper directories it creates are removed when it ends. Not in an
+  # `if`: bash ignores `set -e` inside a condition, and every failing step must stop the build.
+  local status
+  set +e
+  (
+    set -e
+    trap cleanup EXIT
+    "${fn}"
+  ) >"${logfile}" 2>&1
+  status=$?
+  set -e
+  if [[ ${status} -ne 0 ]]; then
+    printf ' FAILED after %ss\n' "$((SECONDS - started))" >&2
+    log "last lines of ${logfile}:"
+    tail -n 30 "${logfile}" | sed 's/^/    /' >&2
+    die "${name} ${ver} did not build; full log: ${logfile}"
+  fi
+  printf ' done in %ss\n' "$((SECONDS - started))" >&2
+  BUILT=$((BUILT + 1))
+}
+
+run_build kubernetes "${KUBE_VERSION}" "${KUBE_DIR}" build_kubernetes
+run_build etcd "${ETCD_VERSION}" "${ETCD_DIR}" build_etcd
+run_build kwok "${KWOK_VERSION}" "${KWOK_DIR}" build_kwok
+run_build helm "${HELM_VERSION}" "${HELM_DIR}" build_helm
+if [[ "${REAL_NODE}" != 0 ]]; then
+  run_build kubernetes-node "${KUBE_VERSION}" "${KUBE_NODE_DIR}" build_kubernetes_node
+  run_build coredns "${COREDNS_VERSION}" "${COREDNS_DIR}" build_coredns
+  run_build local-path-provisioner "${LOCAL_PATH_PROVISIONER_VERSION}" "${LOCAL_PATH_DIR}" build_local_path_provisioner
+  run_build kube-router "${KUBE_ROUTER_VERSION}" "${KUBE_ROUTER_DIR}" build_kube_router
+fi
+if [[ "${BUILT}" -gt 0 ]]; then
+  log "tools: built ${BUILT}, cached ${CACHED} ($(elapsed) total, $(go_ version | cut -d' ' -f3), cache ${CACHE_DIR})"
+fi
 
 cat <<EOF
 kube-apiserver          ${KUBE_APISERVER_BIN}
@@ -321,3 +443,12 @@ kwok                    ${KWOK_BIN}
 kwokctl                 ${KWOKCTL_BIN}
 helm                    ${HELM_BIN}
 EOF
+if [[ "${REAL_NODE}" != 0 ]]; then
+  cat <<EOF
+kubelet                 ${KUBELET_BIN}
+kube-proxy              ${KUBE_PROXY_BIN}
+coredns                 ${COREDNS_BIN}
+local-path-provisioner  ${LOCAL_PATH_BIN}
+kube-router             ${KUBE_ROUTER_BIN}
+EOF
+fi

@@ -25,6 +25,22 @@ KWOK_BIN=${KWOK_DIR}/kwok
 KWOKCTL_BIN=${KWOK_DIR}/kwokctl
 HELM_BIN=${HELM_DIR}/helm
 
+# The real node (see README.md). SCALEDAPP_REAL_NODE=0: kwok nodes only.
+REAL_NODE=${SCALEDAPP_REAL_NODE:-1}
+KUBE_NODE_DIR=${CACHE_DIR}/kubernetes-node-${KUBE_VERSION}
+COREDNS_DIR=${CACHE_DIR}/coredns-${COREDNS_VERSION}
+LOCAL_PATH_DIR=${CACHE_DIR}/local-path-provisioner-${LOCAL_PATH_PROVISIONER_VERSION}
+KUBE_ROUTER_DIR=${CACHE_DIR}/kube-router-${KUBE_ROUTER_VERSION}
+KUBELET_BIN=${KUBE_NODE_DIR}/kubelet
+KUBE_PROXY_BIN=${KUBE_NODE_DIR}/kube-proxy
+COREDNS_BIN=${COREDNS_DIR}/coredns
+LOCAL_PATH_BIN=${LOCAL_PATH_DIR}/local-path-provisioner
+KUBE_ROUTER_BIN=${KUBE_ROUTER_DIR}/kube-router
+# Node images (Postgres, Redis, pause, busybox) built from Debian packages.
+NODE_IMAGES_DIR=${CACHE_DIR}/images
+# The local registry's storage: kept between clusters, so a warm start pushes nothing.
+REGISTRY_STORAGE=${CACHE_DIR}/registry
+
 # Marker written once a component directory is completely built.
 BUILD_MARKER=.build-complete
 
@@ -36,6 +52,11 @@ AUDIT_LOG_PATH=${STATE_DIR}/audit.log
 AUDIT_POLICY_PATH=${STATE_DIR}/audit-policy.yaml
 # kwokctl keeps everything (cluster dirs, logs, pids, etcd data) here.
 KWOK_WORKDIR_PATH=${STATE_DIR}/kwok
+
+# Logs of builds and of every component: one progress line on the terminal, the
+# full output in a file whose path is printed on failure.
+LOG_DIR=${STATE_DIR}/logs
+BUILD_LOG_DIR=${CACHE_DIR}/logs
 
 log() {
   printf '[e2e-cluster %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2

@@ -38,7 +38,7 @@ cleanup() { kubectl delete namespace "${NS}" --wait=false >/dev/null 2>&1 || tru
 trap cleanup EXIT
 
 server_version() {
-  kubectl version -o json | grep -q "\"gitVersion\": \"${KUBE_VERSION}\""
+  kubectl version -o json | grep "\"gitVersion\": \"${KUBE_VERSION}\"" >/dev/null
 }
 nodes_ready() {
   kubectl wait --for=condition=Ready node --all --timeout=60s
