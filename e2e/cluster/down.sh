@@ -38,6 +38,11 @@ if [[ -d "${NODE_STATE}" ]]; then
   node_down
 fi
 
+if [[ -f "${STATE_DIR}/simulated-pods-route" ]]; then
+  ip route del unreachable "${SIMULATED_POD_CIDR}" 2>/dev/null || true
+  rm -f "${STATE_DIR}/simulated-pods-route"
+fi
+
 if [[ ! -d "${CLUSTER_WORKDIR}" ]]; then
   log "no cluster ${CLUSTER_NAME} under ${KWOK_WORKDIR}"
 else

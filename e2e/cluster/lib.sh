@@ -47,6 +47,8 @@ BUILD_MARKER=.build-complete
 # Runtime state of the cluster: inside the repo, git-ignored.
 STATE_DIR=${CLUSTER_DIR}/.state
 CLUSTER_NAME=${SCALEDAPP_CLUSTER:-scaledapp}
+# Pod addresses kwok gives its simulated pods (an IPv4 range no real network here uses).
+SIMULATED_POD_CIDR=10.0.0.0/24
 KUBECONFIG_PATH=${STATE_DIR}/kubeconfig
 AUDIT_LOG_PATH=${STATE_DIR}/audit.log
 AUDIT_POLICY_PATH=${STATE_DIR}/audit-policy.yaml

@@ -318,8 +318,17 @@ post_setup() {
   # Node addresses on loopback and IPv4 pod ranges only: kwokctl's defaults (192.0.2.x,
   # 2001:db8::x, fd00::/64) are real networks on some machines, this one included.
   kwokctl scale node --replicas "${NODES}" --param '.nodeIPs = ["127.0.100.1"]' \
-    --param '.podCIDRs = ["10.0.0.0/24"]' >>"${LOG_DIR}/kwokctl.log" 2>&1 ||
+    --param ".podCIDRs = [\"${SIMULATED_POD_CIDR}\"]" >>"${LOG_DIR}/kwokctl.log" 2>&1 ||
     die "kwokctl scale node failed; log: ${LOG_DIR}/kwokctl.log"
+  # Simulated pods' addresses answer nothing; make connecting to them fail at once on this host
+  # instead of sending packets out of the default route (the operator asks every Postgres pod
+  # for its instance manager's /status, simulated ones too). down.sh removes the route.
+  if [[ "$(id -u)" -eq 0 ]] && command -v ip >/dev/null 2>&1; then
+    ip route replace unreachable "${SIMULATED_POD_CIDR}" &&
+      touch "${STATE_DIR}/simulated-pods-route"
+  else
+    log "not root: connections to simulated pods (${SIMULATED_POD_CIDR}) are not short-circuited"
+  fi
 
   kubectl apply -f - >/dev/null <<'EOF'
 apiVersion: storage.k8s.io/v1
