@@ -608,6 +608,17 @@ impl Manager {
         if !rows.first().is_some_and(|row| row.get::<_, bool>(0)) {
             return Err(ManagerError::Promote);
         }
+        // Promotion only requests the end-of-recovery checkpoint; until it completes,
+        // pg_control still shows the old timeline, and a pg_rewind against this server would
+        // wrongly find "no rewind required". So wait for one before saying we are primary.
+        self.local
+            .query_within(
+                "checkpoint after promotion",
+                "CHECKPOINT",
+                &[],
+                Duration::from_secs(300),
+            )
+            .await?;
         self.write_settings(&ServerMode::Primary)?;
         let server = self
             .server
@@ -949,9 +960,11 @@ impl Manager {
                 status.timeline = view.timeline;
                 match mode {
                     ServerMode::Primary => {
+                        // Ready only once the app can log in: roles and database exist.
                         status.ready = view.accepting
                             && !view.in_recovery
-                            && self.role == InstanceRole::Primary;
+                            && self.role == InstanceRole::Primary
+                            && self.roles_ready;
                         status.current_lsn = view.current_lsn;
                         status.primary_pod = Some(self.settings.pod.clone());
                         status.streaming_replicas = view.streaming_replicas.clone();
