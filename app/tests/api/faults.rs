@@ -251,6 +251,7 @@ fn spawn_worker(config_path: &std::path::Path, pod: &str, ack_delay_ms: u64) -> 
         ])
         .arg(format!("--ack-delay-ms={ack_delay_ms}"))
         .env("SCALED_CONFIG", config_path)
+        .env("SCALED_DATABASE_PASSWORD", crate::support::APP_PASSWORD)
         .env("SCALED_SESSION_SECRET", "test")
         .env("SCALED_POD_NAME", pod)
         .env("RUST_LOG", "warn")
@@ -365,6 +366,9 @@ async fn the_shard_map_is_reloaded_from_the_config_file_without_a_restart() {
         scaled_app::config::Secret::new("s"),
     );
     settings.config_path = Some(path.clone());
+    settings.database_password = Some(scaled_app::config::Secret::new(
+        crate::support::APP_PASSWORD,
+    ));
     let application = scaled_app::startup::Application::build(settings)
         .await
         .expect("starts");
@@ -398,6 +402,7 @@ async fn the_server_binary_drains_and_exits_cleanly_on_sigterm() {
     let mut server = Command::new(env!("CARGO_BIN_EXE_scaled-app"))
         .arg("serve")
         .env("SCALED_CONFIG", &path)
+        .env("SCALED_DATABASE_PASSWORD", crate::support::APP_PASSWORD)
         .env("SCALED_SESSION_SECRET", "test")
         .env("RUST_LOG", "warn")
         .spawn()
@@ -451,6 +456,16 @@ async fn an_exhausted_pool_answers_503_quickly_instead_of_queueing() {
         config.database.acquire_timeout_ms = 200;
     })
     .await;
+    // poolSize connections stay open. Wait for them, so the 200 ms budget measures queueing
+    // behind a held connection, not a SCRAM connection set-up on a loaded machine.
+    for shard in &app.state.cluster.topology().shards {
+        eventually(
+            "the pool's standing connection",
+            Duration::from_secs(30),
+            || async { (shard.primary.size() >= 1).then_some(()) },
+        )
+        .await;
+    }
     let user = app.create_user().await;
     let user_id = user["id"].as_i64().expect("id");
     // Hold the shard's only primary connection.
