@@ -553,9 +553,11 @@ impl Manager {
 
     async fn discard_for_reclone(&mut self, reason: String) -> Result<Action, ManagerError> {
         tracing::warn!(%reason, "this replica cannot follow; discarding its data to clone again");
-        if let Some(server) = self.server.take() {
+        // Forgotten only once stopped: a SIGTERM meanwhile finds it and waits for it.
+        if let Some(server) = &self.server {
             server.stop(STOP_PATIENCE).await;
         }
+        self.server = None;
         self.local.reset();
         self.observed = LocalView::default();
         self.role = InstanceRole::Pending;
@@ -640,12 +642,13 @@ impl Manager {
         tracing::warn!(%reason, "fencing: fast shutdown of the primary");
         self.role = InstanceRole::Fenced;
         self.publish_role();
-        if let Some(server) = self.server.take() {
+        if let Some(server) = &self.server {
             let exit = server.stop(STOP_PATIENCE).await;
             if !exit.is_clean() {
                 tracing::warn!(%exit, "the fenced postgres did not stop cleanly");
             }
         }
+        self.server = None;
         self.local.reset();
         self.observed = LocalView::default();
         self.fenced = true;

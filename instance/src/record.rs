@@ -240,6 +240,80 @@ mod tests {
         );
     }
 
+    /// A fake API server: answers the ScaledApp only to the bearer token in `token`.
+    async fn fake_api(token: &'static str, primary: &'static str) -> String {
+        use axum::{Router, http::HeaderMap, http::StatusCode, routing::get};
+        let app = Router::new().route(
+            "/apis/scaled.dev/v1alpha1/namespaces/shop-ns/scaledapps/shop",
+            get(move |headers: HeaderMap| async move {
+                let authorized = headers
+                    .get("authorization")
+                    .and_then(|value| value.to_str().ok())
+                    == Some(&format!("Bearer {token}"));
+                if !authorized {
+                    return Err(StatusCode::UNAUTHORIZED);
+                }
+                Ok(axum::Json(json!({"status": {"shards": [
+                    {"index": 0, "primaryPod": "shop-shard-0-0"},
+                    {"index": 1, "primaryPod": primary}
+                ]}})))
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = listener.local_addr().expect("address");
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        format!("http://{address}")
+    }
+
+    #[tokio::test]
+    async fn the_api_source_reads_the_shard_entry_and_rereads_a_rotated_token() {
+        let base = fake_api("second-token", "shop-shard-1-2").await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let token = dir.path().join("token");
+        std::fs::write(&token, "first-token\n").expect("write");
+        let source = ApiSource::with_client(
+            reqwest::Client::new(),
+            &base,
+            token.clone(),
+            "shop-ns",
+            "shop",
+            1,
+        );
+        match source.read().await {
+            Record::Unknown(why) => assert!(why.contains("401"), "{why}"),
+            other => panic!("a refused token cannot confirm anything: {other:?}"),
+        }
+        // The kubelet rotated the token: the next read uses the new one.
+        std::fs::write(&token, "second-token\n").expect("write");
+        assert_eq!(source.read().await, Record::Named("shop-shard-1-2".into()));
+        std::fs::remove_file(&token).expect("remove");
+        assert!(matches!(source.read().await, Record::Unknown(_)));
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_api_server_cannot_confirm() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let token = dir.path().join("token");
+        std::fs::write(&token, "t").expect("write");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free port")
+            .port();
+        let source = ApiSource::with_client(
+            reqwest::Client::new(),
+            &format!("http://127.0.0.1:{port}"),
+            token,
+            "shop-ns",
+            "shop",
+            0,
+        );
+        assert!(matches!(source.read().await, Record::Unknown(_)));
+    }
+
     #[tokio::test]
     async fn a_missing_file_cannot_confirm_and_an_empty_one_names_nobody() {
         let dir = tempfile::tempdir().expect("tempdir");

@@ -514,6 +514,16 @@ impl Node {
     }
 
     fn kill_group(&mut self) {
+        // Backends run in sessions of their own (Postgres calls setsid), out of reach of a
+        // signal to our group: freeze the postmaster so it forks no more, then kill them too,
+        // as the death of a pod would.
+        let postmaster = self.postmaster_pid().map(Pid::from_raw);
+        if let Some(postmaster) = postmaster {
+            let _ = kill(postmaster, Signal::SIGSTOP);
+            for child in children_of(postmaster.as_raw()) {
+                let _ = kill(Pid::from_raw(child), Signal::SIGKILL);
+            }
+        }
         let _ = killpg(Pid::from_raw(self.pgid), Signal::SIGKILL);
         if let Some(mut child) = self.child.take() {
             let _ = child.wait();
@@ -702,6 +712,23 @@ pub fn pids_with(needles: &[&str]) -> Vec<i32> {
                 .iter()
                 .all(|needle| cmdline.contains(needle))
                 .then_some(pid)
+        })
+        .collect()
+}
+
+/// Pids whose parent is `parent`.
+fn children_of(parent: i32) -> Vec<i32> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| {
+            let pid = entry.file_name().to_string_lossy().parse::<i32>().ok()?;
+            let stat = fs::read_to_string(entry.path().join("stat")).ok()?;
+            let rest = &stat[stat.rfind(')')? + 1..];
+            let parent_pid: i32 = rest.split_whitespace().nth(1)?.parse().ok()?;
+            (parent_pid == parent).then_some(pid)
         })
         .collect()
 }
