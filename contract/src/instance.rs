@@ -277,6 +277,20 @@ mod tests {
     }
 
     #[test]
+    fn a_config_without_the_later_fields_gets_their_defaults() {
+        let config: InstanceConfig = serde_json::from_str(
+            r#"{"schemaVersion":1,"scaledApp":"shop","dataDir":"/data/pgdata","database":"app",
+                "appUser":"app","replicationUser":"replicator","instances":3,"parameters":{},
+                "synchronousReplication":false,"fenceAfterSeconds":10,"postgresPort":5432,
+                "statusPort":8008}"#,
+        )
+        .expect("a config of the first layout parses");
+        assert_eq!(config.reclone_after_seconds, DEFAULT_RECLONE_AFTER_SECONDS);
+        assert_eq!(config.clone_max_rate_kib_per_second, None);
+        assert_eq!(config.bin_dir, None);
+    }
+
+    #[test]
     fn a_status_document_round_trips_and_tolerates_missing_optional_fields() {
         let status: InstanceStatus = serde_json::from_str(
             r#"{"pod":"shop-shard-0-1","shard":0,"role":"Replica","ready":true}"#,

@@ -462,7 +462,7 @@ async fn an_exhausted_pool_answers_503_quickly_instead_of_queueing() {
         eventually(
             "the pool's standing connection",
             Duration::from_secs(30),
-            || async { (shard.primary.size() >= 1).then_some(()) },
+            || async { (shard.primary.num_idle() >= 1).then_some(()) },
         )
         .await;
     }

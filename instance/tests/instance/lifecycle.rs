@@ -178,3 +178,53 @@ async fn a_waiting_instance_reports_what_its_retained_data_holds_and_starts_only
         .get(0);
     assert_eq!(count, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leftover_initdb_directory_is_removed_and_initdb_is_done_again() {
+    let cluster = Cluster::new(Options::default());
+    let leftover = cluster.pods[0].volume.join("pgdata.initdb.tmp");
+    std::fs::create_dir_all(leftover.join("base")).expect("mkdir");
+    std::fs::write(leftover.join("PG_VERSION"), "15\n").expect("write");
+    give_to_service_user(&cluster.pods[0].volume);
+    cluster.name_primary("db-0");
+    let mut node = cluster.start(0);
+    node.wait_ready(InstanceRole::Primary).await;
+    assert!(!leftover.exists(), "the half-made cluster was removed");
+
+    // `status` prints the same document the port serves.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_scaled-instance"))
+        .arg("status")
+        .arg("--url")
+        .arg(format!("http://127.0.0.1:{}", node.pod.status_port))
+        .output()
+        .expect("run status");
+    assert!(output.status.success());
+    let printed: scaled_contract::instance::InstanceStatus =
+        serde_json::from_slice(&output.stdout).expect("a status document");
+    assert_eq!(printed.role, InstanceRole::Primary);
+    assert_eq!(printed.pod, "db-0");
+}
+
+#[test]
+fn copy_to_installs_an_executable_copy_of_the_binary() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_scaled-instance"))
+        .arg("copy-to")
+        .arg(dir.path())
+        .output()
+        .expect("run copy-to");
+    assert!(output.status.success(), "{output:?}");
+    let copy = dir.path().join("scaled-instance");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&copy).expect("stat").permissions().mode() & 0o777;
+    assert_eq!(mode, 0o755);
+    assert_eq!(
+        std::fs::read(&copy).expect("read the copy"),
+        std::fs::read(env!("CARGO_BIN_EXE_scaled-instance")).expect("read the original")
+    );
+    let version = std::process::Command::new(&copy)
+        .arg("--version")
+        .output()
+        .expect("the copy runs");
+    assert!(String::from_utf8_lossy(&version.stdout).starts_with("scaled-instance "));
+}
