@@ -185,6 +185,7 @@ async fn reads_use_replicas_fall_back_when_one_stops_and_the_writer_reads_its_wr
 async fn a_stopped_primary_makes_its_shards_writes_503_while_the_other_shard_works() {
     let stack = own_stack();
     let app = app_on(&stack, |config| config.database.acquire_timeout_ms = 500).await;
+    app.wait_for_standing_connections().await;
     let on_zero = app.create_user_on(0).await;
     let on_one = app.create_user_on(1).await;
     stack.shards[0].primary.stop();
@@ -456,16 +457,7 @@ async fn an_exhausted_pool_answers_503_quickly_instead_of_queueing() {
         config.database.acquire_timeout_ms = 200;
     })
     .await;
-    // poolSize connections stay open. Wait for them, so the 200 ms budget measures queueing
-    // behind a held connection, not a SCRAM connection set-up on a loaded machine.
-    for shard in &app.state.cluster.topology().shards {
-        eventually(
-            "the pool's standing connection",
-            Duration::from_secs(30),
-            || async { (shard.primary.num_idle() >= 1).then_some(()) },
-        )
-        .await;
-    }
+    app.wait_for_standing_connections().await;
     let user = app.create_user().await;
     let user_id = user["id"].as_i64().expect("id");
     // Hold the shard's only primary connection.

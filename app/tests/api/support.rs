@@ -768,6 +768,20 @@ impl TestApp {
         }
     }
 
+    /// Waits until every shard primary's pool holds an idle connection (poolSize connections
+    /// stay open), so a short acquire timeout measures queueing, not a connection set-up (SCRAM,
+    /// a backend fork) on a loaded machine.
+    pub async fn wait_for_standing_connections(&self) {
+        for shard in &self.state.cluster.topology().shards {
+            eventually(
+                "the pool's standing connection",
+                Duration::from_secs(30),
+                || async { (shard.primary.num_idle() >= 1).then_some(()) },
+            )
+            .await;
+        }
+    }
+
     /// `POST path` with a JSON body.
     pub async fn post(&self, path: &str, body: &Value) -> reqwest::Response {
         let response = self
