@@ -175,15 +175,18 @@ async fn a_primary_that_cannot_read_the_record_fences_itself_within_fence_after_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_primary_fences_at_once_when_the_record_names_another_pod_and_then_follows_it() {
     let cluster = Cluster::new(Options {
-        instances: 2,
+        instances: 3,
         fence_after_seconds: 300,
+        reclone_after_seconds: 10,
         ..Options::default()
     });
     cluster.name_primary("db-0");
     let mut old = cluster.start(0);
     let mut new = cluster.start(1);
+    let mut other = cluster.start(2);
     old.wait_ready(InstanceRole::Primary).await;
     new.wait_ready(InstanceRole::Replica).await;
+    other.wait_ready(InstanceRole::Replica).await;
     let open = old.app().await;
     open.batch_execute("CREATE TABLE orders (id int)")
         .await
@@ -246,6 +249,38 @@ async fn a_primary_fences_at_once_when_the_record_names_another_pod_and_then_fol
         READY_TIMEOUT,
         || async {
             old_app
+                .query_opt("SELECT 1 FROM orders WHERE id = 3", &[])
+                .await
+                .ok()
+                .flatten()
+        },
+    )
+    .await;
+    // The third pod switched its upstream by a reload, and follows the new timeline. (Had it
+    // received WAL the new primary never got, it would be cloned again instead; either way it
+    // ends up following db-1.)
+    other
+        .wait_status(
+            "the other replica following db-1",
+            READY_TIMEOUT,
+            |status| {
+                status.ready
+                    && status.primary_pod.as_deref() == Some("db-1")
+                    && status.timeline == Some(2)
+            },
+        )
+        .await;
+    let log = std::fs::read_to_string(&other.pod.log).expect("log");
+    assert!(
+        log.contains("Retargeted"),
+        "the replica was retargeted, not restarted"
+    );
+    let other_app = other.app().await;
+    eventually(
+        "the new primary's row on the other replica",
+        READY_TIMEOUT,
+        || async {
+            other_app
                 .query_opt("SELECT 1 FROM orders WHERE id = 3", &[])
                 .await
                 .ok()
