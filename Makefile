@@ -37,7 +37,10 @@ fmt-check:
 clippy:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
+# The app's integration tests run Postgres through the scaled-instance binary: build it first
+# (cargo test builds only the binaries of the package under test).
 unit:
+	$(CARGO) build -p scaled-instance
 	$(CARGO) test --workspace --exclude scaled-e2e
 
 e2e: deps

@@ -47,6 +47,9 @@ mkdir -p "$OUT"
 export SCALED_CONFIG="$STACK/config.json"
 SCALED_SESSION_SECRET=$(cat "$STACK/session-secret")
 export SCALED_SESSION_SECRET
+# The stack's Postgres asks for passwords (SCRAM): the app role's for `seed`, psql and pgbench.
+SCALED_DATABASE_PASSWORD=$(cat "$STACK/app-password")
+export SCALED_DATABASE_PASSWORD PGPASSWORD="$SCALED_DATABASE_PASSWORD"
 
 # psql on shard N's primary; prints the bare value.
 sql() { # shard query

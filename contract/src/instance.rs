@@ -31,6 +31,20 @@ pub const INSTANCE_SCHEMA_VERSION: u32 = 1;
 pub const PRIMARY_POD_FIELD: &str = "primaryPod";
 /// Name of the file, inside the data directory, that records which ScaledApp shard created it.
 pub const IDENTITY_FILE: &str = "scaled-instance.json";
+/// Name of the settings file, inside the data directory, that the instance manager rewrites on
+/// every start and includes from `postgresql.conf`.
+pub const SETTINGS_FILE: &str = "scaled.conf";
+
+/// [`InstanceProblem::reason`]: the data directory holds another major version than the server.
+pub const REASON_MAJOR_VERSION_MISMATCH: &str = "MajorVersionMismatch";
+/// [`InstanceProblem::reason`]: the data directory was not created for this ScaledApp shard (no
+/// or another [`IDENTITY_FILE`], or files without `PG_VERSION`).
+pub const REASON_FOREIGN_DATA_DIRECTORY: &str = "ForeignDataDirectory";
+/// [`InstanceProblem::reason`]: the [`InstanceConfig`] has a schema version this build does not
+/// know.
+pub const REASON_UNSUPPORTED_CONFIG: &str = "UnsupportedConfig";
+/// [`InstanceProblem::reason`]: the replica could not follow its primary and was cloned again.
+pub const REASON_RECLONED: &str = "Recloned";
 
 /// Environment variable: this pod's name (downward API).
 pub const ENV_INSTANCE_POD: &str = "SCALED_POD_NAME";
@@ -76,7 +90,14 @@ pub struct InstanceConfig {
     /// beyond this count.
     pub instances: u32,
     /// Settings written into `postgresql.conf` (the instance manager adds the ones it owns:
-    /// `port`, `listen_addresses`, `hba_file`, `primary_conninfo`, `primary_slot_name`).
+    /// `port`, `listen_addresses`, `unix_socket_directories`, `hba_file`, `wal_log_hints`,
+    /// `hot_standby`, `synchronous_standby_names`, `primary_conninfo`, `primary_slot_name`; a
+    /// value given here for one of those is ignored with a warning). `max_connections` is the
+    /// operator's to size from the connection budget; it must be equal on every instance of a
+    /// shard (a hot standby refuses a lower value than its primary). When absent, the manager
+    /// fills `max_wal_senders` and `max_replication_slots` (enough for every instance) and
+    /// `max_slot_wal_keep_size` (a fifth of the data volume), so a dead replica's slot cannot
+    /// fill the primary's disk.
     pub parameters: BTreeMap<String, String>,
     /// Whether commits wait for one replica (`synchronous_standby_names = 'ANY 1 (*)'`).
     pub synchronous_replication: bool,
@@ -87,6 +108,22 @@ pub struct InstanceConfig {
     pub postgres_port: u16,
     /// Port of the instance manager's HTTP endpoints.
     pub status_port: u16,
+    /// A replica that has neither streamed from nor replayed WAL of its primary for this long,
+    /// while that primary answers, is checked: when its slot is missing or invalidated, its
+    /// timeline diverged, or it still does not stream, it is cloned again.
+    #[serde(default = "default_reclone_after_seconds")]
+    pub reclone_after_seconds: u32,
+    /// Limit for `pg_basebackup --max-rate` when cloning the primary, in KiB/s, so a clone does
+    /// not saturate the primary's disk or network; absent = unlimited.
+    #[serde(default)]
+    pub clone_max_rate_kib_per_second: Option<u32>,
+}
+
+/// Default of [`InstanceConfig::reclone_after_seconds`].
+pub const DEFAULT_RECLONE_AFTER_SECONDS: u32 = 60;
+
+fn default_reclone_after_seconds() -> u32 {
+    DEFAULT_RECLONE_AFTER_SECONDS
 }
 
 /// The role an instance is in, as the instance manager reports it.
@@ -143,7 +180,11 @@ pub struct InstanceStatus {
     /// Current timeline.
     #[serde(default)]
     pub timeline: Option<u32>,
-    /// Primary: `pg_current_wal_lsn()`, as bytes since 0/0.
+    /// Primary: `pg_current_wal_lsn()`, as bytes since 0/0. While Postgres is not running
+    /// (roles `Pending`, `Fenced`, and `Refused` when the data directory is readable): the
+    /// latest checkpoint location from `pg_control` (`pg_controldata`), which is how far this
+    /// data directory's history is known to reach; the operator compares it between retained
+    /// volumes to choose the first primary.
     #[serde(default)]
     pub current_lsn: Option<u64>,
     /// Replica: `pg_last_wal_receive_lsn()` (written and flushed by the WAL receiver).
@@ -233,6 +274,20 @@ mod tests {
     #[test]
     fn slot_names_are_legal_postgres_identifiers() {
         assert_eq!(slot_name("shop-shard-1-2"), "shop_shard_1_2");
+    }
+
+    #[test]
+    fn a_config_without_the_later_fields_gets_their_defaults() {
+        let config: InstanceConfig = serde_json::from_str(
+            r#"{"schemaVersion":1,"scaledApp":"shop","dataDir":"/data/pgdata","database":"app",
+                "appUser":"app","replicationUser":"replicator","instances":3,"parameters":{},
+                "synchronousReplication":false,"fenceAfterSeconds":10,"postgresPort":5432,
+                "statusPort":8008}"#,
+        )
+        .expect("a config of the first layout parses");
+        assert_eq!(config.reclone_after_seconds, DEFAULT_RECLONE_AFTER_SECONDS);
+        assert_eq!(config.clone_max_rate_kib_per_second, None);
+        assert_eq!(config.bin_dir, None);
     }
 
     #[test]

@@ -235,6 +235,7 @@ async fn reads_use_replicas_fall_back_when_one_stops_and_the_writer_reads_its_wr
 async fn a_stopped_primary_makes_its_shards_writes_503_while_the_other_shard_works() {
     let stack = own_stack();
     let app = app_on(&stack, |config| config.database.acquire_timeout_ms = 500).await;
+    app.wait_for_standing_connections().await;
     let on_zero = app.create_user_on(0).await;
     let on_one = app.create_user_on(1).await;
     // Signing in reads the primaries: sign in while they are up.
@@ -315,6 +316,7 @@ fn spawn_worker(config_path: &std::path::Path, pod: &str, ack_delay_ms: u64) -> 
         ])
         .arg(format!("--ack-delay-ms={ack_delay_ms}"))
         .env("SCALED_CONFIG", config_path)
+        .env("SCALED_DATABASE_PASSWORD", crate::support::APP_PASSWORD)
         .env("SCALED_SESSION_SECRET", "test")
         .env("SCALED_POD_NAME", pod)
         .env("RUST_LOG", "warn")
@@ -429,6 +431,9 @@ async fn the_shard_map_is_reloaded_from_the_config_file_without_a_restart() {
         scaled_app::config::Secret::new("s"),
     );
     settings.config_path = Some(path.clone());
+    settings.database_password = Some(scaled_app::config::Secret::new(
+        crate::support::APP_PASSWORD,
+    ));
     let application = scaled_app::startup::Application::build(settings)
         .await
         .expect("starts");
@@ -467,6 +472,7 @@ async fn the_server_binary_finishes_every_request_in_flight_on_sigterm_and_exits
         .env("SCALED_CONFIG", &path)
         // The test app's secret, so sessions opened through it are valid in the binary too.
         .env("SCALED_SESSION_SECRET", crate::support::SESSION_SECRET)
+        .env("SCALED_DATABASE_PASSWORD", crate::support::APP_PASSWORD)
         .env("RUST_LOG", "warn")
         .spawn()
         .expect("start the server binary");
@@ -567,6 +573,7 @@ async fn an_exhausted_pool_answers_503_quickly_instead_of_queueing() {
         config.database.acquire_timeout_ms = 200;
     })
     .await;
+    app.wait_for_standing_connections().await;
     // Set-up shares the one connection per primary with the relay, so on a busy machine a step
     // may meet the very 503 this test is about: retry set-up steps, not the assertion.
     let email = format!("pool-{}@example.org", hex_token());

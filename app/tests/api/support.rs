@@ -1,14 +1,22 @@
-//! Test harness: real Postgres (two shards, each a primary plus a streaming replica made with
-//! `pg_basebackup -R`) and a real redis-server, on free loopback ports in temporary directories.
+//! Test harness: real Postgres (two shards, each a primary plus a streaming replica, both run by
+//! the `scaled-instance` manager with SCRAM passwords, as in a pod) and a real redis-server, on
+//! free loopback ports in temporary directories.
 //!
 //! One shared stack serves most tests (each test gets its own database, cloned from a migrated
 //! template, and its own Redis database number); fault tests start stacks of their own. Every
 //! stack has a watchdog process that stops it when the test binary exits, because a `static`
 //! is never dropped. Postgres refuses to run as root, so as root the servers run as the
 //! unprivileged user `scaledtest` (created on first use).
+//!
+//! The app connects as the `app` role with [`APP_PASSWORD`]; set-up (creating databases) uses the
+//! superuser over the Unix socket, the only way the manager's `pg_hba.conf` lets it in. The
+//! manager binary is `target/<profile>/scaled-instance` (built by `make unit`, or
+//! `cargo build -p scaled-instance`), or `$SCALED_INSTANCE_BIN`.
 
 use std::{
-    net::TcpListener,
+    io::{Read, Write},
+    net::{TcpListener, TcpStream},
+    os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{
@@ -32,11 +40,37 @@ use tokio_util::sync::CancellationToken;
 
 const SERVICE_USER: &str = "scaledtest";
 const TEMPLATE_DATABASE: &str = "template_app";
+/// Password of the `app` role on every test server.
+pub const APP_PASSWORD: &str = "app-test-password";
+const SUPERUSER_PASSWORD: &str = "superuser-test-password";
+const REPLICATION_PASSWORD: &str = "replication-test-password";
+/// How long a shard may take to come up on a loaded machine.
+const START_TIMEOUT: Duration = Duration::from_secs(180);
 
-fn pg_bin(tool: &str) -> PathBuf {
-    let dir =
-        std::env::var("SCALED_PG_BIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into());
-    Path::new(&dir).join(tool)
+/// The instance manager's executable.
+fn instance_binary() -> PathBuf {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY
+        .get_or_init(|| {
+            if let Ok(path) = std::env::var("SCALED_INSTANCE_BIN") {
+                return PathBuf::from(path);
+            }
+            // target/<profile>/deps/api-<hash> -> target/<profile>/scaled-instance
+            let test_binary = std::env::current_exe().expect("the test binary's path");
+            let candidate = test_binary
+                .parent()
+                .and_then(Path::parent)
+                .map(|profile| profile.join("scaled-instance"))
+                .expect("the test binary lives in target/<profile>/deps");
+            assert!(
+                candidate.is_file(),
+                "the Postgres instance manager is missing at {}: run `cargo build -p \
+                 scaled-instance` first (`make unit` does), or set SCALED_INSTANCE_BIN",
+                candidate.display()
+            );
+            candidate
+        })
+        .clone()
 }
 
 fn is_root() -> bool {
@@ -50,15 +84,22 @@ fn is_root() -> bool {
     })
 }
 
-/// A command run as the unprivileged service user when we are root.
-fn service_command(program: &Path) -> Command {
-    if is_root() {
-        let mut command = Command::new("runuser");
-        command.args(["-u", SERVICE_USER, "--"]).arg(program);
-        command
-    } else {
-        Command::new(program)
+/// `(uid, gid)` of the service user when running as root (creating the user first).
+fn service_ids() -> Option<(u32, u32)> {
+    if !is_root() {
+        return None;
     }
+    create_service_user();
+    let id = |flag: &str| {
+        Command::new("id")
+            .arg(flag)
+            .arg(SERVICE_USER)
+            .output()
+            .ok()
+            .and_then(|output| String::from_utf8_lossy(&output.stdout).trim().parse().ok())
+            .expect("the service user has ids")
+    };
+    Some((id("-u"), id("-g")))
 }
 
 fn run(command: &mut Command, what: &str) {
@@ -73,10 +114,7 @@ fn run(command: &mut Command, what: &str) {
     );
 }
 
-fn prepare_directory(dir: &Path) {
-    if !is_root() {
-        return;
-    }
+fn create_service_user() {
     static USER: OnceLock<()> = OnceLock::new();
     USER.get_or_init(|| {
         let exists = Command::new("id")
@@ -97,6 +135,13 @@ fn prepare_directory(dir: &Path) {
             );
         }
     });
+}
+
+fn prepare_directory(dir: &Path) {
+    if !is_root() {
+        return;
+    }
+    create_service_user();
     run(
         Command::new("chown")
             .arg("-R")
@@ -114,111 +159,177 @@ pub fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
-/// One Postgres server.
+/// One Postgres server: a `scaled-instance run` process (and its postgres) in a process group
+/// of its own.
 pub struct Postgres {
     data: PathBuf,
     socket_dir: PathBuf,
-    log: PathBuf,
+    process: Mutex<Option<Child>>,
+    group: i32,
     /// Loopback port.
     pub port: u16,
 }
 
 impl Postgres {
-    fn init(dir: &Path, name: &str) -> Self {
-        let server = Self::layout(dir, name);
-        run(
-            service_command(&pg_bin("initdb"))
-                .arg("-D")
-                .arg(&server.data)
-                .args([
-                    "-U",
-                    "app",
-                    "--auth=trust",
-                    "-N",
-                    "-E",
-                    "UTF8",
-                    "--locale=C",
-                ]),
-            "initdb",
-        );
-        server
-    }
-
-    fn replica_of(primary: &Postgres, dir: &Path, name: &str) -> Self {
-        let server = Self::layout(dir, name);
-        run(
-            service_command(&pg_bin("pg_basebackup"))
-                .args([
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    &primary.port.to_string(),
-                    "-U",
-                    "app",
-                    "-D",
-                ])
-                .arg(&server.data)
-                .args(["-R", "-X", "stream", "-c", "fast"]),
-            "pg_basebackup",
-        );
-        server
-    }
-
-    fn layout(dir: &Path, name: &str) -> Self {
-        let socket_dir = dir.join(format!("{name}-socket"));
+    /// Starts pod `<shard>-<ordinal>` of a shard whose record names `<shard>-0` primary.
+    fn spawn(dir: &Path, shard: &str, ordinal: u32, ports: &[(u16, u16)]) -> Self {
+        let pod = format!("{shard}-{ordinal}");
+        let volume = dir.join(&pod);
+        let socket_dir = dir.join(format!("{pod}-socket"));
+        std::fs::create_dir_all(&volume).expect("create the volume directory");
         std::fs::create_dir_all(&socket_dir).expect("create the socket directory");
+        let record = dir.join(format!("{shard}.primary"));
+        std::fs::write(&record, format!("{shard}-0\n")).expect("write the primary record");
+        let (port, status_port) = ports[ordinal as usize];
+        let config = json!({
+            "schemaVersion": 1,
+            "scaledApp": "apptest",
+            "dataDir": volume.join("pgdata"),
+            "binDir": std::env::var("SCALED_PG_BIN").ok(),
+            "database": "app",
+            "appUser": "app",
+            "replicationUser": "replicator",
+            "instances": ports.len(),
+            "parameters": {
+                "fsync": "off",
+                "full_page_writes": "off",
+                "max_connections": "400",
+                "shared_buffers": "32MB",
+                "max_wal_senders": "10",
+                "log_min_messages": "warning",
+            },
+            "synchronousReplication": false,
+            "fenceAfterSeconds": 3600,
+            "postgresPort": port,
+            "statusPort": status_port,
+        });
+        let config_path = dir.join(format!("{pod}.json"));
+        std::fs::write(&config_path, config.to_string()).expect("write the instance config");
+        prepare_directory(&volume);
         prepare_directory(&socket_dir);
+        let log = std::fs::File::create(dir.join(format!("{pod}.log"))).expect("create the log");
+        let mut command = Command::new(instance_binary());
+        if let Some((uid, gid)) = service_ids() {
+            command.uid(uid).gid(gid);
+        }
+        command
+            .arg("run")
+            .arg("--config")
+            .arg(&config_path)
+            .arg("--primary-file")
+            .arg(&record)
+            .arg("--socket-dir")
+            .arg(&socket_dir)
+            .args([
+                "--http-address",
+                "127.0.0.1",
+                "--listen-addresses",
+                "127.0.0.1",
+            ])
+            .args(["--tick-ms", "250"]);
+        for (other, (other_port, _)) in ports.iter().enumerate() {
+            command
+                .arg("--peer")
+                .arg(format!("{shard}-{other}=127.0.0.1:{other_port}"));
+        }
+        let child = command
+            .env("SCALED_POD_NAME", &pod)
+            .env("SCALED_NAMESPACE", "apptest")
+            .env("SCALED_SHARD", "0")
+            .env("SCALED_SUPERUSER_PASSWORD", SUPERUSER_PASSWORD)
+            .env("SCALED_REPLICATION_PASSWORD", REPLICATION_PASSWORD)
+            .env("SCALED_DATABASE_PASSWORD", APP_PASSWORD)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone the log handle"))
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .expect("start scaled-instance");
+        let group = child.id() as i32;
         Postgres {
-            data: dir.join(name),
-            log: dir.join(format!("{name}.log")),
+            data: volume.join("pgdata"),
             socket_dir,
-            port: free_port(),
+            process: Mutex::new(Some(child)),
+            group,
+            port,
+        }
+        .wait_ready(status_port, &pod, dir)
+    }
+
+    fn wait_ready(self, status_port: u16, pod: &str, dir: &Path) -> Self {
+        let deadline = Instant::now() + START_TIMEOUT;
+        while !http_ok(status_port, "/readyz") {
+            let exited = self
+                .process
+                .lock()
+                .expect("process lock")
+                .as_mut()
+                .and_then(|child| child.try_wait().ok().flatten());
+            let log =
+                || std::fs::read_to_string(dir.join(format!("{pod}.log"))).unwrap_or_default();
+            assert!(
+                exited.is_none(),
+                "{pod}'s instance manager exited: {exited:?}\n{}",
+                log()
+            );
+            assert!(
+                Instant::now() < deadline,
+                "{pod} did not become ready\n{}",
+                log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self
+    }
+
+    /// Stops the server at once (like a crash): an immediate shutdown, which ends every backend
+    /// (they run in sessions of their own, out of reach of a signal to the manager's group),
+    /// then the manager is killed.
+    pub fn stop(&self) {
+        if let Some(postmaster) = self.postmaster_pid() {
+            let _ = Command::new("kill")
+                .args(["-s", "QUIT", &postmaster.to_string()])
+                .stderr(Stdio::null())
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Path::new(&format!("/proc/{postmaster}")).exists() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        // `--` and `-s`: procps kill reads `-9 -<pgid>` differently and signals nothing.
+        let _ = Command::new("kill")
+            .args(["-s", "KILL", "--", &format!("-{}", self.group)])
+            .stderr(Stdio::null())
+            .status();
+        if let Some(mut child) = self.process.lock().expect("process lock").take() {
+            let _ = child.wait();
         }
     }
 
-    /// Starts the server and waits until it accepts connections.
-    pub fn start(&self) {
-        let options = format!(
-            "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off -c full_page_writes=off \
-             -c max_connections=400 -c shared_buffers=32MB -c max_wal_senders=10",
-            self.port,
-            self.socket_dir.display()
-        );
-        run(
-            service_command(&pg_bin("pg_ctl"))
-                .arg("-D")
-                .arg(&self.data)
-                .arg("-l")
-                .arg(&self.log)
-                .args(["-w", "-t", "60", "-o", &options, "start"]),
-            "pg_ctl start",
-        );
-    }
-
-    /// Stops the server at once (like a crash).
-    pub fn stop(&self) {
-        let _ = service_command(&pg_bin("pg_ctl"))
-            .arg("-D")
-            .arg(&self.data)
-            .args(["-m", "immediate", "-w", "stop"])
-            .output();
+    fn postmaster_pid(&self) -> Option<u32> {
+        std::fs::read_to_string(self.data.join("postmaster.pid"))
+            .ok()?
+            .lines()
+            .next()?
+            .trim()
+            .parse()
+            .ok()
     }
 
     /// Makes a replica apply WAL only after `delay` (replication lag on demand).
     pub fn set_apply_delay(&self, delay: Duration) {
-        use std::io::Write;
+        // After the include of the manager's settings, so it wins.
         let mut file = std::fs::OpenOptions::new()
             .append(true)
             .open(self.data.join("postgresql.conf"))
             .expect("open postgresql.conf");
         writeln!(file, "recovery_min_apply_delay = '{}ms'", delay.as_millis())
             .expect("append the delay");
+        let postmaster = self.postmaster_pid().expect("postgres runs");
         run(
-            service_command(&pg_bin("pg_ctl"))
-                .arg("-D")
-                .arg(&self.data)
-                .arg("reload"),
-            "pg_ctl reload",
+            Command::new("kill").args(["-s", "HUP", &postmaster.to_string()]),
+            "reload postgres",
         );
     }
 
@@ -228,17 +339,22 @@ impl Postgres {
     }
 
     fn stop_command(&self) -> String {
-        let prefix = if is_root() {
-            format!("runuser -u {SERVICE_USER} -- ")
-        } else {
-            String::new()
-        };
-        format!(
-            "{prefix}{} -D {} -m immediate stop >/dev/null 2>&1",
-            pg_bin("pg_ctl").display(),
-            self.data.display()
-        )
+        format!("kill -9 -{} 2>/dev/null", self.group)
     }
+}
+
+/// Whether `GET path` on the loopback `port` answers 200.
+fn http_ok(port: u16, path: &str) -> bool {
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    if write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response.starts_with("HTTP/1.0 200") || response.starts_with("HTTP/1.1 200")
 }
 
 /// One redis-server.
@@ -347,11 +463,10 @@ impl Stack {
                 .map(|index| {
                     let dir = &dir;
                     scope.spawn(move || {
-                        let primary = Postgres::init(dir, &format!("shard{index}-primary"));
-                        primary.start();
-                        let replica =
-                            Postgres::replica_of(&primary, dir, &format!("shard{index}-replica"));
-                        replica.start();
+                        let shard = format!("shard{index}");
+                        let ports = [(free_port(), free_port()), (free_port(), free_port())];
+                        let primary = Postgres::spawn(dir, &shard, 0, &ports);
+                        let replica = Postgres::spawn(dir, &shard, 1, &ports);
                         ShardServers { primary, replica }
                     })
                 })
@@ -417,9 +532,9 @@ impl Stack {
             .expect("a runtime for set-up");
         runtime.block_on(async {
             for shard in &self.shards {
-                let mut admin = connect(&shard.primary, "postgres").await;
+                let mut admin = connect_admin(&shard.primary).await;
                 sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "CREATE DATABASE {TEMPLATE_DATABASE}"
+                    "CREATE DATABASE {TEMPLATE_DATABASE} OWNER app"
                 )))
                 .execute(&mut admin)
                 .await
@@ -463,9 +578,9 @@ impl Stack {
         );
         let _guard = CREATING.lock().await;
         for shard in &self.shards {
-            let mut admin = connect(&shard.primary, "postgres").await;
+            let mut admin = connect_admin(&shard.primary).await;
             sqlx::query(sqlx::AssertSqlSafe(format!(
-                "CREATE DATABASE {name} TEMPLATE {TEMPLATE_DATABASE}"
+                "CREATE DATABASE {name} TEMPLATE {TEMPLATE_DATABASE} OWNER app"
             )))
             .execute(&mut admin)
             .await
@@ -508,7 +623,21 @@ fn options(server: &Postgres, database: &str) -> PgConnectOptions {
         .host("127.0.0.1")
         .port(server.port)
         .username("app")
+        .password(APP_PASSWORD)
         .database(database)
+}
+
+/// The superuser over the Unix socket (it may not log in over TCP).
+async fn connect_admin(server: &Postgres) -> PgConnection {
+    let options = PgConnectOptions::new()
+        .socket(&server.socket_dir)
+        .port(server.port)
+        .username("postgres")
+        .password(SUPERUSER_PASSWORD)
+        .database("postgres");
+    PgConnection::connect_with(&options)
+        .await
+        .expect("connect to a test server as the superuser")
 }
 
 async fn connect(server: &Postgres, database: &str) -> PgConnection {
@@ -609,6 +738,7 @@ impl TestApp {
     ) -> TestApp {
         let mut settings = Settings::from_runtime(config.clone(), Secret::new(SESSION_SECRET));
         tweak(&mut settings);
+        settings.database_password = Some(Secret::new(APP_PASSWORD));
         let application = Application::build(settings).await.expect("the app starts");
         let address = format!("http://{}", application.http_addr());
         let metrics_address = format!("http://{}", application.metrics_addr());
@@ -649,6 +779,20 @@ impl TestApp {
             },
         )
         .await;
+    }
+
+    /// Waits until every shard primary's pool holds an idle connection (poolSize connections
+    /// stay open), so a short acquire timeout measures queueing, not a connection set-up (SCRAM,
+    /// a backend fork) on a loaded machine.
+    pub async fn wait_for_standing_connections(&self) {
+        for shard in &self.state.cluster.topology().shards {
+            eventually(
+                "the pool's standing connection",
+                Duration::from_secs(30),
+                || async { (shard.primary.num_idle() >= 1).then_some(()) },
+            )
+            .await;
+        }
     }
 
     /// `POST path` with a JSON body.

@@ -21,9 +21,10 @@ use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use scaled_contract::instance::{
-    ENV_APP_PASSWORD, ENV_INSTANCE_NAMESPACE, ENV_INSTANCE_PEER_DOMAIN, ENV_INSTANCE_POD,
-    ENV_INSTANCE_SHARD, ENV_REPLICATION_PASSWORD, ENV_SUPERUSER_PASSWORD, INSTANCE_CONFIG_DIR,
-    INSTANCE_CONFIG_KEY, INSTANCE_SCHEMA_VERSION, INSTANCE_STATUS_PORT, InstanceConfig,
+    DEFAULT_RECLONE_AFTER_SECONDS, ENV_APP_PASSWORD, ENV_INSTANCE_NAMESPACE,
+    ENV_INSTANCE_PEER_DOMAIN, ENV_INSTANCE_POD, ENV_INSTANCE_SHARD, ENV_REPLICATION_PASSWORD,
+    ENV_SUPERUSER_PASSWORD, INSTANCE_CONFIG_DIR, INSTANCE_CONFIG_KEY, INSTANCE_SCHEMA_VERSION,
+    INSTANCE_STATUS_PORT, InstanceConfig,
 };
 
 use super::app::CONFIG_HASH_ANNOTATION;
@@ -105,6 +106,8 @@ pub fn instance_config(app: &ValidatedApp) -> InstanceConfig {
         fence_after_seconds: app.spec.database.failover.fence_after_seconds as u32,
         postgres_port: POSTGRES_PORT as u16,
         status_port: INSTANCE_STATUS_PORT,
+        reclone_after_seconds: DEFAULT_RECLONE_AFTER_SECONDS,
+        clone_max_rate_kib_per_second: None,
     }
 }
 

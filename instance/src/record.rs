@@ -1,0 +1,328 @@
+//! The primary record: which pod the operator named as the shard's primary, read from the
+//! ScaledApp's status through the Kubernetes API, or from a file (host-process tests).
+//!
+//! Three answers, and the difference matters to the split-brain guard: a pod is named; no pod
+//! is named yet; or the record could not be read (API unreachable, token refused, file
+//! missing). Only a read that names this pod confirms it may be primary.
+
+use std::{path::PathBuf, time::Duration};
+
+use scaled_contract::instance::PRIMARY_POD_FIELD;
+use serde_json::Value;
+
+use crate::settings::SourceSettings;
+
+/// Where service-account credentials are mounted in every pod.
+pub const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+/// How long one read of the record may take; the guard reads every tick.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// What the record says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Record {
+    /// This pod is the shard's primary.
+    Named(String),
+    /// The operator has not named a primary yet.
+    NotChosen,
+    /// The record could not be read; the text says why.
+    Unknown(String),
+}
+
+/// Errors while setting up a source.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    /// A Kubernetes environment variable is missing (not running in a pod?).
+    #[error("failed to find {0} in the environment: is this running in a pod?")]
+    MissingEnv(&'static str),
+    /// The cluster CA could not be read or parsed.
+    #[error("failed to load the cluster CA {path}")]
+    Ca {
+        /// File read.
+        path: PathBuf,
+        /// What went wrong.
+        detail: String,
+    },
+    /// The HTTP client could not be built.
+    #[error("failed to build the API client")]
+    Client(#[source] reqwest::Error),
+}
+
+/// Reads the record.
+#[derive(Debug)]
+pub enum PrimarySource {
+    /// From the Kubernetes API.
+    Api(ApiSource),
+    /// From a file holding the pod name.
+    File(PathBuf),
+}
+
+impl PrimarySource {
+    /// The source the settings ask for.
+    pub fn from_settings(
+        source: &SourceSettings,
+        namespace: &str,
+        scaled_app: &str,
+        shard: u32,
+    ) -> Result<Self, RecordError> {
+        match source {
+            SourceSettings::File(path) => Ok(PrimarySource::File(path.clone())),
+            SourceSettings::Api => Ok(PrimarySource::Api(ApiSource::in_cluster(
+                namespace, scaled_app, shard,
+            )?)),
+        }
+    }
+
+    /// Reads the record once.
+    pub async fn read(&self) -> Record {
+        match self {
+            PrimarySource::Api(api) => api.read().await,
+            PrimarySource::File(path) => match tokio::fs::read_to_string(path).await {
+                Ok(text) => match text.trim() {
+                    "" => Record::NotChosen,
+                    pod => Record::Named(pod.to_string()),
+                },
+                Err(error) => Record::Unknown(format!("cannot read {}: {error}", path.display())),
+            },
+        }
+    }
+}
+
+/// The ScaledApp's status through the API server.
+#[derive(Debug)]
+pub struct ApiSource {
+    client: reqwest::Client,
+    url: String,
+    token_path: PathBuf,
+    shard: u32,
+}
+
+impl ApiSource {
+    /// In a pod: `https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT` (an IP, so no DNS),
+    /// the service-account CA and token.
+    pub fn in_cluster(namespace: &str, scaled_app: &str, shard: u32) -> Result<Self, RecordError> {
+        let host = std::env::var("KUBERNETES_SERVICE_HOST")
+            .map_err(|_| RecordError::MissingEnv("KUBERNETES_SERVICE_HOST"))?;
+        let port = std::env::var("KUBERNETES_SERVICE_PORT")
+            .map_err(|_| RecordError::MissingEnv("KUBERNETES_SERVICE_PORT"))?;
+        let host = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host
+        };
+        let ca_path = PathBuf::from(SERVICE_ACCOUNT_DIR).join("ca.crt");
+        let ca = std::fs::read(&ca_path).map_err(|error| RecordError::Ca {
+            path: ca_path.clone(),
+            detail: error.to_string(),
+        })?;
+        let certificate = reqwest::Certificate::from_pem(&ca).map_err(|error| RecordError::Ca {
+            path: ca_path.clone(),
+            detail: error.to_string(),
+        })?;
+        let client = reqwest::Client::builder()
+            .add_root_certificate(certificate)
+            .timeout(READ_TIMEOUT)
+            .build()
+            .map_err(RecordError::Client)?;
+        Ok(Self::with_client(
+            client,
+            &format!("https://{host}:{port}"),
+            PathBuf::from(SERVICE_ACCOUNT_DIR).join("token"),
+            namespace,
+            scaled_app,
+            shard,
+        ))
+    }
+
+    /// A source on any API base URL with any client (tests use plain HTTP).
+    pub fn with_client(
+        client: reqwest::Client,
+        base_url: &str,
+        token_path: PathBuf,
+        namespace: &str,
+        scaled_app: &str,
+        shard: u32,
+    ) -> Self {
+        ApiSource {
+            client,
+            url: format!(
+                "{}/apis/scaled.dev/v1alpha1/namespaces/{namespace}/scaledapps/{scaled_app}",
+                base_url.trim_end_matches('/')
+            ),
+            token_path,
+            shard,
+        }
+    }
+
+    /// One GET of the ScaledApp.
+    pub async fn read(&self) -> Record {
+        // Re-read every time: bound service-account tokens are rotated by the kubelet.
+        let token = match tokio::fs::read_to_string(&self.token_path).await {
+            Ok(token) => token.trim().to_string(),
+            Err(error) => {
+                return Record::Unknown(format!(
+                    "cannot read the service-account token {}: {error}",
+                    self.token_path.display()
+                ));
+            }
+        };
+        let response = match self.client.get(&self.url).bearer_auth(token).send().await {
+            Ok(response) => response,
+            Err(error) => {
+                return Record::Unknown(format!("the API server did not answer: {error}"));
+            }
+        };
+        let status = response.status();
+        if !status.is_success() {
+            return Record::Unknown(format!("the API server answered {status}"));
+        }
+        match response.json::<Value>().await {
+            Ok(document) => primary_in_status(&document, self.shard),
+            Err(error) => Record::Unknown(format!("the ScaledApp could not be parsed: {error}")),
+        }
+    }
+}
+
+/// The record in a ScaledApp document: the `status.shards[]` entry whose `index` is `shard`,
+/// field [`PRIMARY_POD_FIELD`].
+pub fn primary_in_status(document: &Value, shard: u32) -> Record {
+    let entry = document
+        .pointer("/status/shards")
+        .and_then(Value::as_array)
+        .and_then(|shards| {
+            shards
+                .iter()
+                .find(|entry| entry.get("index").and_then(Value::as_u64) == Some(u64::from(shard)))
+        });
+    match entry
+        .and_then(|entry| entry.get(PRIMARY_POD_FIELD))
+        .and_then(Value::as_str)
+    {
+        Some(pod) if !pod.is_empty() => Record::Named(pod.to_string()),
+        _ => Record::NotChosen,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn the_shard_entry_with_the_right_index_names_the_primary() {
+        let document = json!({"status": {"shards": [
+            {"index": 0, "primaryPod": "shop-shard-0-1"},
+            {"index": 1, "primaryPod": "shop-shard-1-0"}
+        ]}});
+        assert_eq!(
+            primary_in_status(&document, 0),
+            Record::Named("shop-shard-0-1".into())
+        );
+        assert_eq!(
+            primary_in_status(&document, 1),
+            Record::Named("shop-shard-1-0".into())
+        );
+    }
+
+    #[test]
+    fn an_absent_entry_or_field_means_no_primary_was_chosen() {
+        assert_eq!(primary_in_status(&json!({}), 0), Record::NotChosen);
+        assert_eq!(
+            primary_in_status(&json!({"status": {"shards": [{"index": 0}]}}), 0),
+            Record::NotChosen
+        );
+        assert_eq!(
+            primary_in_status(
+                &json!({"status": {"shards": [{"index": 1, "primaryPod": "x-1"}]}}),
+                0
+            ),
+            Record::NotChosen
+        );
+    }
+
+    /// A fake API server: answers the ScaledApp only to the bearer token in `token`.
+    async fn fake_api(token: &'static str, primary: &'static str) -> String {
+        use axum::{Router, http::HeaderMap, http::StatusCode, routing::get};
+        let app = Router::new().route(
+            "/apis/scaled.dev/v1alpha1/namespaces/shop-ns/scaledapps/shop",
+            get(move |headers: HeaderMap| async move {
+                let authorized = headers
+                    .get("authorization")
+                    .and_then(|value| value.to_str().ok())
+                    == Some(&format!("Bearer {token}"));
+                if !authorized {
+                    return Err(StatusCode::UNAUTHORIZED);
+                }
+                Ok(axum::Json(json!({"status": {"shards": [
+                    {"index": 0, "primaryPod": "shop-shard-0-0"},
+                    {"index": 1, "primaryPod": primary}
+                ]}})))
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = listener.local_addr().expect("address");
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        format!("http://{address}")
+    }
+
+    #[tokio::test]
+    async fn the_api_source_reads_the_shard_entry_and_rereads_a_rotated_token() {
+        let base = fake_api("second-token", "shop-shard-1-2").await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let token = dir.path().join("token");
+        std::fs::write(&token, "first-token\n").expect("write");
+        let source = ApiSource::with_client(
+            reqwest::Client::new(),
+            &base,
+            token.clone(),
+            "shop-ns",
+            "shop",
+            1,
+        );
+        match source.read().await {
+            Record::Unknown(why) => assert!(why.contains("401"), "{why}"),
+            other => panic!("a refused token cannot confirm anything: {other:?}"),
+        }
+        // The kubelet rotated the token: the next read uses the new one.
+        std::fs::write(&token, "second-token\n").expect("write");
+        assert_eq!(source.read().await, Record::Named("shop-shard-1-2".into()));
+        std::fs::remove_file(&token).expect("remove");
+        assert!(matches!(source.read().await, Record::Unknown(_)));
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_api_server_cannot_confirm() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let token = dir.path().join("token");
+        std::fs::write(&token, "t").expect("write");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free port")
+            .port();
+        let source = ApiSource::with_client(
+            reqwest::Client::new(),
+            &format!("http://127.0.0.1:{port}"),
+            token,
+            "shop-ns",
+            "shop",
+            0,
+        );
+        assert!(matches!(source.read().await, Record::Unknown(_)));
+    }
+
+    #[tokio::test]
+    async fn a_missing_file_cannot_confirm_and_an_empty_one_names_nobody() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("primary");
+        let source = PrimarySource::File(path.clone());
+        assert!(matches!(source.read().await, Record::Unknown(_)));
+        std::fs::write(&path, "\n").expect("write");
+        assert_eq!(source.read().await, Record::NotChosen);
+        std::fs::write(&path, "db-0\n").expect("write");
+        assert_eq!(source.read().await, Record::Named("db-0".into()));
+    }
+}
