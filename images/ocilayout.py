@@ -2,7 +2,8 @@
 """Writes and checks OCI image layouts without a container engine (standard library only).
 
   ocilayout.py build  --out DIR --binary PATH --name NAME --ref REF --version V --cmd ARG...
-                      [--port 8080/tcp ...] [--library PATH ...] [--ca-bundle PATH]
+                      [--port 8080/tcp ...] [--library PATH ...] [--extra-binary PATH ...]
+                      [--ca-bundle PATH]
   ocilayout.py check  --layout DIR --name NAME --ref REF --version V --cmd ARG... [--port ...]
   ocilayout.py unpack --layout DIR --into DIR
   ocilayout.py archive --layout DIR --out FILE.tar
@@ -108,6 +109,10 @@ def build(args):
     mtime = epoch()
     entries = {}
     entries[f"{BIN_DIR}/{args.name}"] = ("file", 0o755, 0, 0, read(args.binary))
+    for extra in args.extra_binary:
+        # Statically linked helpers the image carries for other pods (the Postgres instance
+        # manager, copied into Postgres pods by an init container).
+        entries[f"{BIN_DIR}/{os.path.basename(extra)}"] = ("file", 0o755, 0, 0, read(extra))
     for library in args.library:
         # Stored as regular files at the path ldd printed (symlinks resolved).
         entries[library] = ("file", 0o755, 0, 0, read(os.path.realpath(library)))
@@ -350,6 +355,8 @@ def main():
             p.add_argument("--out", required=True)
             p.add_argument("--binary", required=True)
             p.add_argument("--library", action="append", default=[])
+            p.add_argument("--extra-binary", action="append", default=[],
+                           help="another (static) binary, put beside the main one")
             p.add_argument("--ca-bundle", default="/etc/ssl/certs/ca-certificates.crt")
             p.add_argument("--revision", default="")
         else:

@@ -3,7 +3,8 @@
 #
 #   scripts/build-images.sh [operator|app]...     (default: both)
 #
-# 1. cargo build --release the binaries on this machine (x86_64 glibc; dynamically linked);
+# 1. cargo build --release the binaries on this machine (x86_64 glibc; dynamically linked), and
+#    scaled-instance statically linked for the operator image;
 # 2. writes an OCI image layout per image under target/images/<name>/ (oci-layout, index.json,
 #    blobs/sha256/...) with ONE layer: the binary at /usr/local/bin/<name>, the shared libraries
 #    ldd lists for it (with the dynamic loader) so that it runs on an empty base, /etc/passwd and
@@ -44,6 +45,21 @@ done
 log "cargo build --release ${packages[*]}"
 cargo build --release --locked "${packages[@]}"
 
+# The operator image also carries scaled-instance, which an init container copies into every
+# Postgres pod: it runs there as PID 1 whatever libc the Postgres image has (Alpine's musl,
+# Debian's glibc), so it is linked statically. --target keeps the static flag off build scripts
+# and proc macros (and gives it its own artifact directory).
+INSTANCE_STATIC="${TARGET_DIR}/x86_64-unknown-linux-gnu/release/scaled-instance"
+if [[ " ${images[*]} " == *" operator "* ]]; then
+  log "cargo build --release --target x86_64-unknown-linux-gnu -p scaled-instance (static)"
+  RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
+    cargo build --release --locked --target x86_64-unknown-linux-gnu -p scaled-instance
+  if ldd "${INSTANCE_STATIC}" >/dev/null 2>&1 && ! ldd "${INSTANCE_STATIC}" 2>&1 | grep -q "statically linked"; then
+    log "FAILED: ${INSTANCE_STATIC} is not statically linked"
+    exit 1
+  fi
+fi
+
 # The files a dynamically linked binary needs at run time, as ldd resolves them on this machine.
 libraries() {
   ldd "$1" | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }' | sort -u
@@ -58,6 +74,7 @@ for image in "${images[@]}"; do
   args=(--name "${name}" --ref "${ref}" --version "${VERSION}" --cmd "${CMD[${image}]}"
     --out "${OUT}/${name}" --binary "${binary}" --revision "${REVISION}")
   for port in ${PORTS[${image}]}; do args+=(--port "${port}"); done
+  [[ "${image}" != operator ]] || args+=(--extra-binary "${INSTANCE_STATIC}")
   if ldd "${binary}" >/dev/null 2>&1; then
     while read -r library; do args+=(--library "${library}"); done < <(libraries "${binary}")
   fi

@@ -4,6 +4,8 @@
 //! `e2e/run.sh` (via `make e2e`) provides the environment: `KUBECONFIG`, the kubectl and helm
 //! binaries, the operator's metrics address and its audit log.
 
+pub mod real;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};

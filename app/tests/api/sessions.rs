@@ -510,13 +510,17 @@ async fn an_account_without_a_password_gets_one_with_a_one_time_token_from_the_c
     let directory = tempfile::tempdir().expect("tempdir");
     let path = directory.path().join("config.json");
     std::fs::write(&path, app.config.to_json()).expect("write config");
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_scaled-app"))
-        .args(["password-token", "--user-id", &user.id.to_string()])
-        .env("SCALED_CONFIG", &path)
-        .env("SCALED_SESSION_SECRET", SESSION_SECRET)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run password-token");
+    let password_token = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_scaled-app"))
+            .args(["password-token", "--user-id", &user.id.to_string()])
+            .env("SCALED_CONFIG", &path)
+            .env("SCALED_SESSION_SECRET", SESSION_SECRET)
+            .env("SCALED_DATABASE_PASSWORD", crate::support::APP_PASSWORD)
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("run password-token")
+    };
+    let output = password_token();
     assert!(output.status.success(), "{output:?}");
     let token = String::from_utf8(output.stdout)
         .expect("utf-8")
@@ -535,19 +539,10 @@ async fn an_account_without_a_password_gets_one_with_a_one_time_token_from_the_c
     .await;
     assert_eq!(wrong_user.status(), StatusCode::UNAUTHORIZED);
     // ...which used it up: tokens are single-use, whatever happened.
-    let token = String::from_utf8(
-        std::process::Command::new(env!("CARGO_BIN_EXE_scaled-app"))
-            .args(["password-token", "--user-id", &user.id.to_string()])
-            .env("SCALED_CONFIG", &path)
-            .env("SCALED_SESSION_SECRET", SESSION_SECRET)
-            .env("RUST_LOG", "warn")
-            .output()
-            .expect("run password-token")
-            .stdout,
-    )
-    .expect("utf-8")
-    .trim()
-    .to_string();
+    let token = String::from_utf8(password_token().stdout)
+        .expect("utf-8")
+        .trim()
+        .to_string();
     let body = json!({ "token": token, "password": "the legacy user's own" });
     assert_eq!(
         set_password(&app, &json!(user.id), None, &body)
@@ -573,6 +568,7 @@ async fn an_account_without_a_password_gets_one_with_a_one_time_token_from_the_c
         .args(["password-token", "--user-id", "424242"])
         .env("SCALED_CONFIG", &path)
         .env("SCALED_SESSION_SECRET", SESSION_SECRET)
+        .env("SCALED_DATABASE_PASSWORD", crate::support::APP_PASSWORD)
         .output()
         .expect("run password-token");
     assert!(!missing.status.success());
