@@ -236,7 +236,7 @@ pub async fn client_pod(
     eventually(
         "the previous client pod to be gone",
         Duration::from_secs(60),
-        || async { pods.get_opt(name).await.ok()?.is_none().then_some(()) },
+        || async { Ok(pods.get_opt(name).await?.is_none().then_some(())) },
     )
     .await;
     pods.create(&Default::default(), &pod)
@@ -246,9 +246,12 @@ pub async fn client_pod(
         &format!("client pod {name} to finish"),
         Duration::from_secs(180),
         || async {
-            let pod = pods.get(name).await.ok()?;
-            let phase = pod.status?.phase?;
-            matches!(phase.as_str(), "Succeeded" | "Failed").then_some(phase)
+            let pod = pods.get(name).await?;
+            let phase = pod
+                .status
+                .and_then(|status| status.phase)
+                .unwrap_or_default();
+            Ok(matches!(phase.as_str(), "Succeeded" | "Failed").then_some(phase))
         },
     )
     .await;
@@ -273,4 +276,191 @@ pub async fn secret_value(client: &Client, namespace: &str, secret: &str, key: &
         .and_then(|data| data.get(key).cloned())
         .expect("key in secret");
     String::from_utf8(bytes.0).expect("utf-8 secret")
+}
+
+/// What a [`Writer`] saw: every id whose commit was acknowledged, with when.
+#[derive(Debug, Default)]
+pub struct Written {
+    /// Acknowledged ids in order, with the time of the acknowledgement.
+    pub acknowledged: Vec<(i64, std::time::Instant)>,
+    /// When attempts failed (connection refused, read-only, fenced, ...).
+    pub failures: Vec<std::time::Instant>,
+}
+
+impl Written {
+    /// The longest time between two acknowledged commits, and when it started.
+    pub fn longest_pause(&self) -> (Duration, Option<std::time::Instant>) {
+        self.acknowledged
+            .windows(2)
+            .map(|pair| (pair[1].1.duration_since(pair[0].1), Some(pair[0].1)))
+            .max_by_key(|(gap, _)| *gap)
+            .unwrap_or((Duration::ZERO, None))
+    }
+}
+
+/// A test client committing numbered rows, one per transaction, into `e2e_writes` through a
+/// Postgres address (the shard's `-primary` Service), reconnecting after every failure.
+pub struct Writer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    last_ack: std::sync::Arc<std::sync::Mutex<Option<std::time::Instant>>>,
+    task: tokio::task::JoinHandle<Written>,
+}
+
+impl Writer {
+    /// Creates the table if needed and starts writing.
+    pub async fn start(host: String, port: u16, password: String) -> Writer {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let last_ack = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let seen = last_ack.clone();
+        let config = format!(
+            "host={host} port={port} user=app dbname=app password={password} connect_timeout=2"
+        );
+        let task = tokio::spawn(async move {
+            let mut written = Written::default();
+            let mut client: Option<tokio_postgres::Client> = None;
+            let mut next = 1_i64;
+            while !flag.load(Ordering::Relaxed) {
+                if client.as_ref().is_none_or(|c| c.is_closed()) {
+                    match tokio_postgres::connect(&config, tokio_postgres::NoTls).await {
+                        Ok((connected, connection)) => {
+                            tokio::spawn(connection);
+                            let _ = connected
+                                .batch_execute(
+                                    "CREATE TABLE IF NOT EXISTS e2e_writes (id bigint PRIMARY KEY)",
+                                )
+                                .await;
+                            client = Some(connected);
+                        }
+                        Err(_) => {
+                            written.failures.push(std::time::Instant::now());
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            continue;
+                        }
+                    }
+                }
+                let id = next;
+                let parameters: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&id];
+                let insert = client.as_ref().expect("connected").execute(
+                    "INSERT INTO e2e_writes VALUES ($1) ON CONFLICT DO NOTHING",
+                    &parameters,
+                );
+                match tokio::time::timeout(Duration::from_secs(5), insert).await {
+                    Ok(Ok(_)) => {
+                        let now = std::time::Instant::now();
+                        *seen.lock().expect("not poisoned") = Some(now);
+                        written.acknowledged.push((next, now));
+                        next += 1;
+                    }
+                    _ => {
+                        // Unknown outcome or refused: retry the same id on a new connection (the
+                        // insert is idempotent); only acknowledged ids count.
+                        written.failures.push(std::time::Instant::now());
+                        client = None;
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            written
+        });
+        Writer {
+            stop,
+            last_ack,
+            task,
+        }
+    }
+
+    /// Waits until a commit is acknowledged after `after`.
+    pub async fn wait_for_a_write_after(&self, after: std::time::Instant, timeout: Duration) {
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if self
+                .last_ack
+                .lock()
+                .expect("not poisoned")
+                .is_some_and(|at| at > after)
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("no write was acknowledged within {timeout:?}");
+    }
+
+    /// Stops writing and returns what was acknowledged.
+    pub async fn stop(self) -> Written {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.task.await.expect("writer task")
+    }
+}
+
+/// The ClusterIP of a Service.
+pub async fn cluster_ip(client: &Client, namespace: &str, service: &str) -> String {
+    let service: k8s_openapi::api::core::v1::Service = Api::namespaced(client.clone(), namespace)
+        .get(service)
+        .await
+        .expect("service");
+    service
+        .spec
+        .and_then(|spec| spec.cluster_ip)
+        .expect("a ClusterIP")
+}
+
+/// Ids present in `e2e_writes` on a shard pod (read with psql in the pod).
+pub fn stored_ids(namespace: &str, pod: &str) -> Result<std::collections::BTreeSet<i64>> {
+    let rows = psql(namespace, pod, "app", "SELECT id FROM e2e_writes")?;
+    Ok(rows
+        .lines()
+        .filter_map(|line| line.trim().parse().ok())
+        .collect())
+}
+
+/// Cuts (or restores) a pod's access to the API server, from inside its network namespace, while
+/// everything else still reaches it. Only on the local real node, where the test runs on the node.
+pub fn cut_off_from_api_server(pod_ip: &str, cut: bool) -> Result<()> {
+    let namespaces = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()?;
+    let namespaces = String::from_utf8_lossy(&namespaces.stdout).into_owned();
+    let netns = namespaces
+        .lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .find(|netns| {
+            std::process::Command::new("ip")
+                .args(["-n", netns, "-4", "-o", "addr", "show"])
+                .output()
+                .map(|out| {
+                    String::from_utf8_lossy(&out.stdout).contains(&format!("inet {pod_ip}/"))
+                })
+                .unwrap_or(false)
+        })
+        .with_context(|| format!("no network namespace holds {pod_ip}"))?
+        .to_string();
+    // The pod reaches the API server as the kubernetes Service (10.96.0.1:443, translated
+    // outside its namespace); drop what it sends there, both before and after translation.
+    let api = kubectl(&[
+        "get",
+        "endpoints",
+        "kubernetes",
+        "-n",
+        "default",
+        "-o",
+        "jsonpath={.subsets[0].addresses[0].ip}:{.subsets[0].ports[0].port}",
+    ])?;
+    let (api_ip, api_port) = api.trim().split_once(':').context("API endpoint")?;
+    for (address, port) in [("10.96.0.1", "443"), (api_ip, api_port)] {
+        let action = if cut { "-I" } else { "-D" };
+        let status = std::process::Command::new("ip")
+            .args([
+                "netns", "exec", &netns, "iptables", action, "OUTPUT", "-d", address, "-p", "tcp",
+                "--dport", port, "-j", "DROP",
+            ])
+            .status()?;
+        if !status.success() && cut {
+            bail!("iptables {action} in {netns} failed");
+        }
+    }
+    Ok(())
 }

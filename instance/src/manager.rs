@@ -182,6 +182,9 @@ struct LocalView {
     streaming_replicas: Vec<String>,
 }
 
+/// How long a named standby waits for the old primary to stop streaming before promoting.
+const LAST_WAL_PATIENCE: Duration = Duration::from_secs(15);
+
 /// The instance manager's state between steps.
 pub struct Manager {
     settings: Settings,
@@ -205,6 +208,8 @@ pub struct Manager {
     volume_bytes: Option<u64>,
     observed: LocalView,
     primary_lsn: Option<u64>,
+    /// When the record first named this standby, while it waits to promote.
+    named_since: Option<Instant>,
 }
 
 impl std::fmt::Debug for Manager {
@@ -258,6 +263,7 @@ impl Manager {
             role: InstanceRole::Pending,
             fenced: false,
             last_confirmed: None,
+            named_since: None,
             roles_ready: false,
             next_slot_pass: now,
             progress: Progress::new(now),
@@ -595,6 +601,18 @@ impl Manager {
                     .to_string(),
             ));
         }
+        // In a planned switchover the old primary is shutting down and sends its last WAL on
+        // the way out; promoting before the WAL receiver has it would leave those commits behind
+        // on the old timeline. After a crash the receiver has already stopped, so this costs a
+        // failover nothing. A primary that keeps streaming for long is not letting go (it may
+        // not see the record): promote anyway, it fences itself.
+        let named_since = *self.named_since.get_or_insert_with(Instant::now);
+        if self.observed.receiver_streaming && named_since.elapsed() < LAST_WAL_PATIENCE {
+            return Ok(Action::Waiting(
+                "named primary; waiting for the old primary's last WAL before promoting".into(),
+            ));
+        }
+        self.named_since = None;
         self.role = InstanceRole::Promoting;
         self.publish_role();
         tracing::info!("the primary record names this standby; promoting");

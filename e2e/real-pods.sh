@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# The tests on pods that really run (`make e2e` runs this after the simulated-pod suite when the
+# local cluster has its real node; e2e/kind/test.sh runs it on kind):
+#
+# 1. images: on the local cluster, the operator and app images that `make images` wrote are
+#    pushed to the cluster's registry (`make push`), from which the node's containerd pulls them;
+#    on kind, e2e/kind/up.sh has loaded them (SCALEDAPP_IMAGE_PREFIX names them);
+# 2. the chart is upgraded so that the operator runs as a pod in the cluster (not the local
+#    process the simulated-pod suite uses), under its ServiceAccount, with the metrics APIs
+#    registered; on the local cluster its namespace is annotated so its pods go to the real node;
+# 3. the real-pod tests run one at a time: the flows (real_pods), failover and switchover
+#    (failover_real), autoscaling on the operator's own metrics (autoscaling).
+#
+# Needs KUBECONFIG, SCALEDAPP_KUBECTL and SCALEDAPP_HELM (up.sh's exports). E2E_REAL_TESTS
+# (default "real_pods failover_real autoscaling") picks the test binaries.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "${ROOT}"
+# shellcheck source=scripts/lib/local-operator.sh
+source scripts/lib/local-operator.sh
+log() { printf '[e2e-real %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+: "${KUBECONFIG:?KUBECONFIG must name the cluster}"
+KUBECTL=${SCALEDAPP_KUBECTL:-kubectl}
+HELM=${SCALEDAPP_HELM:-helm}
+VERSION=$(python3 -c 'import tomllib; print(tomllib.load(open("Cargo.toml", "rb"))["workspace"]["package"]["version"])')
+PREFIX=${SCALEDAPP_IMAGE_PREFIX:-localhost/scaled}
+NAMESPACE=${LOCAL_OPERATOR_NAMESPACE}
+
+if [[ "${SCALEDAPP_REAL_NODE:-0}" == 1 ]]; then
+  for image in scaledapp-operator scaled-app; do
+    [[ -f "target/images/${image}/index.json" ]] ||
+      { log "target/images/${image} is missing: run make images first"; exit 1; }
+  done
+  log "pushing the operator and app images to the cluster's registry"
+  scripts/push-images.sh >/dev/null
+  "${KUBECTL}" create namespace "${NAMESPACE}" --dry-run=client -o yaml | "${KUBECTL}" apply -f - >/dev/null
+  "${KUBECTL}" annotate namespace "${NAMESPACE}" --overwrite \
+    "scheduler.alpha.kubernetes.io/node-selector=${SCALEDAPP_REAL_NODE_SELECTOR:-scaled.dev/node=real}" \
+    'scheduler.alpha.kubernetes.io/defaultTolerations=[{"key":"scaled.dev/real-node","operator":"Exists","effect":"NoSchedule"}]' >/dev/null
+  export SCALEDAPP_REAL_NODE_NAMESPACE_ANNOTATIONS=1
+  export SCALEDAPP_STORAGE_CLASS=${SCALEDAPP_REAL_NODE_STORAGE_CLASS:-local-path}
+fi
+
+log "helm upgrade: the operator as a pod from ${PREFIX}/scaledapp-operator:${VERSION}"
+"${HELM}" upgrade --install "${LOCAL_OPERATOR_RELEASE}" charts/scaledapp-operator \
+  --namespace "${NAMESPACE}" --create-namespace \
+  --set localOperator.enabled=false \
+  --set "image.registry=${PREFIX},image.tag=${VERSION},appImage.tag=${VERSION}" \
+  --wait --timeout 5m >/dev/null
+"${KUBECTL}" apply --server-side --force-conflicts -f crds/scaled.dev_scaledapps.yaml >/dev/null
+# Same tag, maybe a new image since the last run: restart, so the pods run what was pushed.
+"${KUBECTL}" -n "${NAMESPACE}" rollout restart deployment/"${LOCAL_OPERATOR_RELEASE}" >/dev/null
+"${KUBECTL}" -n "${NAMESPACE}" rollout status deployment/"${LOCAL_OPERATOR_RELEASE}" --timeout=5m >/dev/null
+
+export SCALEDAPP_REAL_PODS=1
+export SCALEDAPP_OPERATOR_NAMESPACE="${NAMESPACE}"
+export SCALEDAPP_APP_IMAGE="${PREFIX}/scaled-app:${VERSION}"
+status=0
+for test in ${E2E_REAL_TESTS:-real_pods failover_real autoscaling}; do
+  log "running ${test}"
+  started=${SECONDS}
+  if ! cargo test -q -p scaled-e2e --test "${test}" -- --test-threads=1 --nocapture; then
+    status=1
+    log "${test} failed; the operator's log:"
+    "${KUBECTL}" -n "${NAMESPACE}" logs deployment/"${LOCAL_OPERATOR_RELEASE}" --tail=60 >&2 || true
+  fi
+  log "${test}: $((SECONDS - started))s"
+done
+exit "${status}"

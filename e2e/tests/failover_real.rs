@@ -1,0 +1,423 @@
+//! A shard survives losing its primary, on pods that really run: failover with synchronous and
+//! asynchronous replication, a switchover under load, the split-brain fence, and an operator
+//! restart in the middle of a failover. A test client commits numbered rows through the shard's
+//! `-primary` Service and records each acknowledged id; afterwards every acknowledged id must be
+//! on the new primary (synchronous replication) or the number lost is reported (asynchronous).
+//!
+//! Skipped, saying so, unless `SCALEDAPP_REAL_PODS=1`; the fencing and mid-failover parts cut a
+//! pod off from the API server from inside its network namespace, which needs the local real
+//! node (the test runs on it), and say so when skipped elsewhere.
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::{Api, Client, ResourceExt};
+use scaled_e2e::real::*;
+use scaled_e2e::*;
+use serde_json::json;
+
+const APP: &str = "ha";
+
+fn failover_settings() -> serde_json::Value {
+    json!({"delaySeconds": 2, "fenceAfterSeconds": 10})
+}
+
+async fn start(client: &Client, prefix: &str, small: Small) -> TestNamespace {
+    let namespace = real_node_namespace(client, prefix).await;
+    namespace
+        .apps()
+        .create(&PostParams::default(), &small.scaledapp())
+        .await
+        .expect("create");
+    wait_ready(&namespace.apps(), APP, REAL_READY_TIMEOUT).await;
+    namespace
+}
+
+async fn recorded_primary(namespace: &TestNamespace) -> String {
+    let app = namespace.apps().get(APP).await.expect("scaledapp");
+    app.status
+        .and_then(|status| status.shards.first().and_then(|s| s.primary_pod.clone()))
+        .expect("a recorded primary")
+}
+
+async fn writer(client: &Client, namespace: &TestNamespace) -> Writer {
+    let host = cluster_ip(client, &namespace.name, &format!("{APP}-shard-0-primary")).await;
+    let password = secret_value(
+        client,
+        &namespace.name,
+        &format!("{APP}-postgres"),
+        "app-password",
+    )
+    .await;
+    let writer = Writer::start(host, 5432, password).await;
+    // Let it commit for a while first.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    writer
+}
+
+fn kill_postgres(namespace: &str, pod: &str) {
+    let _ = exec(
+        namespace,
+        pod,
+        "postgres",
+        &[
+            "sh",
+            "-c",
+            "kill -9 $(head -n 1 /var/lib/postgresql/data/pgdata/postmaster.pid)",
+        ],
+    );
+}
+
+async fn delete_now(namespace: &TestNamespace, pod: &str) {
+    namespace
+        .api::<Pod>()
+        .delete(pod, &DeleteParams::default().grace_period(0))
+        .await
+        .expect("delete pod");
+}
+
+/// Waits until the shard's last completed failover or switchover started after `since` and
+/// names `from`; returns the new primary.
+async fn completed_change(namespace: &TestNamespace, from: &str, kind: &str) -> String {
+    eventually(
+        &format!("a completed {kind} away from {from}"),
+        Duration::from_secs(180),
+        || async {
+            let app = namespace.apps().get(APP).await?;
+            let shard = app.status.and_then(|status| status.shards.first().cloned());
+            Ok(shard
+                .and_then(|shard| shard.last_failover)
+                .filter(|done| done.from == from && done.kind == kind)
+                .map(|done| done.to))
+        },
+    )
+    .await
+}
+
+/// Exactly one instance reports itself primary, it is the recorded one, and every other pod is a
+/// ready replica streaming from it.
+async fn converged(namespace: &TestNamespace, replicas: usize) -> String {
+    eventually(
+        "one primary, every other pod a ready replica",
+        Duration::from_secs(300),
+        || async {
+            let app = namespace.apps().get(APP).await?;
+            let Some(shard) = app.status.and_then(|status| status.shards.first().cloned()) else {
+                return Ok(None);
+            };
+            let primaries: Vec<&str> = shard
+                .instances
+                .iter()
+                .filter(|instance| instance.role == "Primary" && instance.ready)
+                .map(|instance| instance.pod.as_str())
+                .collect();
+            let ready_replicas = shard
+                .instances
+                .iter()
+                .filter(|instance| instance.role == "Replica" && instance.ready)
+                .count();
+            let recorded = shard.primary_pod.clone().unwrap_or_default();
+            Ok((primaries == [recorded.as_str()]
+                && ready_replicas == replicas
+                && shard.failover.is_none())
+            .then_some(recorded))
+        },
+    )
+    .await
+}
+
+async fn pod_ip(namespace: &TestNamespace, pod: &str) -> String {
+    namespace
+        .api::<Pod>()
+        .get(pod)
+        .await
+        .expect("pod")
+        .status
+        .and_then(|status| status.pod_ip)
+        .expect("pod IP")
+}
+
+fn missing(written: &Written, stored: &std::collections::BTreeSet<i64>) -> Vec<i64> {
+    written
+        .acknowledged
+        .iter()
+        .map(|(id, _)| *id)
+        .filter(|id| !stored.contains(id))
+        .collect()
+}
+
+#[tokio::test]
+async fn with_synchronous_replication_failover_and_switchover_lose_no_acknowledged_write() {
+    if !real_pods("with_synchronous_replication_failover_and_switchover_lose_no_acknowledged_write")
+    {
+        return;
+    }
+    let client = client().await;
+    let namespace = start(
+        &client,
+        "sync",
+        Small {
+            replicas_per_shard: 2,
+            synchronous_replication: true,
+            failover: Some(failover_settings()),
+            workers: 0,
+            ..Small::new(APP)
+        },
+    )
+    .await;
+    let ns = namespace.name.clone();
+
+    // Failover: the primary's postgres is killed and its pod deleted.
+    let old = recorded_primary(&namespace).await;
+    let writes = writer(&client, &namespace).await;
+    let killed = Instant::now();
+    kill_postgres(&ns, &old);
+    delete_now(&namespace, &old).await;
+    let new = completed_change(&namespace, &old, "Failover").await;
+    assert_ne!(new, old);
+    writes
+        .wait_for_a_write_after(killed, Duration::from_secs(60))
+        .await;
+    let failover_written = writes.stop().await;
+    let first_after = failover_written
+        .acknowledged
+        .iter()
+        .find(|(_, at)| *at > killed)
+        .map(|(_, at)| at.duration_since(killed));
+    let first_after = first_after.expect("writes resumed after the failover");
+    eprintln!(
+        "BENCH failover (synchronous): writes accepted again {:.1}s after the kill, {} acknowledged",
+        first_after.as_secs_f64(),
+        failover_written.acknowledged.len()
+    );
+    assert!(
+        first_after < Duration::from_secs(30),
+        "new primary took {first_after:?}"
+    );
+    let primary = converged(&namespace, 2).await;
+    let lost = missing(
+        &failover_written,
+        &stored_ids(&ns, &primary).expect("read ids"),
+    );
+    assert!(
+        lost.is_empty(),
+        "acknowledged writes lost in a synchronous failover: {lost:?}"
+    );
+    assert!(
+        namespace
+            .apps()
+            .get(APP)
+            .await
+            .expect("app")
+            .status
+            .expect("status")
+            .shards[0]
+            .instances
+            .iter()
+            .any(|instance| instance.pod == old && instance.role == "Replica" && instance.ready),
+        "the old primary is back as a replica"
+    );
+
+    // Switchover under load: errors only inside the write pause, which is measured.
+    let writes = writer(&client, &namespace).await;
+    let binary = std::env::var("SCALEDAPP_OPERATOR_BIN").unwrap_or_else(|_| {
+        repo_root()
+            .join("target/debug/scaledapp-operator")
+            .display()
+            .to_string()
+    });
+    let output = std::process::Command::new(binary)
+        .args([
+            "switchover",
+            APP,
+            "--shard",
+            "0",
+            "-n",
+            &ns,
+            "--wait",
+            "120",
+        ])
+        .env("KUBECONFIG", kubeconfig())
+        .output()
+        .expect("run scaledapp-operator switchover");
+    assert!(output.status.success(), "{output:?}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let switched = writes.stop().await;
+    let (pause, pause_start) = switched.longest_pause();
+    let pause_start = pause_start.expect("writes before and after");
+    let outside: Vec<_> = switched
+        .failures
+        .iter()
+        .filter(|at| **at < pause_start || **at > pause_start + pause)
+        .collect();
+    eprintln!(
+        "BENCH switchover (synchronous): write pause {:.2}s, {} failed attempts inside it; {}",
+        pause.as_secs_f64(),
+        switched.failures.len(),
+        String::from_utf8_lossy(&output.stdout).trim()
+    );
+    assert!(
+        outside.is_empty(),
+        "{} failures outside the write pause",
+        outside.len()
+    );
+    assert!(
+        pause < Duration::from_secs(20),
+        "switchover pause {pause:?}"
+    );
+    let primary = converged(&namespace, 2).await;
+    assert_ne!(primary, new, "the primary moved");
+    let lost = missing(&switched, &stored_ids(&ns, &primary).expect("read ids"));
+    assert!(
+        lost.is_empty(),
+        "acknowledged writes lost in a switchover: {lost:?}"
+    );
+
+    // The split-brain fence: cut off from the API server while clients still reach it, the
+    // primary stops accepting writes within fenceAfterSeconds.
+    if !on_local_real_node() {
+        eprintln!(
+            "SKIPPED the fencing part: cutting a pod off from the API server needs the local real node"
+        );
+        namespace.delete().await;
+        return;
+    }
+    let fenced = primary;
+    let ip = pod_ip(&namespace, &fenced).await;
+    let password = secret_value(&client, &ns, &format!("{APP}-postgres"), "app-password").await;
+    let direct = Writer::start(ip.clone(), 5432, password).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    cut_off_from_api_server(&ip, true).expect("cut the primary off from the API server");
+    let cut = Instant::now();
+    tokio::time::sleep(Duration::from_secs(10 + 12)).await;
+    let direct_written = direct.stop().await;
+    cut_off_from_api_server(&ip, false).expect("restore");
+    let last = direct_written
+        .acknowledged
+        .last()
+        .map(|(_, at)| at.saturating_duration_since(cut))
+        .unwrap_or_default();
+    eprintln!(
+        "BENCH fencing: the cut-off primary took its last write {:.1}s after losing the API server (fenceAfterSeconds 10)",
+        last.as_secs_f64()
+    );
+    assert!(
+        last < Duration::from_secs(10 + 5),
+        "it kept accepting writes for {last:?}"
+    );
+    let primary = converged(&namespace, 2).await;
+    eprintln!("after the fence, {primary} is the primary");
+    namespace.delete().await;
+}
+
+#[tokio::test]
+async fn with_asynchronous_replication_a_failover_converges_and_survives_an_operator_restart() {
+    if !real_pods(
+        "with_asynchronous_replication_a_failover_converges_and_survives_an_operator_restart",
+    ) {
+        return;
+    }
+    let client = client().await;
+    let namespace = start(
+        &client,
+        "async",
+        Small {
+            replicas_per_shard: 1,
+            failover: Some(failover_settings()),
+            workers: 0,
+            ..Small::new(APP)
+        },
+    )
+    .await;
+    let ns = namespace.name.clone();
+    let old = recorded_primary(&namespace).await;
+    let replica = namespace
+        .apps()
+        .get(APP)
+        .await
+        .expect("app")
+        .status
+        .expect("status")
+        .shards[0]
+        .instances
+        .iter()
+        .map(|instance| instance.pod.clone())
+        .find(|pod| *pod != old)
+        .expect("the replica");
+    // On the real node, hold the promotion back (the replica cannot read the record), so the
+    // operator restarts while the failover is in progress.
+    let hold = on_local_real_node();
+    let replica_ip = pod_ip(&namespace, &replica).await;
+    if hold {
+        cut_off_from_api_server(&replica_ip, true).expect("hold the replica's promotion");
+    } else {
+        eprintln!("SKIPPED holding the promotion back: needs the local real node");
+    }
+
+    let writes = writer(&client, &namespace).await;
+    let killed = Instant::now();
+    kill_postgres(&ns, &old);
+    delete_now(&namespace, &old).await;
+    eventually(
+        "the failover to start",
+        Duration::from_secs(120),
+        || async {
+            let app = namespace.apps().get(APP).await?;
+            Ok(app
+                .status
+                .and_then(|status| status.shards.first().cloned())
+                .and_then(|shard| shard.failover)
+                .filter(|progress| progress.from == old)
+                .map(|_| ()))
+        },
+    )
+    .await;
+    if hold {
+        // Restart the operator mid-failover.
+        let operators: Api<Pod> = Api::namespaced(client.clone(), &operator_namespace());
+        for pod in operators
+            .list(&ListParams::default().labels("app.kubernetes.io/name=scaledapp-operator"))
+            .await
+            .expect("operator pods")
+            .items
+        {
+            operators
+                .delete(&pod.name_any(), &DeleteParams::default().grace_period(0))
+                .await
+                .expect("delete the operator pod");
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        cut_off_from_api_server(&replica_ip, false).expect("let the replica promote");
+    }
+    let new = completed_change(&namespace, &old, "Failover").await;
+    assert_eq!(new, replica);
+    let primary = converged(&namespace, 1).await;
+    assert_eq!(
+        primary, replica,
+        "exactly one primary, the promoted replica"
+    );
+    writes
+        .wait_for_a_write_after(killed, Duration::from_secs(60))
+        .await;
+    let written = writes.stop().await;
+    let resumed = written
+        .acknowledged
+        .iter()
+        .find(|(_, at)| *at > killed)
+        .map(|(_, at)| at.duration_since(killed))
+        .expect("writes resumed");
+    let lost = missing(&written, &stored_ids(&ns, &primary).expect("read ids"));
+    eprintln!(
+        "BENCH failover (asynchronous{}): writes accepted again {:.1}s after the kill; {} of {} acknowledged writes lost",
+        if hold {
+            ", operator restarted mid-failover"
+        } else {
+            ""
+        },
+        resumed.as_secs_f64(),
+        lost.len(),
+        written.acknowledged.len()
+    );
+    namespace.delete().await;
+}
