@@ -15,7 +15,6 @@ use crate::{
     metrics::Metrics,
     password_tokens::PasswordTokens,
     passwords::Passwords,
-    queue::QueueError,
     ratelimit::{AttemptLimiter, RateLimiter},
     redis_client::{RedisCallError, RedisClient},
     relay::Relay,
@@ -47,9 +46,6 @@ pub enum StartupError {
     /// The HTTP server stopped with an error.
     #[error("failed to serve HTTP")]
     Serve(#[source] std::io::Error),
-    /// Workers could not join their queues.
-    #[error("failed to start workers")]
-    Queue(#[source] QueueError),
     /// Migrations failed.
     #[error("failed to migrate")]
     Migrate(#[source] DbError),
@@ -275,13 +271,11 @@ pub async fn run_worker(
         consumer = settings.pod_name,
         "working"
     );
-    let result = pool
-        .run(streams, concurrency, &settings.pod_name, shutdown.clone())
-        .await
-        .map_err(StartupError::Queue);
+    pool.run(streams, concurrency, &settings.pod_name, shutdown.clone())
+        .await;
     shutdown.cancel();
     let _ = metrics_task.await;
-    result
+    Ok(())
 }
 
 /// The `migrate` mode: applies migrations to every shard primary.

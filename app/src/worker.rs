@@ -362,26 +362,65 @@ impl WorkerPool {
         concurrency: usize,
         pod_name: &str,
         shutdown: CancellationToken,
-    ) -> Result<(), QueueError> {
+    ) {
         let mut tasks = tokio::task::JoinSet::new();
         for stream in streams {
             for index in 0..concurrency.max(1) {
                 let consumer = format!("{pod_name}-{stream}-{index}");
-                let worker = Worker::new(
-                    self.redis.clone(),
-                    self.cluster.clone(),
-                    stream,
-                    &consumer,
-                    self.settings.clone(),
-                    self.metrics.clone(),
-                    self.faults,
-                )
-                .await?;
-                tasks.spawn(worker.run(shutdown.clone()));
+                let joining = self.join(stream.clone(), consumer, shutdown.clone());
+                let shutdown = shutdown.clone();
+                tasks.spawn(async move {
+                    if let Some(worker) = joining.await {
+                        worker.run(shutdown).await;
+                    }
+                });
             }
         }
         while tasks.join_next().await.is_some() {}
-        Ok(())
+    }
+
+    /// Joins `stream`'s group, retrying until it works or `shutdown`: a worker pod that starts
+    /// before Redis answers (or before its Service name resolves) waits for it instead of
+    /// exiting into a crash loop; messages wait in the stream meanwhile.
+    fn join(
+        &self,
+        stream: String,
+        consumer: String,
+        shutdown: CancellationToken,
+    ) -> impl std::future::Future<Output = Option<Worker>> + Send + 'static {
+        let (redis, cluster, settings, metrics, faults) = (
+            self.redis.clone(),
+            self.cluster.clone(),
+            self.settings.clone(),
+            self.metrics.clone(),
+            self.faults,
+        );
+        async move {
+            let mut pause = Duration::from_millis(200);
+            loop {
+                let joined = Worker::new(
+                    redis.clone(),
+                    cluster.clone(),
+                    &stream,
+                    &consumer,
+                    settings.clone(),
+                    metrics.clone(),
+                    faults,
+                )
+                .await;
+                match joined {
+                    Ok(worker) => return Some(worker),
+                    Err(error) => {
+                        tracing::warn!(%error, stream, "cannot join the stream yet; retrying");
+                    }
+                }
+                tokio::select! {
+                    () = shutdown.cancelled() => return None,
+                    () = tokio::time::sleep(pause) => {}
+                }
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+        }
     }
 }
 

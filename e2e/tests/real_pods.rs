@@ -257,7 +257,9 @@ async fn reaches(
     host: &str,
     port: u16,
 ) -> bool {
-    let script = format!("if nc -z -w 3 {host} {port}; then echo OPEN; else echo CLOSED; fi");
+    // Busybox's nc has no -z: `-e true` exits 0 once the connection is made, 1 if it is refused
+    // or (a NetworkPolicy drops the SYN) the 3 s connect timeout passes.
+    let script = format!("if nc -w 3 {host} {port} -e true; then echo OPEN; else echo CLOSED; fi");
     let output = client_pod(client, &namespace.name, "probe", labels, &script)
         .await
         .expect("probe pod");

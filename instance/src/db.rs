@@ -81,6 +81,10 @@ impl Connector {
             .password(password.expose())
             .dbname("postgres")
             .application_name("scaled-instance")
+            // The manager's own writes (roles, the database) must not wait for a synchronous
+            // standby: on a new primary none exists yet, since replicas clone from it after
+            // bootstrap, so a waiting commit would never return.
+            .options("-c synchronous_commit=local")
             .connect_timeout(QUERY_TIMEOUT);
         Connector {
             config,

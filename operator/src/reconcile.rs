@@ -31,6 +31,11 @@ use crate::validate::validate;
 const RESYNC: Duration = Duration::from_secs(300);
 /// How soon a ScaledApp that is still coming up is looked at again.
 const PROGRESS_CHECK: Duration = Duration::from_secs(30);
+/// How soon a shard whose primary is in question is looked at again. No watch fires while a
+/// deleted primary pod is away (its StatefulSet reported the drop once): without this the
+/// failover delay would be measured in resyncs, and a primary back within one would never be
+/// failed over, nor a failover in progress finished.
+const PRIMARY_CHECK: Duration = Duration::from_secs(1);
 
 /// Why a reconcile failed; all of these are retried with backoff.
 #[derive(Debug, thiserror::Error)]
@@ -119,13 +124,26 @@ async fn run(app: &ScaledApp, context: &Context) -> Result<Action, ReconcileErro
         // Permanent until the spec changes: reported, now wait for that change.
         Outcome::Invalid(_) => Ok(Action::await_change()),
         Outcome::ApplyFailed(error) => Err(error.into()),
-        Outcome::Applied { .. } => {
+        Outcome::Applied { shards, .. } => {
             let ready = status
                 .conditions
                 .iter()
                 .any(|condition| condition.type_ == READY && condition.status == "True");
-            Ok(Action::requeue(if ready { RESYNC } else { PROGRESS_CHECK }))
+            Ok(Action::requeue(next_look(ready, &shards)))
         }
+    }
+}
+
+/// When to look again without an event: soon while any shard's primary is unhealthy, changing
+/// hands or being replaced; otherwise by readiness.
+fn next_look(ready: bool, shards: &[instances::ShardDecision]) -> Duration {
+    let in_question = shards.iter().any(|shard| {
+        shard.primary_health.is_some() || shard.failover.is_some() || !shard.replace.is_empty()
+    });
+    match (in_question, ready) {
+        (true, _) => PRIMARY_CHECK,
+        (false, true) => RESYNC,
+        (false, false) => PROGRESS_CHECK,
     }
 }
 
@@ -517,6 +535,29 @@ mod tests {
             Defaults::default(),
         ));
         (fake, context)
+    }
+
+    #[test]
+    fn a_shard_whose_primary_is_in_question_is_looked_at_again_within_a_second() {
+        let healthy = instances::ShardDecision::default();
+        assert_eq!(next_look(true, std::slice::from_ref(&healthy)), RESYNC);
+        assert_eq!(
+            next_look(false, std::slice::from_ref(&healthy)),
+            PROGRESS_CHECK
+        );
+        let unhealthy = instances::ShardDecision {
+            primary_health: Some("pod shop-shard-0-0 does not exist".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            next_look(true, &[healthy.clone(), unhealthy]),
+            PRIMARY_CHECK
+        );
+        let rolling = instances::ShardDecision {
+            replace: vec!["shop-shard-0-1".into()],
+            ..Default::default()
+        };
+        assert_eq!(next_look(false, &[rolling]), PRIMARY_CHECK);
     }
 
     /// The pass wrote nothing but the ScaledApp's status and Events.

@@ -622,3 +622,58 @@ async fn an_exhausted_pool_answers_503_quickly_instead_of_queueing() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_pool_started_while_redis_is_down_joins_when_it_returns_and_handles_the_backlog() {
+    use scaled_app::worker::{FaultInjection, WorkerPool};
+    use tokio_util::sync::CancellationToken;
+
+    let stack = own_stack();
+    let app = app_on(&stack, |_| {}).await;
+    let user = app.create_user().await;
+    stack.redis.stop();
+    let pool = WorkerPool {
+        redis: app.state.redis.clone(),
+        cluster: app.state.cluster.clone(),
+        settings: app.config.queues.clone(),
+        metrics: app.state.metrics.clone(),
+        faults: FaultInjection::default(),
+    };
+    let shutdown = CancellationToken::new();
+    let streams = vec!["email:send".to_string()];
+    let running = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move { pool.run(&streams, 1, "starts-early", shutdown).await }
+    });
+    // It keeps trying instead of returning (a crash loop in a pod).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        !running.is_finished(),
+        "the pool gave up while Redis was down"
+    );
+
+    stack.redis.start();
+    let order = app.create_order(&user).await;
+    let order_id = order["id"].as_i64().expect("id");
+    let shard = app.shard_of(user["id"].as_i64().expect("id"));
+    let pool = app.pool_on(&stack.shards[shard as usize].primary);
+    eventually(
+        "the worker to send the confirmation",
+        Duration::from_secs(30),
+        || async {
+            let sent: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM sent_emails WHERE order_id = $1")
+                    .bind(order_id)
+                    .fetch_one(&pool)
+                    .await
+                    .ok()?;
+            (sent == 1).then_some(())
+        },
+    )
+    .await;
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(10), running)
+        .await
+        .expect("the pool stops on shutdown")
+        .expect("the pool task");
+}

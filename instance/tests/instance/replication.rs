@@ -274,3 +274,56 @@ async fn an_invalidated_slot_makes_the_replica_clone_again_and_say_why() {
         .get(0);
     assert!(active);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_synchronous_replication_a_new_primary_bootstraps_alone_and_its_commits_then_wait_for_a_replica()
+ {
+    let cluster = Cluster::new(Options {
+        instances: 2,
+        synchronous_replication: true,
+        ..Options::default()
+    });
+    cluster.name_primary("db-0");
+    let mut primary = cluster.start(0);
+    // Ready with no replica running: bootstrap (roles, the database) commits locally.
+    primary.wait_ready(InstanceRole::Primary).await;
+
+    let mut replica = cluster.start(1);
+    replica.wait_ready(InstanceRole::Replica).await;
+    let superuser = primary.superuser().await;
+    let state = eventually(
+        "the replica to be the synchronous standby",
+        READY_TIMEOUT,
+        || async {
+            superuser
+                .query_opt(
+                    "SELECT sync_state::text FROM pg_stat_replication WHERE application_name = 'db-1'",
+                    &[],
+                )
+                .await
+                .ok()
+                .flatten()
+                .map(|row| row.get::<_, String>(0))
+                .filter(|state| state != "async")
+        },
+    )
+    .await;
+    assert!(state == "quorum" || state == "sync", "{state}");
+    let app = primary.app().await;
+    app.batch_execute(
+        "CREATE TABLE acknowledged (id int PRIMARY KEY); INSERT INTO acknowledged VALUES (1)",
+    )
+    .await
+    .expect("a commit acknowledged by the standby");
+    // The app's commits do wait for the standby: with it stopped, one does not return.
+    replica.stop().await;
+    let waiting = tokio::time::timeout(
+        Duration::from_secs(3),
+        app.batch_execute("INSERT INTO acknowledged VALUES (2)"),
+    )
+    .await;
+    assert!(
+        waiting.is_err(),
+        "a commit returned with no standby: {waiting:?}"
+    );
+}

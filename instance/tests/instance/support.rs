@@ -141,6 +141,8 @@ pub struct Options {
     pub reclone_after_seconds: u32,
     /// cloneMaxRateKibPerSecond.
     pub clone_max_rate: Option<u32>,
+    /// database.synchronousReplication.
+    pub synchronous_replication: bool,
 }
 
 impl Default for Options {
@@ -151,6 +153,7 @@ impl Default for Options {
             fence_after_seconds: 30,
             reclone_after_seconds: 60,
             clone_max_rate: None,
+            synchronous_replication: false,
         }
     }
 }
@@ -261,7 +264,7 @@ impl Cluster {
             replication_user: REPLICATION_USER.into(),
             instances: self.options.instances,
             parameters,
-            synchronous_replication: false,
+            synchronous_replication: self.options.synchronous_replication,
             fence_after_seconds: self.options.fence_after_seconds,
             postgres_port: pod.postgres_port,
             status_port: pod.status_port,
