@@ -29,7 +29,7 @@ help:
 deps:
 	@scripts/install-deps.sh
 
-test: deps fmt-check clippy crds-check chart-check script-tests unit e2e real-node-smoke images-check
+test: deps fmt-check clippy crds-check chart-check script-tests unit images e2e real-node-smoke images-check
 
 fmt-check:
 	$(CARGO) fmt --all -- --check
@@ -43,7 +43,7 @@ unit:
 	$(CARGO) build -p scaled-instance
 	$(CARGO) test --workspace --exclude scaled-e2e
 
-e2e: deps
+e2e: deps images
 	e2e/run.sh
 
 # SCALEDAPP_REAL_NODE=0 skips it (and says so).

@@ -50,6 +50,27 @@ expect "a digest pins the default app image" "value: \"localhost:5000/scaled/sca
 out=$(render --set 'imagePullSecrets[0].name=registry-login')
 expect "imagePullSecrets reach the operator pod" "- name: registry-login" "${out}"
 
+out=$(render)
+expect "default: the operator's rules are a ClusterRole" "^kind: ClusterRole$" "${out}"
+expect "... with Secrets get/create/patch, by name only" 'resources: \["secrets"\]' "${out}"
+reject "... and never list or watch on Secrets" 'resources: \["secrets"\]' "$(grep -A1 'resources: \["secrets"\]' <<<"${out}" | grep -E 'list|watch' || true)"
+
+out=$(render --set 'watchNamespaces={shop,blog}')
+roles=$(awk '/^kind: Role$/ { role = 1 } role && /^  namespace:/ { print $2; role = 0 }' <<<"${out}" | sort | tr '\n' ' ')
+if [[ "${roles}" == "blog scaledapp-system shop " ]]; then
+  pass "watchNamespaces: a Role in each watched namespace (and the leader-election one)"
+else
+  fail "watchNamespaces: Roles in ${roles}"
+fi
+expect "... the operator is told the namespaces" 'value: "shop,blog"' "${out}"
+operator_rules=$(awk '/^kind: ClusterRole$/ { keep = 1 } /^---/ { keep = 0 } keep' <<<"${out}")
+reject "... and no ClusterRole grants Secrets, Pods or children" 'secrets|pods|deployments' "${operator_rules}"
+if render --set 'watchNamespaces={Not_A_Namespace}' >/dev/null 2>&1; then
+  fail "a malformed namespace in watchNamespaces is refused by values.schema.json"
+else
+  pass "a malformed namespace in watchNamespaces is refused by values.schema.json"
+fi
+
 if render --set image.registry='Not A Registry' >/dev/null 2>&1; then
   fail "a malformed registry is refused by values.schema.json"
 else

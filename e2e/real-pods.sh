@@ -27,36 +27,27 @@ PREFIX=${SCALEDAPP_IMAGE_PREFIX:-localhost/scaled}
 NAMESPACE=${LOCAL_OPERATOR_NAMESPACE}
 
 if [[ "${SCALEDAPP_REAL_NODE:-0}" == 1 ]]; then
-  for image in scaledapp-operator scaled-app; do
-    [[ -f "target/images/${image}/index.json" ]] ||
-      { log "target/images/${image} is missing: run make images first"; exit 1; }
-  done
-  log "pushing the operator and app images to the cluster's registry"
-  scripts/push-images.sh >/dev/null
-  "${KUBECTL}" create namespace "${NAMESPACE}" --dry-run=client -o yaml | "${KUBECTL}" apply -f - >/dev/null
-  "${KUBECTL}" annotate namespace "${NAMESPACE}" --overwrite \
-    "scheduler.alpha.kubernetes.io/node-selector=${SCALEDAPP_REAL_NODE_SELECTOR:-scaled.dev/node=real}" \
-    'scheduler.alpha.kubernetes.io/defaultTolerations=[{"key":"scaled.dev/real-node","operator":"Exists","effect":"NoSchedule"}]' >/dev/null
+  log "pushing the images; helm upgrade: the operator as a pod from ${PREFIX}/scaledapp-operator:${VERSION}"
+  install_operator_on_real_node "${ROOT}"
+  export SCALEDAPP_APP_IMAGE="${PUSHED_APP_IMAGE}"
   export SCALEDAPP_REAL_NODE_NAMESPACE_ANNOTATIONS=1
   export SCALEDAPP_STORAGE_CLASS=${SCALEDAPP_REAL_NODE_STORAGE_CLASS:-local-path}
+else
+  # kind: e2e/kind/up.sh loaded the images and installed the chart with the operator as a pod.
+  log "helm upgrade: the operator as a pod from ${PREFIX}/scaledapp-operator:${VERSION}"
+  "${HELM}" upgrade --install "${LOCAL_OPERATOR_RELEASE}" charts/scaledapp-operator \
+    --namespace "${NAMESPACE}" --create-namespace \
+    --set localOperator.enabled=false \
+    --set "image.registry=${PREFIX},image.tag=${VERSION},appImage.tag=${VERSION}" \
+    --wait --timeout 5m >/dev/null
+  "${KUBECTL}" apply --server-side --force-conflicts -f crds/scaled.dev_scaledapps.yaml >/dev/null
 fi
-
-log "helm upgrade: the operator as a pod from ${PREFIX}/scaledapp-operator:${VERSION}"
-"${HELM}" upgrade --install "${LOCAL_OPERATOR_RELEASE}" charts/scaledapp-operator \
-  --namespace "${NAMESPACE}" --create-namespace \
-  --set localOperator.enabled=false \
-  --set "image.registry=${PREFIX},image.tag=${VERSION},appImage.tag=${VERSION}" \
-  --wait --timeout 5m >/dev/null
-"${KUBECTL}" apply --server-side --force-conflicts -f crds/scaled.dev_scaledapps.yaml >/dev/null
-# Same tag, maybe a new image since the last run: restart, so the pods run what was pushed.
-"${KUBECTL}" -n "${NAMESPACE}" rollout restart deployment/"${LOCAL_OPERATOR_RELEASE}" >/dev/null
-"${KUBECTL}" -n "${NAMESPACE}" rollout status deployment/"${LOCAL_OPERATOR_RELEASE}" --timeout=5m >/dev/null
 
 export SCALEDAPP_REAL_PODS=1
 export SCALEDAPP_OPERATOR_NAMESPACE="${NAMESPACE}"
-export SCALEDAPP_APP_IMAGE="${PREFIX}/scaled-app:${VERSION}"
+export SCALEDAPP_APP_IMAGE="${SCALEDAPP_APP_IMAGE:-${PREFIX}/scaled-app:${VERSION}}"
 status=0
-for test in ${E2E_REAL_TESTS:-real_pods failover_real autoscaling}; do
+for test in ${E2E_REAL_TESTS-real_pods failover_real autoscaling}; do
   log "running ${test}"
   started=${SECONDS}
   if ! cargo test -q -p scaled-e2e --test "${test}" -- --test-threads=1 --nocapture; then

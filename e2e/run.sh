@@ -8,7 +8,10 @@
 # 2. run the operator binary as a local process with a token of the chart's ServiceAccount, so
 #    the chart's RBAC is what the operator really has;
 # 3. cargo test the suite and the validation tests while it runs, then stop it and run the
-#    failover tests, which start and kill operators themselves.
+#    failover tests, which start and kill operators themselves;
+# 4. with the local cluster's real node (or E2E_REAL_PODS=1 on another cluster that can pull the
+#    images): e2e/real-pods.sh, the tests on pods that really run, with the operator as the
+#    chart's pod (`make images` must have run; `make test` runs it first).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "${ROOT}"
@@ -69,4 +72,12 @@ if [[ ${status} -ne 0 ]]; then
 fi
 log "running the failover tests"
 cargo test -q -p scaled-e2e --test failover -- --test-threads=1
+if [[ "${E2E_REAL_PODS:-${SCALEDAPP_REAL_NODE:-0}}" == 1 ]]; then
+  log "running the tests on real pods (e2e/real-pods.sh)"
+  started=${SECONDS}
+  e2e/real-pods.sh
+  log "real pods: $((SECONDS - started))s"
+else
+  log "SKIP the tests on real pods: this cluster has no real node (SCALEDAPP_REAL_NODE=0)"
+fi
 log "e2e passed"

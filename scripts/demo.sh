@@ -2,9 +2,14 @@
 # `make demo`: from a fresh machine to a Ready ScaledApp.
 #   1. build the operator; build the Kubernetes tools (first run only) and start the local
 #      control plane (e2e/cluster/up.sh), or with KIND=1 a kind cluster (needs Docker)
-#   2. helm install the operator chart; on the local control plane run the operator as a local
-#      process under the chart's ServiceAccount (its simulated nodes run no containers)
-#   3. apply examples/shop.yaml and show it reconcile, live, until Ready, then the component tree
+#   2. helm install the operator chart. With the local cluster's real node (the default where it
+#      can run): build the images, push them to the cluster's registry and run the operator as
+#      the chart's pod; without it (SCALEDAPP_REAL_NODE=0): run the operator as a local process
+#      under the chart's ServiceAccount, since kwok nodes run no containers
+#   3. apply examples/shop.yaml (on the real node: fitted to it, scripts/lib/fit-to-real-node.py)
+#      and show it reconcile, live, until Ready, then the component tree
+#   4. on the real node: create a user and an order through the app's Service and print what
+#      the order-confirmation worker wrote
 # Stop everything with `make demo-down` (`KIND=1 make demo-down` for kind).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -35,24 +40,43 @@ else
   start_local_cluster "${ROOT}" || exit 1
   STATE="${ROOT}/e2e/cluster/.state"
 
-  say "Installing the operator chart (helm) into ${LOCAL_OPERATOR_NAMESPACE}"
-  install_chart "${ROOT}"
-  if [[ -f "${STATE}/demo-operator.pid" ]]; then
-    stop_operator "$(cat "${STATE}/demo-operator.pid")" || true
+  if [[ "${SCALEDAPP_REAL_NODE:-0}" == 1 ]]; then
+    say "Building the operator and app images (no Docker: OCI layouts) for the real node"
+    scripts/build-images.sh 2>&1 | awk '/Compiling/ { n++; if (n % 25 == 0) { printf "    compiled %d crates...\n", n; fflush() } }
+      /^\[images\]/ { print "    " $0; fflush() }' >&2
+    [[ ${PIPESTATUS[0]} -eq 0 ]] || { echo "the images did not build" >&2; exit 1; }
+    say "Pushing them to the cluster's registry; helm install: the operator as a pod on the real node"
+    install_operator_on_real_node "${ROOT}"
+    "${SCALEDAPP_KUBECTL}" -n "${LOCAL_OPERATOR_NAMESPACE}" get pods -o wide
+  else
+    say "Installing the operator chart (helm) into ${LOCAL_OPERATOR_NAMESPACE}"
+    install_chart "${ROOT}"
+    if [[ -f "${STATE}/demo-operator.pid" ]]; then
+      stop_operator "$(cat "${STATE}/demo-operator.pid")" || true
+    fi
+    say "Running the operator as a local process under the chart's ServiceAccount"
+    echo "    (SCALEDAPP_REAL_NODE=0: kwok nodes run no containers, so the chart's Deployment is scaled to 0)" >&2
+    write_operator_kubeconfig "${STATE}/demo-operator.kubeconfig"
+    start_operator "${BIN}" "${STATE}/demo-operator.kubeconfig" 127.0.0.1:18080 demo "${STATE}/demo-operator.log"
+    echo "${OPERATOR_PID}" >"${STATE}/demo-operator.pid"
+    echo "    operator pid ${OPERATOR_PID}, log ${STATE}/demo-operator.log, metrics http://127.0.0.1:18080/metrics" >&2
   fi
-  say "Running the operator as a local process under the chart's ServiceAccount"
-  echo "    (the simulated nodes run no containers, so the chart's Deployment is scaled to 0)" >&2
-  write_operator_kubeconfig "${STATE}/demo-operator.kubeconfig"
-  start_operator "${BIN}" "${STATE}/demo-operator.kubeconfig" 127.0.0.1:18080 demo "${STATE}/demo-operator.log"
-  echo "${OPERATOR_PID}" >"${STATE}/demo-operator.pid"
-  echo "    operator pid ${OPERATOR_PID}, log ${STATE}/demo-operator.log, metrics http://127.0.0.1:18080/metrics" >&2
   STOP_HINT="make demo-down"
 fi
 
-say "Applying examples/shop.yaml"
+REAL=0
+[[ "${KIND:-0}" != 1 && "${SCALEDAPP_REAL_NODE:-0}" == 1 ]] && REAL=1
 kubectl create namespace demo --dry-run=client -o yaml | kubectl apply -f - >/dev/null
 kubectl label namespace demo pod-security.kubernetes.io/enforce=restricted --overwrite >/dev/null
-kubectl apply -n demo -f examples/shop.yaml
+if [[ ${REAL} -eq 1 ]]; then
+  say "Applying examples/shop.yaml on the real node (its images and small requests: scripts/lib/fit-to-real-node.py)"
+  put_namespace_on_real_node demo
+  kubectl create --dry-run=client -o json -n demo -f examples/shop.yaml |
+    python3 scripts/lib/fit-to-real-node.py | kubectl apply -n demo -f -
+else
+  say "Applying examples/shop.yaml"
+  kubectl apply -n demo -f examples/shop.yaml
+fi
 
 say "Watching it reconcile (kubectl get sapp -n demo)"
 last=""
@@ -77,6 +101,11 @@ fi
 
 say "The component tree (scaledapp-operator status shop -n demo)"
 "${BIN}" status shop -n demo
+
+if [[ ${REAL} -eq 1 && ${ready} -eq 1 ]]; then
+  say "Traffic through the app's Service: a user signs up and signs in, reads, and orders"
+  scripts/lib/demo-traffic.sh demo shop || ready=0
+fi
 
 cat >&2 <<NEXT
 

@@ -2,16 +2,18 @@
 //! 2 shards x 1 replica, 2 app pods and a worker pool becomes Ready with every init container and
 //! probe really run; replication is real; the app serves through its Service and DNS from a pod;
 //! NetworkPolicies isolate Postgres and Redis; deleted pods come back without losing data; and
-//! a ScaledApp deleted under `dataPolicy: Retain` finds its data when re-created.
+//! a changed runtime setting (the rate limit) reaches the running app; and a ScaledApp deleted
+//! under `dataPolicy: Retain` finds its data when re-created.
 //!
 //! Skipped, saying so, unless `SCALEDAPP_REAL_PODS=1` (see `e2e/real-pods.sh`).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::ResourceExt;
-use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use scaled_e2e::real::*;
 use scaled_e2e::*;
 use serde_json::{Value, json};
@@ -266,6 +268,72 @@ async fn reaches(
     output.contains("OPEN")
 }
 
+/// Lowers `rateLimit.requests` to 3 per minute and checks that, once the app pods rolled, a
+/// client gets 3 answers and then 429s (it got 6 of 6 under the old limit of 1000).
+async fn new_rate_limit_is_enforced(client: &kube::Client, namespace: &TestNamespace) {
+    // `/api/data` is the rate-limited route (the article's example endpoint).
+    let url = format!("http://{APP}-app.{}.svc/api/data", namespace.name);
+    let script = format!(
+        "for i in 1 2 3 4 5 6; do \
+           if out=$(wget -q -O /dev/null {url} 2>&1); then echo CODE 200; \
+           else echo \"CODE $(echo \"$out\" | grep -o 'HTTP/1\\.[01] [0-9]*' | cut -d' ' -f2)\"; fi; \
+         done"
+    );
+    let codes = |output: &str| -> Vec<String> {
+        output
+            .lines()
+            .filter_map(|line| line.strip_prefix("CODE "))
+            .map(str::to_string)
+            .collect()
+    };
+    let before = client_pod(client, &namespace.name, "limit-before", json!({}), &script)
+        .await
+        .expect("requests under the old limit");
+    assert_eq!(codes(&before), vec!["200"; 6], "{before}");
+
+    let deployments = namespace.api::<Deployment>();
+    let generation = deployments
+        .get(&format!("{APP}-app"))
+        .await
+        .expect("app deployment")
+        .metadata
+        .generation
+        .unwrap_or_default();
+    namespace
+        .apps()
+        .patch(
+            APP,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"rateLimit": {"requests": 3, "windowSeconds": 60}}})),
+        )
+        .await
+        .expect("lower the rate limit");
+    eventually(
+        "the app pods to roll to the new configuration",
+        REAL_READY_TIMEOUT,
+        || async {
+            let deployment = deployments.get(&format!("{APP}-app")).await?;
+            let wanted = deployment.spec.as_ref().and_then(|spec| spec.replicas);
+            let status = deployment.status.clone().unwrap_or_default();
+            let rolled = deployment.metadata.generation.unwrap_or_default() > generation
+                && status.observed_generation == deployment.metadata.generation
+                && status.updated_replicas == wanted
+                && status.available_replicas == wanted
+                && status.replicas == wanted;
+            Ok(rolled.then_some(()))
+        },
+    )
+    .await;
+    let after = client_pod(client, &namespace.name, "limit-after", json!({}), &script)
+        .await
+        .expect("requests under the new limit");
+    assert_eq!(
+        codes(&after),
+        vec!["200", "200", "200", "429", "429", "429"],
+        "{after}"
+    );
+}
+
 async fn delete_pod_and_wait_ready(namespace: &TestNamespace, pod: &str) {
     let uid = namespace.api::<Pod>().get(pod).await.expect("pod").uid();
     namespace
@@ -394,6 +462,10 @@ async fn a_small_scaledapp_runs_for_real_and_keeps_its_data() {
     let (_, replica) = roles(&namespace, 1).await;
     delete_pod_and_wait_ready(&namespace, &replica).await;
     user_is_still_there(&client, &namespace, id).await;
+
+    // A runtime setting changed on the ScaledApp reaches the running app: the app pods roll
+    // (the rendered config's hash is on their template) and enforce the new limit.
+    new_rate_limit_is_enforced(&client, &namespace).await;
 
     // 7. Deleted under Retain, the volumes stay; re-created, the data is found.
     let claims = |namespace: &TestNamespace| {

@@ -90,6 +90,9 @@ pub struct PodObservation {
     pub running: bool,
     /// The StatefulSet revision the pod was created from.
     pub revision: Option<String>,
+    /// Which process this is: the pod's uid and its postgres container's restart count. A new
+    /// one means the process seen before is gone.
+    pub incarnation: Option<String>,
     /// What its instance manager reported, if it answered.
     pub instance: Option<InstanceStatus>,
 }
@@ -219,6 +222,10 @@ pub struct Inputs<'a> {
     pub now: &'a Time,
     /// How long each shard's recorded primary has been unhealthy (the operator's memory).
     pub unhealthy_for: &'a BTreeMap<u32, Duration>,
+    /// Shards whose recorded primary was seen down (not running, or a new incarnation) since it
+    /// became unhealthy: whatever runs there now started after the failure, so an instance
+    /// manager that does not answer yet is a restart, not a partition that may still take writes.
+    pub restarted: &'a BTreeSet<u32>,
     /// A switchover asked for and not yet acted on.
     pub switchover: Option<&'a SwitchoverRequest>,
 }
@@ -427,7 +434,7 @@ fn fail_over(
 ) {
     let failover = &inputs.app.spec.database.failover;
     let mut threshold = Duration::from_secs(failover.delay_seconds.max(0) as u64);
-    if matches!(health, Health::Unresponsive(_)) {
+    if matches!(health, Health::Unresponsive(_)) && !inputs.restarted.contains(&shard.index) {
         // It may still be taking writes behind a partition: wait until it has fenced itself.
         threshold += Duration::from_secs(failover.fence_after_seconds.max(0) as u64);
     }
@@ -496,7 +503,8 @@ fn candidate(
             .collect();
         if !silent.is_empty() {
             return Err(format!(
-                "synchronous replication: every replica must report before one is promoted, so                  none that lacks an acknowledged commit is chosen; waiting for {}",
+                "synchronous replication: every replica must report before one is promoted, so \
+                 none that lacks an acknowledged commit is chosen; waiting for {}",
                 silent
                     .iter()
                     .map(|pod| pod.as_str())
@@ -637,12 +645,21 @@ pub async fn observe(
         if let Some(shard) = shards.get_mut(index as usize) {
             let running = pod.metadata.deletion_timestamp.is_none()
                 && pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+            let restarts = pod
+                .status
+                .as_ref()
+                .and_then(|status| status.container_statuses.as_ref())
+                // The container is named after the component (render/postgres.rs).
+                .and_then(|containers| containers.iter().find(|c| c.name == POSTGRES_COMPONENT))
+                .map_or(0, |container| container.restart_count);
+            let incarnation = pod.uid().map(|uid| format!("{uid}/{restarts}"));
             shard.pods.push(PodObservation {
                 name: pod.name_any(),
                 ordinal,
                 role_label: pod.labels().get(ROLE_LABEL).cloned(),
                 running,
                 revision: pod.labels().get(REVISION_LABEL).cloned(),
+                incarnation,
                 instance,
             });
         }
@@ -864,6 +881,7 @@ mod tests {
             role_label: None,
             running: true,
             revision: Some("r1".into()),
+            incarnation: Some(format!("uid-{ordinal}/0")),
             instance,
         }
     }
@@ -897,6 +915,7 @@ mod tests {
         current: Option<ScaledAppStatus>,
         paused: bool,
         unhealthy_for: Duration,
+        restarted: bool,
         switchover: Option<SwitchoverRequest>,
     }
 
@@ -907,12 +926,14 @@ mod tests {
                 current,
                 paused: false,
                 unhealthy_for: Duration::ZERO,
+                restarted: false,
                 switchover: None,
             }
         }
 
         fn decide(&self, shard: ShardObservation) -> ShardDecision {
             let unhealthy = BTreeMap::from([(0, self.unhealthy_for)]);
+            let restarted: BTreeSet<u32> = self.restarted.then_some(0).into_iter().collect();
             let now = at(1000);
             let inputs = Inputs {
                 app: &self.app,
@@ -920,6 +941,7 @@ mod tests {
                 paused: self.paused,
                 now: &now,
                 unhealthy_for: &unhealthy,
+                restarted: &restarted,
                 switchover: self.switchover.as_ref(),
             };
             decide(inputs, &[shard]).remove(0)
@@ -1126,6 +1148,21 @@ mod tests {
         case.unhealthy_for = Duration::from_secs(30);
         let decision = case.decide(running_shard(false, [700, 800]));
         assert_eq!(decision.primary_pod.as_deref(), Some("shop-shard-0-2"));
+    }
+
+    #[test]
+    fn a_primary_pod_that_went_down_and_is_starting_again_is_failed_over_after_the_delay_alone() {
+        // Deleted and recreated by its StatefulSet (or its container restarted): the process
+        // that could have taken writes is gone, and the new one would start as primary on a
+        // stale record. No fence wait.
+        let mut case = Case::new(Some(recorded("shop-shard-0-0")));
+        case.unhealthy_for = Duration::from_secs(10);
+        case.restarted = true;
+        let decision = case.decide(running_shard(false, [700, 800]));
+        assert_eq!(decision.primary_pod.as_deref(), Some("shop-shard-0-2"));
+        case.unhealthy_for = Duration::from_secs(9);
+        let waiting = case.decide(running_shard(false, [700, 800]));
+        assert_eq!(waiting.primary_pod.as_deref(), Some("shop-shard-0-0"));
     }
 
     #[test]

@@ -15,7 +15,7 @@ use kube::{Api, Resource, ResourceExt};
 use tracing::{info, instrument, warn};
 
 use crate::apply::{Applier, ApplyError, Changes};
-use crate::context::Context;
+use crate::context::{Context, PrimarySeen};
 use crate::crd::{ScaledApp, ScaledAppStatus};
 use std::collections::BTreeMap;
 
@@ -183,7 +183,7 @@ async fn reconcile_children(app: &ScaledApp, context: &Context, namespace: &str)
             Ok(observed) => observed,
             Err(error) => return Outcome::ApplyFailed(ApplyError::Instances(error)),
         };
-    let unhealthy_for = context.primaries.observe(
+    let (unhealthy_for, restarted) = context.primaries.observe(
         &key(app),
         recorded_primaries(app.status.as_ref(), &observed),
     );
@@ -196,6 +196,7 @@ async fn reconcile_children(app: &ScaledApp, context: &Context, namespace: &str)
             paused: app.spec.paused,
             now: &now,
             unhealthy_for: &unhealthy_for,
+            restarted: &restarted,
             switchover: switchover
                 .as_ref()
                 .and_then(|request| request.as_ref().ok()),
@@ -274,7 +275,7 @@ fn update_revisions(children: &Observed) -> BTreeMap<u32, String> {
 fn recorded_primaries<'a>(
     status: Option<&'a ScaledAppStatus>,
     observed: &'a [instances::ShardObservation],
-) -> impl Iterator<Item = (u32, String, bool)> + 'a {
+) -> impl Iterator<Item = PrimarySeen> + 'a {
     observed.iter().filter_map(move |shard| {
         let primary = status?
             .shards
@@ -282,8 +283,15 @@ fn recorded_primaries<'a>(
             .find(|s| s.index == shard.index as i32)?
             .primary_pod
             .clone()?;
-        let healthy = instances::primary_health(shard, &primary) == instances::Health::Healthy;
-        Some((shard.index, primary, healthy))
+        let health = instances::primary_health(shard, &primary);
+        let pod = shard.pods.iter().find(|pod| pod.name == primary);
+        Some(PrimarySeen {
+            shard: shard.index,
+            healthy: health == instances::Health::Healthy,
+            down: matches!(health, instances::Health::Gone(_)),
+            incarnation: pod.and_then(|pod| pod.incarnation.clone()),
+            pod: primary,
+        })
     })
 }
 

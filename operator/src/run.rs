@@ -170,7 +170,7 @@ pub async fn run(settings: RunSettings) -> Result<(), RunError> {
     // over all of them.
     let metrics_api_task = match settings.metrics_api.clone() {
         Some(api) => {
-            let server = MetricsApi::start(client.clone(), api)
+            let server = MetricsApi::start(client.clone(), api, &settings.scope)
                 .await
                 .map_err(RunError::MetricsApi)?;
             Some(tokio::spawn(server.run(stopped())))

@@ -44,6 +44,8 @@ use tokio::sync::Semaphore;
 use tower::Service;
 use tracing::{debug, info, warn};
 
+use crate::controller::Scope;
+
 use self::auth::{AUTHENTICATION_CONFIG_MAP, Authenticator, Peer, RequestHeaderConfig};
 use self::pods::ScrapeSettings;
 use self::queues::QueueSettings;
@@ -104,6 +106,7 @@ impl MetricsApi {
     pub async fn start(
         client: kube::Client,
         settings: MetricsApiSettings,
+        scope: &Scope,
     ) -> Result<MetricsApi, MetricsApiError> {
         let certificate_error = |source| MetricsApiError::Certificate {
             dir: settings.cert_dir.clone(),
@@ -126,6 +129,7 @@ impl MetricsApi {
             })?;
         let (source, keep_current) = LiveSource::new(
             client.clone(),
+            scope,
             ScrapeSettings::default(),
             QueueSettings::default(),
         );

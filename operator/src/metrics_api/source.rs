@@ -17,6 +17,7 @@ use tracing::warn;
 use super::error::ApiError;
 use super::pods::{PodReadings, PodScraper, ScrapeSettings};
 use super::queues::{QueueReader, QueueReadings, QueueSettings};
+use crate::controller::Scope;
 use crate::crd::ScaledApp;
 
 /// How often state of ScaledApps that are gone is dropped.
@@ -60,7 +61,9 @@ pub trait MetricsSource: Send + Sync {
 
 /// The real source.
 pub struct LiveSource {
-    store: Store<ScaledApp>,
+    /// One watch cache per namespace of the operator's scope (one for all in a cluster scope):
+    /// a namespaced install may not list ScaledApps anywhere else.
+    stores: Vec<(Option<String>, Store<ScaledApp>)>,
     ready: AtomicBool,
     /// App pod scraping.
     pub pods: PodScraper,
@@ -73,35 +76,54 @@ impl LiveSource {
     /// state of deleted ScaledApps); run that future for as long as the source is used.
     pub fn new(
         client: kube::Client,
+        scope: &Scope,
         scrape: ScrapeSettings,
         queues: QueueSettings,
     ) -> (Arc<LiveSource>, impl Future<Output = ()> + Send + 'static) {
-        let (store, writer) = reflector::store();
+        let namespaces: Vec<Option<String>> = match scope {
+            Scope::Cluster => vec![None],
+            Scope::Namespaces(namespaces) => namespaces.iter().cloned().map(Some).collect(),
+        };
+        let mut stores = Vec::new();
+        let mut watches = Vec::new();
+        for namespace in namespaces {
+            let (store, writer) = reflector::store();
+            let apps = match &namespace {
+                Some(namespace) => Api::<ScaledApp>::namespaced(client.clone(), namespace),
+                None => Api::<ScaledApp>::all(client.clone()),
+            };
+            let watch = watcher(apps, watcher::Config::default())
+                .default_backoff()
+                .modify(|app| {
+                    // Only the spec is read; managed fields are most of a stored object.
+                    app.managed_fields_mut().clear();
+                    app.annotations_mut()
+                        .remove("kubectl.kubernetes.io/last-applied-configuration");
+                })
+                .reflect(writer)
+                .for_each(|event| async move {
+                    if let Err(error) = event {
+                        warn!(%error, "the metrics API's ScaledApp watch failed; retrying");
+                    }
+                });
+            stores.push((namespace, store));
+            watches.push(watch);
+        }
         let source = Arc::new(LiveSource {
-            store: store.clone(),
+            stores: stores.clone(),
             ready: AtomicBool::new(false),
             pods: PodScraper::new(client.clone(), scrape),
             queues: QueueReader::new(client.clone(), queues),
         });
-        let watch = watcher(Api::<ScaledApp>::all(client), watcher::Config::default())
-            .default_backoff()
-            .modify(|app| {
-                // Only the spec is read; managed fields are most of a stored object.
-                app.managed_fields_mut().clear();
-                app.annotations_mut()
-                    .remove("kubectl.kubernetes.io/last-applied-configuration");
-            })
-            .reflect(writer)
-            .for_each(|event| async move {
-                if let Err(error) = event {
-                    warn!(%error, "the metrics API's ScaledApp watch failed; retrying");
-                }
-            });
         let background = {
             let source = source.clone();
             async move {
                 let mark_ready = async {
-                    if store.wait_until_ready().await.is_ok() {
+                    let loaded = futures::future::join_all(
+                        stores.iter().map(|(_, store)| store.wait_until_ready()),
+                    )
+                    .await;
+                    if loaded.iter().all(Result::is_ok) {
                         source.ready.store(true, Ordering::Relaxed);
                     }
                 };
@@ -112,7 +134,7 @@ impl LiveSource {
                         source.sweep();
                     }
                 };
-                tokio::join!(watch, mark_ready, sweep);
+                tokio::join!(futures::future::join_all(watches), mark_ready, sweep);
             }
         };
         (source, background)
@@ -121,10 +143,10 @@ impl LiveSource {
     /// Drops pod and queue state of ScaledApps that no longer exist.
     pub fn sweep(&self) {
         let live: HashSet<AppKey> = self
-            .store
-            .state()
+            .stores
             .iter()
-            .map(|app| AppKey::of(app))
+            .flat_map(|(_, store)| store.state())
+            .map(|app| AppKey::of(&app))
             .collect();
         self.pods.retain(&live);
         self.queues.retain(&live);
@@ -138,9 +160,18 @@ impl MetricsSource for LiveSource {
                 "the metrics server is still loading the ScaledApps".into(),
             ));
         }
-        let mut apps = self
-            .store
-            .state_filter(|app| app.namespace().as_deref() == Some(namespace));
+        let mut apps: Vec<Arc<ScaledApp>> = self
+            .stores
+            .iter()
+            .filter(|(watched, _)| {
+                watched
+                    .as_deref()
+                    .is_none_or(|watched| watched == namespace)
+            })
+            .flat_map(|(_, store)| {
+                store.state_filter(|app| app.namespace().as_deref() == Some(namespace))
+            })
+            .collect();
         apps.sort_by_key(|app| app.name_any());
         Ok(apps)
     }
