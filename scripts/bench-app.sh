@@ -3,6 +3,10 @@
 # 100,000 users, plus two ceilings measured in the same run on the same machine:
 #   - nginx serving a small static JSON file (what "a cached GET" could at best be);
 #   - pgbench with a one-row INSERT script at the same client count (what "a write" could be).
+# Orders need a signed-in user: before the order case every seeded user gets a fresh session
+# (`scaled-app open-sessions`: what a sign-in does, without 100,000 password hashes), and each
+# request carries the cookie of a random one. A run where any order request is not answered 2xx,
+# or no order is accepted, fails.
 # After the order case it waits for the outbox and the queues to drain and checks that every
 # accepted order produced exactly one e-mail and one analytics count (a run where they differ
 # fails), and it reports commits and WAL flushes per order and the app's memory.
@@ -84,17 +88,22 @@ LUA
 }
 { lua_ids "$HOT_USERS"; echo 'request = function() return wrk.format("GET", "/api/users/" .. ids[math.random(#ids)]) end'; } > "$OUT/hot.lua"
 { lua_ids "$USERS"; echo 'request = function() return wrk.format("GET", "/api/users/" .. ids[math.random(#ids)]) end'; } > "$OUT/uniform.lua"
-{
-  lua_ids "$USERS"
-  cat <<'LUA'
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
+# Orders as a random signed-in user: the buyer is the session's user (the body names none).
+# sessions.txt (`<id>\t<cookie name>=<session id>` lines) is written just before the order case.
+cat > "$OUT/orders.lua" <<LUA
+local cookies = {}
+for line in io.lines("$OUT/sessions.txt") do
+  cookies[#cookies + 1] = line:match("\t(.+)\$")
+  if #cookies >= $USERS then break end
+end
+math.randomseed(os.time() + tonumber(tostring({}):match("0x(%x+)"), 16) % 100000)
+local body = '{"items":[{"sku":"bench","quantity":1}],"total":9.99}'
+local headers = { ["Content-Type"] = "application/json" }
 request = function()
-  local body = '{"user_id":' .. ids[math.random(#ids)] .. ',"items":[{"sku":"bench","quantity":1}],"total":9.99}'
-  return wrk.format("POST", "/api/orders", nil, body)
+  headers["Cookie"] = cookies[math.random(#cookies)]
+  return wrk.format("POST", "/api/orders", headers, body)
 end
 LUA
-} > "$OUT/orders.lua"
 # Reads every user once (each wrk thread walks its share of the ids): fills L2. wrk runs until
 # the app has counted that many reads (wrk itself only stops at the end of its duration).
 {
@@ -179,6 +188,11 @@ row[uniform]=$(measure uniform-get "$BASE" "$OUT/uniform.lua")
 
 # The order case, with what it leaves behind: counts before, WAL and commit counters of every
 # primary, then the drain.
+# Sessions first, anew on every run (ids.txt is kept across runs, sessions expire and Redis may
+# have been restarted); this ends the sessions the previous run opened. Opened just before the
+# case, they only have to outlive it: the stack's sessions live an hour since their last use.
+log "opening a session for every seeded user"
+"$APP" open-sessions --ids "$OUT/ids.txt" --concurrency 32 --output "$OUT/sessions.txt"
 orders_query="SELECT count(*) FROM orders"
 emails_query="SELECT count(*) FROM sent_emails"
 events_query="SELECT COALESCE(sum(count), 0) FROM analytics_counters WHERE event = 'order_created'"
@@ -190,6 +204,11 @@ events_before=$(sql_sum "$events_query")
 commits_before=$(sql_sum "$commits_query")
 flushes_before=$(sql_sum "$flushes_query")
 row[orders]=$(measure post-orders "$BASE" "$OUT/orders.lua")
+# measure counts non-2xx together with socket errors; a non-2xx order (401: no live session, 4xx:
+# a body the handler refuses) means the case did not measure orders.
+orders_non2xx=$(awk '/Non-2xx/ { bad += $NF } END { printf "%d\n", bad }' "$OUT/post-orders.txt")
+[ "$orders_non2xx" -eq 0 ] ||
+  log "FAILED RUN: POST /api/orders got $orders_non2xx non-2xx responses (see $OUT/post-orders.txt)"
 log "waiting for the outbox and the queues to drain"
 drained=no
 for _ in $(seq 1 "$DRAIN_TIMEOUT"); do
@@ -256,6 +275,7 @@ table_row() { # label row-text ceiling-name ceiling-rps min-share min-rps max-p9
 }
 read -r _ nginx_rps _ <<< "${row[nginx]}"
 drain_ok=$([ "$drained" = yes ] && [ "$orders" -eq "$emails" ] && [ "$orders" -eq "$events" ] && echo yes || echo no)
+orders_ok=$([ "$orders_non2xx" -eq 0 ] && [ "$orders" -gt 0 ] && echo yes || echo no)
 {
   echo "| case | requests/s | p50 ms | p99 ms | non-2xx, socket errors, timeouts | ceiling in the same run | share of ceiling | target | met? | load at start |"
   echo "| --- | ---: | ---: | ---: | ---: | --- | ---: | --- | --- | ---: |"
@@ -265,6 +285,7 @@ drain_ok=$([ "$drained" = yes ] && [ "$orders" -eq "$emails" ] && [ "$orders" -e
   table_row "POST /api/orders" "${row[orders]}" "pgbench" "${pgbench_tps:-0}" 50 0 30
   echo "| pgbench, one-row INSERT, $CONNECTIONS clients, shard 0 (ceiling) | ${pgbench_tps:-?} | avg ${pgbench_avg:-?} | - | - | | | | | $pgbench_load |"
   echo
+  echo "POST /api/orders: $orders_non2xx non-2xx responses, $orders orders accepted: $([ "$orders_ok" = yes ] && echo "every response 2xx" || echo "FAILED RUN: requests were refused (non-2xx) or no order was accepted")."
   echo "After the order case (drained: $drained): orders accepted $orders, e-mails sent $emails, analytics events applied $events, dead letters $dead: $([ "$drain_ok" = yes ] && echo "all equal" || echo "FAILED RUN: the counts differ or the queues did not drain")."
   awk -v orders="$orders" -v commits="$commits" -v flushes="$flushes" 'BEGIN {
     if (orders > 0) printf "Per accepted order, over the order case and its drain, on all primaries: %.2f commits (pg_stat_database.xact_commit, reads included), %.3f WAL flushes (pg_stat_wal.wal_sync).\n", commits / orders, flushes / orders }'
@@ -272,4 +293,4 @@ drain_ok=$([ "$drained" = yes ] && [ "$orders" -eq "$emails" ] && [ "$orders" -e
   echo
   echo "connections $CONNECTIONS, threads $THREADS, duration $DURATION, hot set $HOT_USERS, $(nproc) cores; load = 1-minute load average when the case started"
 } | tee "$OUT/results.md"
-[ "$drain_ok" = yes ]
+[ "$drain_ok" = yes ] && [ "$orders_ok" = yes ]

@@ -1,5 +1,6 @@
-//! Entry point: one binary, three modes (`serve`, `worker`, `migrate`), plus a hidden
-//! `local-config` that writes a development config. Wiring only; the work is in the library.
+//! Entry point: one binary, three modes (`serve`, `worker`, `migrate`), plus `password-token` and
+//! hidden helpers for scripts (`local-config`, `seed`, `open-sessions`). Wiring only; the work is
+//! in the library.
 
 use std::{io::Write, path::PathBuf, process::ExitCode, time::Duration};
 
@@ -72,6 +73,21 @@ enum Command {
         #[arg(long, default_value_t = 16)]
         concurrency: usize,
         /// File for the ids.
+        #[arg(long)]
+        output: PathBuf,
+    },
+    /// Sign in the users of an ids file (as `seed` writes it) without passwords, and write one
+    /// `<id>\t<cookie name>=<session id>` line per user; the sessions listed in the output file
+    /// by an earlier run end (used by scripts/bench-app.sh before every run).
+    #[command(hide = true)]
+    OpenSessions {
+        /// File of user ids, one a line.
+        #[arg(long)]
+        ids: PathBuf,
+        /// Concurrent sign-ins.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        /// File for the sessions (mode 0600: they sign users in).
         #[arg(long)]
         output: PathBuf,
     },
@@ -152,12 +168,48 @@ async fn main() -> ExitCode {
             }
             Err(error) => Err(error),
         },
+        Command::OpenSessions {
+            ids,
+            concurrency,
+            output,
+        } => {
+            let ids = match std::fs::read_to_string(&ids) {
+                Ok(ids) => ids,
+                Err(error) => return fail(&error),
+            };
+            let previous = match std::fs::read_to_string(&output) {
+                Ok(previous) => previous,
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => String::new(),
+                Err(error) => return fail(&error),
+            };
+            match startup::open_sessions(settings, &ids, &previous, concurrency).await {
+                Ok(lines) => match write_private(&output, &lines) {
+                    Ok(()) => Ok(()),
+                    Err(error) => return fail(&error),
+                },
+                Err(error) => Err(error),
+            }
+        }
         Command::LocalConfig { .. } => Ok(()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => fail(&error),
     }
+}
+
+/// Writes `text` to `path`, readable by the owner only.
+fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    // `mode` applies to a new file only.
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    file.write_all(text.as_bytes())
 }
 
 /// Prints an error with its causes and returns failure.

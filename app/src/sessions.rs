@@ -7,9 +7,11 @@
 //! session carries the generation it was opened under: a password change bumps it, which voids
 //! every session of that user at once, wherever it is used.
 //!
-//! Sessions are opened only by a sign-in with a password. Versions before that opened a session
-//! for any user id without a credential; those sessions were stored under `session:<hash>`, and
-//! this store reads and writes `session:v2:<hash>` only, so none of them is honoured.
+//! Sessions are opened only by a sign-in with a password, and by the hidden `open-sessions`
+//! benchmark command, which needs the session secret and the store itself (whoever has both can
+//! forge sessions anyway). Versions before that opened a session for any user id without a
+//! credential; those sessions were stored under `session:<hash>`, and this store reads and writes
+//! `session:v2:<hash>` only, so none of them is honoured.
 
 use std::time::Duration;
 
@@ -82,6 +84,20 @@ impl SessionStore {
             )
             .await?;
         Ok(id)
+    }
+
+    /// Opens a session of `user_id` under the user's current generation (what a sign-in does once
+    /// the password matched) and returns its id and data; `replaces` is ended as in
+    /// [`SessionStore::create`].
+    pub async fn open(
+        &self,
+        user_id: i64,
+        replaces: Option<&str>,
+    ) -> Result<(String, Value), SessionError> {
+        let generation = self.generation(user_id).await?;
+        let data = new_data(user_id, generation);
+        let id = self.create(&data, replaces).await?;
+        Ok((id, data))
     }
 
     /// The current session generation of `user_id`.
@@ -169,6 +185,12 @@ pub fn user_of(data: &Value) -> Option<i64> {
     data.get("user_id")
         .and_then(Value::as_i64)
         .filter(|id| *id > 0)
+}
+
+/// `name=id`: the session cookie as a client sends it back in `Cookie` (and the start of the
+/// `Set-Cookie` value that hands it out).
+pub fn cookie_pair(cookie_name: &str, id: &str) -> String {
+    format!("{cookie_name}={id}")
 }
 
 /// Whether `id` has the shape of an id this store issues (so junk never reaches Redis).

@@ -2,7 +2,7 @@
 //! shutdown token fires, then drain (HTTP requests in flight finish; workers finish the message
 //! in hand).
 
-use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{collections::HashMap, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use tokio::{net::TcpListener, sync::Notify, task::JoinSet};
 use tokio_util::sync::CancellationToken;
@@ -18,7 +18,7 @@ use crate::{
     ratelimit::{AttemptLimiter, RateLimiter},
     redis_client::{RedisCallError, RedisClient},
     relay::Relay,
-    sessions::SessionStore,
+    sessions::{SessionError, SessionStore},
     worker::{self, FaultInjection},
 };
 
@@ -55,6 +55,9 @@ pub enum StartupError {
     /// A password-set token could not be issued.
     #[error("failed to issue a password-set token")]
     PasswordToken(#[source] PasswordTokenError),
+    /// Benchmark sessions could not be opened.
+    #[error("failed to open benchmark sessions")]
+    OpenSessions(#[source] OpenSessionsError),
     /// Settings are incomplete.
     #[error("failed to load settings")]
     Config(#[from] ConfigError),
@@ -99,6 +102,22 @@ impl Core {
     }
 }
 
+/// Budget of the Redis calls that decide a response (sessions, limits, tokens).
+fn decision_budget(settings: &Settings) -> Duration {
+    Duration::from_millis(settings.runtime.cache.redis_timeout_ms).max(MIN_REDIS_DECISION_BUDGET)
+}
+
+/// The session store `serve` uses; `open-sessions` uses the same, so its sessions are the ones a
+/// sign-in opens (same key, same lifetime).
+fn session_store(settings: &Settings, redis: RedisClient) -> SessionStore {
+    SessionStore::new(
+        redis,
+        settings.session_secret.clone(),
+        Duration::from_secs(settings.runtime.sessions.ttl_seconds),
+        decision_budget(settings),
+    )
+}
+
 async fn bind(settings: &Settings, port: u16) -> Result<TcpListener, StartupError> {
     let address = SocketAddr::new(settings.bind_address, port);
     TcpListener::bind(address)
@@ -120,8 +139,7 @@ impl Application {
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
         let core = Core::new(&settings)?;
         let runtime = &settings.runtime;
-        let decision_budget =
-            Duration::from_millis(runtime.cache.redis_timeout_ms).max(MIN_REDIS_DECISION_BUDGET);
+        let decision_budget = decision_budget(&settings);
         let cache = Arc::new(UserCache::new(
             &runtime.cache,
             core.redis.clone(),
@@ -137,12 +155,7 @@ impl Application {
                 decision_budget,
                 core.metrics.clone(),
             ),
-            sessions: SessionStore::new(
-                core.redis.clone(),
-                settings.session_secret.clone(),
-                Duration::from_secs(runtime.sessions.ttl_seconds),
-                decision_budget,
-            ),
+            sessions: session_store(&settings, core.redis.clone()),
             passwords: Passwords::new(),
             password_tokens: PasswordTokens::new(
                 core.redis.clone(),
@@ -321,6 +334,120 @@ pub async fn seed_users(
     Ok(ids)
 }
 
+/// Why benchmark sessions were not opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenSessionsError {
+    /// A line of the ids file is not a user id.
+    #[error("line {line} of the ids file is not a user id")]
+    BadId {
+        /// 1-based line number.
+        line: usize,
+    },
+    /// A user could not be looked up.
+    #[error("failed to look up user {user_id}")]
+    Lookup {
+        /// The user.
+        user_id: i64,
+        /// Why.
+        #[source]
+        source: DbError,
+    },
+    /// An id names no user (ids written for another database).
+    #[error("there is no user {0}")]
+    NoSuchUser(i64),
+    /// The session store refused a session.
+    #[error("failed to open a session of user {user_id}")]
+    Store {
+        /// The user.
+        user_id: i64,
+        /// Why.
+        #[source]
+        source: SessionError,
+    },
+}
+
+/// The hidden `open-sessions` command: signs in the users of `ids` (one id a line, as `seed`
+/// writes them) for benchmarks, without their passwords, and returns lines
+/// `<user id>\t<cookie name>=<session id>` in the order of `ids`: the `Cookie` pair each user
+/// sends.
+///
+/// Per user it does what the sign-in handler does once the password matched: reads the account
+/// from its primary, then opens a session under the user's current generation through the store
+/// `serve` uses (same secret, same lifetime), ending the user's session listed in `previous` (what
+/// this command returned last time, if anything), so running it before every benchmark leaves one
+/// live session per user. `concurrency` users are in flight.
+pub async fn open_sessions(
+    settings: Settings,
+    ids: &str,
+    previous: &str,
+    concurrency: usize,
+) -> Result<String, StartupError> {
+    use futures::{StreamExt, TryStreamExt};
+    let users = parse_ids(ids).map_err(StartupError::OpenSessions)?;
+    let cookie_name = &settings.runtime.sessions.cookie_name;
+    let previous = previous_sessions(previous, cookie_name);
+    let core = Core::new(&settings)?;
+    let store = session_store(&settings, core.redis.clone());
+    let cluster = &core.cluster;
+    let store = &store;
+    let previous = &previous;
+    let lines: String = futures::stream::iter(users)
+        .map(|user_id| async move {
+            db::users::credentials_by_id(cluster, user_id)
+                .await
+                .map_err(|source| OpenSessionsError::Lookup { user_id, source })?
+                .ok_or(OpenSessionsError::NoSuchUser(user_id))?;
+            let replaces = previous.get(&user_id).map(String::as_str);
+            let (session, _) = store
+                .open(user_id, replaces)
+                .await
+                .map_err(|source| OpenSessionsError::Store { user_id, source })?;
+            Ok::<_, OpenSessionsError>(format!(
+                "{user_id}\t{}\n",
+                crate::sessions::cookie_pair(cookie_name, &session)
+            ))
+        })
+        // In order, and the first failure stops the run (a stale ids file fails at once).
+        .buffered(concurrency.max(1))
+        .try_collect()
+        .await
+        .map_err(StartupError::OpenSessions)?;
+    tracing::info!(
+        sessions = lines.lines().count(),
+        ttl_seconds = store.ttl().as_secs(),
+        "opened benchmark sessions"
+    );
+    Ok(lines)
+}
+
+/// User ids, one a line (blank lines skipped).
+fn parse_ids(text: &str) -> Result<Vec<i64>, OpenSessionsError> {
+    text.lines()
+        .enumerate()
+        .map(|(index, line)| (index, line.trim()))
+        .filter(|(_, line)| !line.is_empty())
+        .map(|(index, line)| {
+            line.parse::<i64>()
+                .ok()
+                .filter(|id| *id > 0)
+                .ok_or(OpenSessionsError::BadId { line: index + 1 })
+        })
+        .collect()
+}
+
+/// Session ids by user from an earlier [`open_sessions`] output; lines for another cookie name or
+/// without a well-formed id are skipped (those sessions simply expire).
+fn previous_sessions(text: &str, cookie_name: &str) -> HashMap<i64, String> {
+    text.lines()
+        .filter_map(|line| {
+            let (user, pair) = line.split_once('\t')?;
+            let (name, session) = pair.split_once('=')?;
+            let well_formed = name == cookie_name && crate::sessions::is_well_formed(session);
+            Some((user.parse().ok()?, session.to_string())).filter(|_| well_formed)
+        })
+        .collect()
+}
+
 /// Re-reads the config file every few seconds and puts a changed shard map and changed rate-limit
 /// settings in force without a restart; every other setting is read once at start-up (the
 /// operator replaces the pods when the document changes). The file's values are compared with
@@ -405,12 +532,14 @@ pub async fn issue_password_token(
             user_id,
         )));
     }
-    let budget = Duration::from_millis(settings.runtime.cache.redis_timeout_ms)
-        .max(MIN_REDIS_DECISION_BUDGET);
-    PasswordTokens::new(core.redis.clone(), settings.session_secret.clone(), budget)
-        .issue(user_id)
-        .await
-        .map_err(|source| StartupError::PasswordToken(PasswordTokenError::Store(source)))
+    PasswordTokens::new(
+        core.redis.clone(),
+        settings.session_secret.clone(),
+        decision_budget(&settings),
+    )
+    .issue(user_id)
+    .await
+    .map_err(|source| StartupError::PasswordToken(PasswordTokenError::Store(source)))
 }
 
 /// A token cancelled on SIGTERM or Ctrl-C.
@@ -437,4 +566,33 @@ pub fn shutdown_on_signal() -> CancellationToken {
         trigger.cancel();
     });
     token
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_read_one_a_line_and_junk_names_its_line() {
+        assert_eq!(parse_ids("7\n\n 12 \n").ok(), Some(vec![7, 12]));
+        assert!(matches!(
+            parse_ids("7\nseven\n"),
+            Err(OpenSessionsError::BadId { line: 2 })
+        ));
+        assert!(matches!(
+            parse_ids("0"),
+            Err(OpenSessionsError::BadId { line: 1 })
+        ));
+    }
+
+    #[test]
+    fn the_sessions_a_run_wrote_are_found_again_by_user() {
+        let session = "ab".repeat(32);
+        let line = format!("42\t{}\n", crate::sessions::cookie_pair("sid", &session));
+        let other_name = format!("43\t{}\n", crate::sessions::cookie_pair("other", &session));
+        let text = format!("{line}{other_name}44\tsid=not-an-id\njunk\n");
+        let found = previous_sessions(&text, "sid");
+        assert_eq!(found.len(), 1);
+        assert_eq!(found.get(&42), Some(&session));
+    }
 }

@@ -44,8 +44,8 @@ pub(super) fn session_cookie(state: &AppState, value: &str, max_age: u64) -> Opt
         ""
     };
     HeaderValue::from_str(&format!(
-        "{}={value}; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Lax{secure}",
-        settings.cookie_name
+        "{}; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Lax{secure}",
+        crate::sessions::cookie_pair(&settings.cookie_name, value)
     ))
     .ok()
 }
@@ -104,11 +104,12 @@ async fn create(
         return Err(AppError::Unauthorized("email or password is incorrect"));
     };
     state.sign_in.succeeded(attempt).await;
-    let generation = state.sessions.generation(account.user_id).await?;
-    let data = crate::sessions::new_data(account.user_id, generation);
     // A new id on every sign-in, and the old session (if any) ends: no session fixation.
     let previous = current_id(&state, &headers);
-    let id = state.sessions.create(&data, previous.as_deref()).await?;
+    let (id, data) = state
+        .sessions
+        .open(account.user_id, previous.as_deref())
+        .await?;
     let ttl = state.sessions.ttl().as_secs();
     let body = json!({ "session": data, "expires_in": ttl });
     Ok(private(

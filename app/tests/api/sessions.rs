@@ -574,3 +574,137 @@ async fn an_account_without_a_password_gets_one_with_a_one_time_token_from_the_c
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("no user 424242"));
 }
+
+/// The Redis key of session `id` (`session:v2:<SHA-256(secret || id)>`).
+fn session_key(id: &str) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(SESSION_SECRET.as_bytes());
+    hasher.update(id.as_bytes());
+    format!("session:v2:{}", hex::encode(hasher.finalize()))
+}
+
+#[tokio::test]
+async fn benchmark_sessions_from_the_cli_sign_seeded_users_in_and_a_second_run_replaces_them() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let app = TestApp::spawn().await;
+    let directory = tempfile::tempdir().expect("tempdir");
+    let config = directory.path().join("config.json");
+    std::fs::write(&config, app.config.to_json()).expect("write config");
+    let ids_path = directory.path().join("ids.txt");
+    let sessions_path = directory.path().join("sessions.txt");
+    let cli = |args: &[&std::ffi::OsStr]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_scaled-app"))
+            .args(args)
+            .env("SCALED_CONFIG", &config)
+            .env("SCALED_SESSION_SECRET", SESSION_SECRET)
+            .env("SCALED_DATABASE_PASSWORD", crate::support::APP_PASSWORD)
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("run scaled-app")
+    };
+    let open_sessions = |ids: &std::path::Path| {
+        let output = cli(&[
+            "open-sessions".as_ref(),
+            "--ids".as_ref(),
+            ids.as_os_str(),
+            "--concurrency".as_ref(),
+            "2".as_ref(),
+            "--output".as_ref(),
+            sessions_path.as_os_str(),
+        ]);
+        assert!(output.status.success(), "{output:?}");
+        std::fs::read_to_string(&sessions_path)
+            .expect("the sessions file")
+            .lines()
+            .map(|line| {
+                let (user, cookie) = line.split_once('\t').expect("<id>\\t<cookie>");
+                (user.parse::<i64>().expect("a user id"), cookie.to_string())
+            })
+            .collect::<Vec<_>>()
+    };
+    let order_as = |cookie: String| {
+        let request = app
+            .client
+            .post(format!("{}/api/orders", app.address))
+            .header(header::COOKIE, cookie)
+            .json(&json!({ "items": [{ "sku": "bench", "quantity": 1 }], "total": 9.99 }));
+        async move { request.send().await.expect("sent") }
+    };
+
+    // Users as the benchmark seeds them: without passwords.
+    let seeded = cli(&[
+        "seed".as_ref(),
+        "--users".as_ref(),
+        "3".as_ref(),
+        "--output".as_ref(),
+        ids_path.as_os_str(),
+    ]);
+    assert!(seeded.status.success(), "{seeded:?}");
+    let ids: Vec<i64> = std::fs::read_to_string(&ids_path)
+        .expect("the ids file")
+        .lines()
+        .map(|line| line.parse().expect("an id"))
+        .collect();
+    assert_eq!(ids.len(), 3);
+    // A user whose password changed since: the session must be opened under the new generation.
+    app.state.sessions.end_all(ids[0]).await.expect("bump");
+
+    let first = open_sessions(&ids_path);
+    assert_eq!(
+        first.iter().map(|(user, _)| *user).collect::<Vec<_>>(),
+        ids,
+        "one line per user, in the order of the ids"
+    );
+    let mode = std::fs::metadata(&sessions_path)
+        .expect("metadata")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "sessions sign users in");
+    let mut redis = app.redis().await;
+    for (user, cookie) in &first {
+        let session = cookie
+            .strip_prefix("sid=")
+            .expect("the configured cookie name");
+        // Stored like a sign-in's, with the configured lifetime.
+        let ttl: i64 = redis.ttl(session_key(session)).await.expect("ttl");
+        let configured = app.config.sessions.ttl_seconds as i64;
+        assert!(
+            ttl > configured - 60 && ttl <= configured,
+            "{ttl} vs {configured}"
+        );
+        let placed = order_as(cookie.clone()).await;
+        assert_eq!(placed.status(), StatusCode::CREATED);
+        let order: Value = placed.json().await.expect("an order");
+        assert_eq!(order["user_id"], json!(user), "the session's user buys");
+    }
+
+    // Every run signs in again: new ids, and the previous run's sessions end.
+    let second = open_sessions(&ids_path);
+    assert_eq!(second.len(), 3);
+    for ((_, old), (_, new)) in first.iter().zip(&second) {
+        assert_ne!(old, new);
+        assert_eq!(
+            order_as(old.clone()).await.status(),
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(order_as(new.clone()).await.status(), StatusCode::CREATED);
+    }
+
+    // Ids of another database open nothing.
+    let stale = directory.path().join("stale.txt");
+    std::fs::write(&stale, "987654321\n").expect("write ids");
+    let refused = cli(&[
+        "open-sessions".as_ref(),
+        "--ids".as_ref(),
+        stale.as_os_str(),
+        "--output".as_ref(),
+        directory.path().join("none.txt").as_os_str(),
+    ]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("no user 987654321"),
+        "{refused:?}"
+    );
+    assert!(!directory.path().join("none.txt").exists());
+}
