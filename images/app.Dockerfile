@@ -30,6 +30,7 @@ COPY Cargo.toml Cargo.lock ./
 COPY contract contract
 COPY operator operator
 COPY app app
+COPY instance instance
 COPY e2e e2e
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \

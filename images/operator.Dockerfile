@@ -1,5 +1,7 @@
 # syntax=docker/dockerfile:1
-# The operator image: one static (musl) binary on an empty base, running as uid 65532.
+# The operator image: two static (musl) binaries on an empty base, running as uid 65532: the
+# operator, and the Postgres instance manager `scaled-instance`, which an init container of every
+# Postgres pod runs from this image to copy itself into the pod (`scaled-instance copy-to`).
 #
 # Build from the REPOSITORY ROOT (the context must hold the whole workspace):
 #   docker build -f images/operator.Dockerfile -t ghcr.io/scaled-dev/scaledapp-operator:0.1.0 .
@@ -28,11 +30,13 @@ COPY Cargo.toml Cargo.lock ./
 COPY contract contract
 COPY operator operator
 COPY app app
+COPY instance instance
 COPY e2e e2e
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --target "${TARGET}" -p scaledapp-operator \
- && install -D -m 0755 "target/${TARGET}/release/scaledapp-operator" /rootfs/usr/local/bin/scaledapp-operator
+    cargo build --release --locked --target "${TARGET}" -p scaledapp-operator -p scaled-instance \
+ && install -D -m 0755 "target/${TARGET}/release/scaledapp-operator" /rootfs/usr/local/bin/scaledapp-operator \
+ && install -D -m 0755 "target/${TARGET}/release/scaled-instance" /rootfs/usr/local/bin/scaled-instance
 # The rest of the root filesystem: CA bundle, a nonroot user, an empty /tmp.
 RUN install -d -m 0755 /rootfs/etc/ssl/certs /rootfs/home/nonroot \
  && install -d -m 1777 /rootfs/tmp \
@@ -41,7 +45,8 @@ RUN install -d -m 0755 /rootfs/etc/ssl/certs /rootfs/home/nonroot \
  && printf 'root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n' >/rootfs/etc/passwd \
  && printf 'root:x:0:\nnonroot:x:65532:\n' >/rootfs/etc/group \
  && printf 'hosts: files dns\n' >/rootfs/etc/nsswitch.conf \
- && /rootfs/usr/local/bin/scaledapp-operator --version
+ && /rootfs/usr/local/bin/scaledapp-operator --version \
+ && /rootfs/usr/local/bin/scaled-instance --version
 
 FROM scratch
 ARG VERSION=0.1.0

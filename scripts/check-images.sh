@@ -157,6 +157,14 @@ check_operator() {
   same "render -f shop.yaml from the rootfs (input on /tmp) matches the same binary run natively" \
     "${WORK}/render.image" "${WORK}/render.host"
   check_run "${rootfs}"
+  # The instance manager every Postgres pod copies from this image, as its init container runs it
+  # (no shell: the binary copies itself into the emptyDir mounted at /tmp here).
+  out=$(in_image "${rootfs}" -- scaled-instance --version) || true
+  if [[ ${out} == "scaled-instance ${VERSION}" ]]; then
+    pass "scaled-instance runs from the rootfs as 65532 (static): --version = ${out}"
+  else
+    fail "scaled-instance --version from the rootfs" "got '${out}'" "$(tail -n 5 "${WORK}/stderr")"
+  fi
   # The chart's exact args (leader election on): with no API server it must stop on the connection,
   # not on anything the image lacks.
   local code=0
@@ -393,6 +401,29 @@ PY
   fi
   stop_tree "${worker}" "worker"
 }
+
+# The Dockerfiles (the route where Docker exists, not run here) must copy every workspace member,
+# or cargo cannot load the workspace; the operator's must also build and install the instance
+# manager, which every Postgres pod copies from it.
+echo "== Dockerfiles"
+members=$(python3 -c 'import tomllib; print(" ".join(tomllib.load(open("Cargo.toml", "rb"))["workspace"]["members"]))')
+for dockerfile in images/operator.Dockerfile images/app.Dockerfile; do
+  missing=()
+  for member in ${members}; do
+    grep -Eq "^COPY ${member} ${member}$" "${dockerfile}" || missing+=("${member}")
+  done
+  if [[ ${#missing[@]} -eq 0 ]]; then
+    pass "${dockerfile} copies every workspace member (${members})"
+  else
+    fail "${dockerfile} copies every workspace member" "missing: ${missing[*]}"
+  fi
+done
+if grep -q -- "-p scaled-instance" images/operator.Dockerfile &&
+  grep -q "/rootfs/usr/local/bin/scaled-instance" images/operator.Dockerfile; then
+  pass "images/operator.Dockerfile builds and installs scaled-instance"
+else
+  fail "images/operator.Dockerfile builds and installs scaled-instance"
+fi
 
 sizes=()
 for image in "${images[@]}"; do

@@ -61,9 +61,10 @@ case ${E2E_KIND_IMAGES:-docker} in
   *) die "E2E_KIND_IMAGES must be docker or local" ;;
 esac
 
-# The stack's default Redis and Postgres images (operator/src/crd.rs), pulled once here so that the
+# The stack's default Redis and Postgres images (operator/src/crd/defaults.rs) and the tests' client
+# pods' busybox, pulled once here so that the
 # suite's Ready timeouts measure the operator, not the nodes' first pulls.
-for image in ${E2E_KIND_PRELOAD:-redis:7.4-alpine postgres:17-alpine}; do
+for image in ${E2E_KIND_PRELOAD:-redis:7.4-alpine postgres:17-alpine busybox:1.37}; do
   if ! { docker image inspect "${image}" >/dev/null 2>&1 || docker pull -q "${image}" >/dev/null; } \
     || ! kind load docker-image --name "${CLUSTER}" "${image}"; then
     log "could not preload ${image}; the nodes will pull it themselves"

@@ -4,6 +4,9 @@
 //! `-primary` Service and records each acknowledged id; afterwards every acknowledged id must be
 //! on the new primary (synchronous replication) or the number lost is reported (asynchronous).
 //!
+//! After the failover the app, never restarted, signs a user up and reads it back with its
+//! consistency token (read-your-writes across the timeline change).
+//!
 //! Skipped, saying so, unless `SCALEDAPP_REAL_PODS=1`; the fencing and mid-failover parts cut a
 //! pod off from the API server from inside its network namespace, which needs the local real
 //! node (the test runs on it), and say so when skipped elsewhere.
@@ -127,6 +130,72 @@ async fn converged(namespace: &TestNamespace, replicas: usize) -> String {
     .await
 }
 
+/// Through the app's Service, from a pod: a sign-up (a write to the shard's new primary), then a
+/// read of it with the consistency token the write returned. The app pods were not restarted.
+async fn the_app_writes_and_reads_its_write(client: &Client, namespace: &TestNamespace) {
+    let ns = &namespace.name;
+    let output = eventually(
+        "the app to accept a write on the new primary",
+        Duration::from_secs(60),
+        || async {
+            // Until the app's pool has reconnected, a write may get 503: a new pod (and a new
+            // e-mail address) per attempt.
+            let name = format!(
+                "after-{}",
+                rand::distr::SampleString::sample_string(
+                    &rand::distr::Alphanumeric,
+                    &mut rand::rng(),
+                    5
+                )
+                .to_lowercase()
+            );
+            let script = format!(
+                r#"set -e
+base=http://{APP}-app.{ns}.svc
+out=$(wget -S -q -O - --header 'Content-Type: application/json' --post-data '{{"name":"After","email":"{name}@example.org","password":"correct horse battery staple"}}' $base/api/users 2>&1)
+token=$(echo "$out" | sed -n 's/.*[Xx]-[Cc]onsistency-[Tt]oken: *\([^ ]*\).*/\1/p' | tr -d '\r' | head -n 1)
+id=$(echo "$out" | sed -n 's/.*"id":\([0-9]*\).*/\1/p' | head -n 1)
+[ -n "$id" ] && [ -n "$token" ] || {{ echo "no id or token in: $out"; exit 1; }}
+echo "READ $(wget -q -O - --header "X-Consistency-Token: $token" $base/api/users/$id)"
+echo "ID $id""#
+            );
+            Ok(client_pod(client, ns, &name, json!({}), &script).await.ok())
+        },
+    )
+    .await;
+    let id = output
+        .lines()
+        .find_map(|line| line.strip_prefix("ID "))
+        .expect("an id");
+    let read = output
+        .lines()
+        .find_map(|line| line.strip_prefix("READ "))
+        .expect("a read");
+    assert!(read.contains(&format!("\"id\":{id}")), "{output}");
+    let restarts: i32 = namespace
+        .api::<Pod>()
+        .list(&ListParams::default().labels(&format!(
+            "app.kubernetes.io/instance={APP},app.kubernetes.io/component=app"
+        )))
+        .await
+        .expect("app pods")
+        .items
+        .iter()
+        .flat_map(|pod| {
+            pod.status
+                .clone()
+                .unwrap_or_default()
+                .container_statuses
+                .unwrap_or_default()
+        })
+        .map(|container| container.restart_count)
+        .sum();
+    assert_eq!(
+        restarts, 0,
+        "the app was not restarted to find the new primary"
+    );
+}
+
 async fn pod_ip(namespace: &TestNamespace, pod: &str) -> String {
     namespace
         .api::<Pod>()
@@ -218,6 +287,7 @@ async fn with_synchronous_replication_failover_and_switchover_lose_no_acknowledg
             .any(|instance| instance.pod == old && instance.role == "Replica" && instance.ready),
         "the old primary is back as a replica"
     );
+    the_app_writes_and_reads_its_write(&client, &namespace).await;
 
     // Switchover under load: errors only inside the write pause, which is measured.
     let writes = writer(&client, &namespace).await;

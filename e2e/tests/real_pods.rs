@@ -260,8 +260,13 @@ async fn reaches(
     port: u16,
 ) -> bool {
     // Busybox's nc has no -z: `-e true` exits 0 once the connection is made, 1 if it is refused
-    // or (a NetworkPolicy drops the SYN) the 3 s connect timeout passes.
-    let script = format!("if nc -w 3 {host} {port} -e true; then echo OPEN; else echo CLOSED; fi");
+    // or (a NetworkPolicy drops the SYN) the 3 s connect timeout passes. A new pod's address
+    // reaches the policy rules a moment after it starts (kube-router syncs on pod events), so
+    // a few attempts are made before a port counts as closed.
+    let script = format!(
+        "for i in 1 2 3 4 5; do if nc -w 3 {host} {port} -e true; then echo OPEN; exit 0; fi; \
+         sleep 1; done; echo CLOSED"
+    );
     let output = client_pod(client, &namespace.name, "probe", labels, &script)
         .await
         .expect("probe pod");

@@ -121,6 +121,9 @@ pub struct ShardDecision {
     pub waiting: Option<String>,
     /// What is wrong with the primary, while something is.
     pub primary_health: Option<String>,
+    /// The primary is unhealthy and a replica could take over: a failover is due once the
+    /// delay has passed, so time alone changes the decision.
+    pub failover_due: bool,
     /// The primary's timeline, as it reports it.
     pub timeline: Option<u32>,
     /// A failover or switchover in progress.
@@ -272,6 +275,7 @@ fn decide_shard(inputs: Inputs<'_>, shard: &ShardObservation) -> ShardDecision {
         if health != Health::Healthy {
             // Said the same way every pass (no timer in it), so status settles.
             let blocked = candidate(app, shard, &primary).err();
+            decision.failover_due = blocked.is_none() && !inputs.paused;
             decision.primary_health = health.describe().map(|why| match &blocked {
                 Some(blocked) => format!("{why}; no replica can take over: {blocked}"),
                 None => why.to_string(),

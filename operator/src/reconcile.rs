@@ -36,6 +36,10 @@ const PROGRESS_CHECK: Duration = Duration::from_secs(30);
 /// failover delay would be measured in resyncs, and a primary back within one would never be
 /// failed over, nor a failover in progress finished.
 const PRIMARY_CHECK: Duration = Duration::from_secs(1);
+/// How soon a shard with an instance that is not ready (a replica rejoining after a failover or
+/// switchover, a clone in progress) is looked at again: its pod may stay Ready to the kubelet
+/// throughout (a fence and rewind take seconds), so no StatefulSet change would report it.
+const INSTANCE_CHECK: Duration = Duration::from_secs(5);
 
 /// Why a reconcile failed; all of these are retried with backoff.
 #[derive(Debug, thiserror::Error)]
@@ -134,16 +138,25 @@ async fn run(app: &ScaledApp, context: &Context) -> Result<Action, ReconcileErro
     }
 }
 
-/// When to look again without an event: soon while any shard's primary is unhealthy, changing
-/// hands or being replaced; otherwise by readiness.
+/// When to look again without an event: soon while a failover is due or under way or a pod is
+/// being replaced, or while an instance that answers is not ready yet; otherwise by readiness.
+/// Instances that do not answer at all, or refuse their data, change only with their pods,
+/// whose events wake the controller: polling them would only load the API server (and on
+/// simulated nodes nothing ever answers).
 fn next_look(ready: bool, shards: &[instances::ShardDecision]) -> Duration {
-    let in_question = shards.iter().any(|shard| {
-        shard.primary_health.is_some() || shard.failover.is_some() || !shard.replace.is_empty()
+    let in_question = shards
+        .iter()
+        .any(|shard| shard.failover_due || shard.failover.is_some() || !shard.replace.is_empty());
+    let settling = shards.iter().any(|shard| {
+        shard.instances.iter().any(|instance| {
+            !instance.ready && instance.role != "Unknown" && instance.role != "Refused"
+        })
     });
-    match (in_question, ready) {
-        (true, _) => PRIMARY_CHECK,
-        (false, true) => RESYNC,
-        (false, false) => PROGRESS_CHECK,
+    match (in_question, settling, ready) {
+        (true, _, _) => PRIMARY_CHECK,
+        (false, true, _) => INSTANCE_CHECK,
+        (false, false, true) => RESYNC,
+        (false, false, false) => PROGRESS_CHECK,
     }
 }
 
@@ -555,17 +568,39 @@ mod tests {
         );
         let unhealthy = instances::ShardDecision {
             primary_health: Some("pod shop-shard-0-0 does not exist".into()),
+            failover_due: true,
             ..Default::default()
         };
         assert_eq!(
             next_look(true, &[healthy.clone(), unhealthy]),
             PRIMARY_CHECK
         );
+        // Nobody can take over (or, on simulated nodes, nothing answers): no polling.
+        let stuck = instances::ShardDecision {
+            primary_health: Some("the instance manager of shop-shard-0-0 does not answer".into()),
+            instances: vec![crate::crd::InstanceSummary {
+                pod: "shop-shard-0-0".into(),
+                role: "Unknown".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        assert_eq!(next_look(true, &[stuck]), RESYNC);
         let rolling = instances::ShardDecision {
             replace: vec!["shop-shard-0-1".into()],
             ..Default::default()
         };
         assert_eq!(next_look(false, &[rolling]), PRIMARY_CHECK);
+        let rejoining = instances::ShardDecision {
+            instances: vec![crate::crd::InstanceSummary {
+                pod: "shop-shard-0-2".into(),
+                role: "Replica".into(),
+                ready: false,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        assert_eq!(next_look(true, &[rejoining]), INSTANCE_CHECK);
     }
 
     /// The pass wrote nothing but the ScaledApp's status and Events.
