@@ -31,9 +31,10 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, bail};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
+use scaled_e2e::real::{Small, env_or, operator_namespace, real_node_namespace, real_pods};
 use scaled_e2e::*;
 use scaledapp_operator::crd::ScaledApp;
 use serde_json::{Value, json};
@@ -51,27 +52,6 @@ const SCALE_DOWN_WINDOW_SECONDS: i64 = 30;
 /// Consumer that holds the pushed backlog (never a worker).
 const HOLDER: &str = "e2e-holder";
 
-fn env_or(name: &str, default: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| default.to_string())
-}
-
-/// `true` when real pods run; otherwise says why the test is skipped.
-fn real_pods(test: &str) -> bool {
-    if std::env::var("SCALEDAPP_REAL_PODS").as_deref() == Ok("1") {
-        return true;
-    }
-    eprintln!(
-        "SKIPPED {test}: set SCALEDAPP_REAL_PODS=1 on a cluster whose pods really run (the local \
-         cluster's real node, or kind) with the operator chart installed in the cluster; see the \
-         header of e2e/tests/autoscaling.rs"
-    );
-    false
-}
-
-fn operator_namespace() -> String {
-    env_or("SCALEDAPP_OPERATOR_NAMESPACE", "scaledapp-system")
-}
-
 fn metrics_api_service() -> String {
     env_or(
         "SCALEDAPP_METRICS_API_SERVICE",
@@ -79,93 +59,50 @@ fn metrics_api_service() -> String {
     )
 }
 
-/// A test namespace whose pods run on the real node when the cluster has one.
-async fn real_node_namespace(client: &Client, prefix: &str) -> TestNamespace {
-    let namespace = TestNamespace::create(client, prefix).await;
-    let annotate = match std::env::var("SCALEDAPP_REAL_NODE_NAMESPACE_ANNOTATIONS") {
-        Ok(value) => value == "1",
-        Err(_) => kubectl(&["get", "nodes", "-l", "scaled.dev/node=real", "-o", "name"])
-            .map(|nodes| !nodes.trim().is_empty())
-            .unwrap_or(false),
-    };
-    if annotate {
-        Api::<Namespace>::all(client.clone())
-            .patch(
-                &namespace.name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"metadata": {"annotations": {
-                    "scheduler.alpha.kubernetes.io/node-selector": "scaled.dev/node=real",
-                    "scheduler.alpha.kubernetes.io/defaultTolerations":
-                        "[{\"key\":\"scaled.dev/real-node\",\"operator\":\"Exists\",\"effect\":\"NoSchedule\"}]",
-                }}})),
-            )
-            .await
-            .expect("annotate the namespace for the real node");
-    }
-    namespace
-}
-
-/// The test's ScaledApp: one app pod at rest (1..3), one worker pool on `email:send` (1..3),
-/// one Postgres shard without replicas, small resources, the scale-down window shortened.
+/// The test's ScaledApp: the shared small one (`scaled_e2e::real::Small`: images, storage and
+/// requests for the cluster) with one app pod at rest (1..3), one worker pool on `email:send`
+/// (1..3), one Postgres shard without replicas, and the scale-down window shortened. Postgres is
+/// the image with the official image's layout when there is one (the other real-pod tests use
+/// the Debian layout), so both layouts run.
 fn scaledapp() -> ScaledApp {
-    let storage_class = env_or("SCALEDAPP_STORAGE_CLASS", "local-path");
+    let mut app = Small {
+        replicas_per_shard: 0,
+        workers: 0,
+        ..Small::new(APP)
+    }
+    .json();
     let small = json!({"requests": {"cpu": "50m", "memory": "64Mi"}});
-    let mut database = json!({
-        "shards": 1,
-        "replicasPerShard": 0,
-        "storage": {"size": "512Mi", "storageClassName": storage_class},
-        "pool": {"size": 5, "maxOverflow": 5},
-        "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}},
-    });
+    let rules = |window: i64| json!({"stabilizationWindowSeconds": window, "maxPercentPerMinute": 100, "maxPodsPerMinute": 4});
+    let spec = &mut app["spec"];
     if let Ok(image) = std::env::var("SCALEDAPP_POSTGRES_OFFICIAL_LAYOUT_IMAGE") {
-        database["image"] = image.into();
-    } else if let Ok(image) = std::env::var("SCALEDAPP_POSTGRES_IMAGE") {
-        database["image"] = image.into();
-        if let Ok(bin_dir) = std::env::var("SCALEDAPP_POSTGRES_BINDIR") {
-            database["binDir"] = bin_dir.into();
-        }
-        if let Some(uid) = std::env::var("SCALEDAPP_POSTGRES_UID")
+        let database = spec["database"].as_object_mut().expect("database");
+        database.insert("image".into(), image.into());
+        database.remove("binDir");
+        database.remove("runAsUser");
+        if let Some(uid) = std::env::var("SCALEDAPP_POSTGRES_OFFICIAL_LAYOUT_UID")
             .ok()
             .and_then(|uid| uid.parse::<i64>().ok())
         {
-            database["runAsUser"] = uid.into();
+            database.insert("runAsUser".into(), uid.into());
         }
     }
-    let mut redis = json!({"maxMemoryMib": 64, "persistence": {"enabled": true, "size": "256Mi", "storageClassName": storage_class}});
-    if let Ok(image) = std::env::var("SCALEDAPP_REDIS_IMAGE") {
-        redis["image"] = image.into();
-    }
-    let rules = |window: i64| json!({"stabilizationWindowSeconds": window, "maxPercentPerMinute": 100, "maxPodsPerMinute": 4});
-    serde_json::from_value(json!({
-        "apiVersion": "scaled.dev/v1alpha1",
-        "kind": "ScaledApp",
-        "metadata": {"name": APP},
-        "spec": {
-            "app": {
-                "image": env_or("SCALEDAPP_APP_IMAGE", "localhost/scaled/scaled-app:0.1.0"),
-                "replicas": {"min": 1, "max": 3},
-                "resources": small,
-            },
-            "autoscaling": {
-                "targetRequestsPerSecond": TARGET_REQUESTS_PER_SECOND,
-                // Latency is served and read, but set high so that only the load moves the HPA.
-                "targetResponseTimeMs": 60000,
-                "scaleUp": rules(0),
-                "scaleDown": rules(SCALE_DOWN_WINDOW_SECONDS),
-            },
-            "cache": {"redis": redis},
-            "database": database,
-            "workers": [{
-                "name": "email",
-                "queues": ["email:send"],
-                "replicas": {"min": 1, "max": 3},
-                "targetQueueDepthPerReplica": TARGET_BACKLOG,
-                "concurrency": 2,
-                "resources": small,
-            }],
-        },
-    }))
-    .expect("a valid ScaledApp")
+    spec["app"]["replicas"] = json!({"min": 1, "max": 3});
+    spec["autoscaling"] = json!({
+        "targetRequestsPerSecond": TARGET_REQUESTS_PER_SECOND,
+        // Latency is served and read, but set high so that only the load moves the HPA.
+        "targetResponseTimeMs": 60000,
+        "scaleUp": rules(0),
+        "scaleDown": rules(SCALE_DOWN_WINDOW_SECONDS),
+    });
+    spec["workers"] = json!([{
+        "name": "email",
+        "queues": ["email:send"],
+        "replicas": {"min": 1, "max": 3},
+        "targetQueueDepthPerReplica": TARGET_BACKLOG,
+        "concurrency": 2,
+        "resources": small,
+    }]);
+    serde_json::from_value(app).expect("a valid ScaledApp")
 }
 
 /// `kubectl get --raw` as JSON.
