@@ -61,12 +61,12 @@ fn metrics_api_service() -> String {
 
 /// The test's ScaledApp: the shared small one (`scaled_e2e::real::Small`: images, storage and
 /// requests for the cluster) with one app pod at rest (1..3), one worker pool on `email:send`
-/// (1..3), one Postgres shard without replicas, and the scale-down window shortened. Postgres is
+/// (1..3), one Postgres shard with one replica, and the scale-down window shortened. Postgres is
 /// the image with the official image's layout when there is one (the other real-pod tests use
 /// the Debian layout), so both layouts run.
 fn scaledapp() -> ScaledApp {
     let mut app = Small {
-        replicas_per_shard: 0,
+        replicas_per_shard: 1,
         workers: 0,
         ..Small::new(APP)
     }
@@ -409,6 +409,30 @@ async fn load_and_backlog_each_move_an_hpa_on_the_operators_own_metrics() {
         .await
         .expect("ScaledApp accepted");
     wait_ready(&namespace.apps(), APP, Duration::from_secs(900)).await;
+    // The shard, from whichever image layout this run uses, replicates.
+    let primary = namespace
+        .apps()
+        .get(APP)
+        .await
+        .expect("app")
+        .status
+        .and_then(|status| {
+            status
+                .shards
+                .first()
+                .and_then(|shard| shard.primary_pod.clone())
+        })
+        .expect("a recorded primary");
+    eventually("the replica to stream", Duration::from_secs(60), || async {
+        let count = scaled_e2e::real::psql(
+            &ns,
+            &primary,
+            "postgres",
+            "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'",
+        )?;
+        Ok((count.trim() == "1").then_some(()))
+    })
+    .await;
     let app_deployment = format!("{APP}-app");
     let worker_deployment = format!("{APP}-worker-email");
     let hpas = Api::<HorizontalPodAutoscaler>::namespaced(client.clone(), &ns);
