@@ -20,9 +20,10 @@ source scripts/lib/local-operator.sh
 source scripts/lib/local-cluster.sh
 say() { printf '\n\033[1m==> %s\033[0m\n' "$*" >&2; }
 
-say "Building the operator"
+say "Building the operator and the app"
 echo "    (a first build compiles about 300 crates: a few minutes on 2 cores)" >&2
-cargo build --release -p scaledapp-operator 2>&1 |
+# The same package set as scripts/build-images.sh, so the images reuse this build.
+cargo build --release --locked -p scaledapp-operator -p scaled-app 2>&1 |
   awk '/Compiling/ { n++; if (n % 25 == 0) { printf "    compiled %d crates...\n", n; fflush() } }
        /Finished|^error/ { print "    " $0; fflush() }' >&2 || true
 BIN="${ROOT}/target/release/scaledapp-operator"
@@ -43,7 +44,7 @@ else
   if [[ "${SCALEDAPP_REAL_NODE:-0}" == 1 ]]; then
     say "Building the operator and app images (no Docker: OCI layouts) for the real node"
     scripts/build-images.sh 2>&1 | awk '/Compiling/ { n++; if (n % 25 == 0) { printf "    compiled %d crates...\n", n; fflush() } }
-      /^\[images\]/ { print "    " $0; fflush() }' >&2
+      /^\[images / { print "    " $0; fflush() }' >&2
     [[ ${PIPESTATUS[0]} -eq 0 ]] || { echo "the images did not build" >&2; exit 1; }
     say "Pushing them to the cluster's registry; helm install: the operator as a pod on the real node"
     install_operator_on_real_node "${ROOT}"

@@ -288,6 +288,27 @@ pub struct Written {
 }
 
 impl Written {
+    /// The write pause the failures fall in: from the last acknowledged commit before the first
+    /// failure to the first one after the last failure (`None` without failures, or when no
+    /// commit came after them). Failures spread over a long time give a long pause.
+    pub fn failure_window(&self) -> Option<(std::time::Instant, Duration)> {
+        let first = *self.failures.first()?;
+        let last = *self.failures.last()?;
+        let start = self
+            .acknowledged
+            .iter()
+            .rev()
+            .map(|(_, at)| *at)
+            .find(|at| *at < first)
+            .unwrap_or(first);
+        let end = self
+            .acknowledged
+            .iter()
+            .map(|(_, at)| *at)
+            .find(|at| *at > last)?;
+        Some((start, end.duration_since(start)))
+    }
+
     /// The longest time between two acknowledged commits, and when it started.
     pub fn longest_pause(&self) -> (Duration, Option<std::time::Instant>) {
         self.acknowledged
