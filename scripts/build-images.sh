@@ -25,7 +25,9 @@ REGISTRY=${IMAGE_REGISTRY:-ghcr.io/scaled-dev}
 TARGET_DIR=${CARGO_TARGET_DIR:-${ROOT}/target}
 OUT=${TARGET_DIR}/images
 VERSION=$(python3 -c 'import tomllib; print(tomllib.load(open("Cargo.toml", "rb"))["workspace"]["package"]["version"])')
-export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || echo 0)}
+# Only the layout step sees it: cc's build scripts rerun when SOURCE_DATE_EPOCH changes, so
+# exporting it to cargo would rebuild ring and everything above it after every commit.
+EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || echo 0)}
 REVISION=$(git rev-parse HEAD 2>/dev/null || true)
 [[ -z "${REVISION}" || -z "$(git status --porcelain --untracked-files=no 2>/dev/null)" ]] || REVISION="${REVISION}-dirty"
 
@@ -80,8 +82,8 @@ for image in "${images[@]}"; do
   fi
   log "writing ${OUT#"${ROOT}"/}/${name} (${ref})"
   rm -rf "${OUT:?}/${name}"
-  if python3 -B images/ocilayout.py build "${args[@]}" \
-    && python3 -B images/ocilayout.py archive --layout "${OUT}/${name}" --out "${OUT}/${name}-${VERSION}.oci.tar"; then
+  if SOURCE_DATE_EPOCH="${EPOCH}" python3 -B images/ocilayout.py build "${args[@]}" \
+    && SOURCE_DATE_EPOCH="${EPOCH}" python3 -B images/ocilayout.py archive --layout "${OUT}/${name}" --out "${OUT}/${name}-${VERSION}.oci.tar"; then
     log "$(du -sh --apparent-size "${OUT}/${name}" | cut -f1) layout, archive ${OUT#"${ROOT}"/}/${name}-${VERSION}.oci.tar"
   else
     log "FAILED to write the ${name} image"

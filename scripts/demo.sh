@@ -35,7 +35,7 @@ if [[ "${KIND:-0}" == 1 ]]; then
   export KUBECONFIG="${ROOT}/e2e/kind/.state/kubeconfig"
   STOP_HINT="KIND=1 make demo-down"
 else
-  say "Starting the local control plane (etcd + kube-apiserver + controller-manager + scheduler, kwok nodes)"
+  say "Starting the local cluster (etcd + kube-apiserver + controller-manager + scheduler, kwok nodes and, where it can run, one real node)"
   echo "    A first run builds Kubernetes v1.34, etcd, kwok and helm from Go modules: about 12 minutes" >&2
   echo "    on 2 cores, with progress below. Later runs start in seconds." >&2
   start_local_cluster "${ROOT}" || exit 1
