@@ -39,7 +39,7 @@ if [[ -d "${NODE_STATE}" ]]; then
 fi
 
 if [[ -f "${STATE_DIR}/simulated-pods-route" ]]; then
-  ip route del unreachable "${SIMULATED_POD_CIDR}" 2>/dev/null || true
+  ip route del unreachable "${SIMULATED_POD_RANGE}" 2>/dev/null || true
   rm -f "${STATE_DIR}/simulated-pods-route"
 fi
 

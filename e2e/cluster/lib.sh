@@ -47,8 +47,11 @@ BUILD_MARKER=.build-complete
 # Runtime state of the cluster: inside the repo, git-ignored.
 STATE_DIR=${CLUSTER_DIR}/.state
 CLUSTER_NAME=${SCALEDAPP_CLUSTER:-scaledapp}
-# Pod addresses kwok gives its simulated pods (an IPv4 range no real network here uses).
+# Pod addresses kwok gives its simulated pods (an IPv4 range no real network here uses): the
+# first node's range; kwok gives each further node the next /24 (10.0.1.0/24, ...), so the route
+# that keeps connections to simulated pods on this host covers the whole /16.
 SIMULATED_POD_CIDR=10.0.0.0/24
+SIMULATED_POD_RANGE=10.0.0.0/16
 KUBECONFIG_PATH=${STATE_DIR}/kubeconfig
 AUDIT_LOG_PATH=${STATE_DIR}/audit.log
 AUDIT_POLICY_PATH=${STATE_DIR}/audit-policy.yaml

@@ -324,10 +324,10 @@ post_setup() {
   # instead of sending packets out of the default route (the operator asks every Postgres pod
   # for its instance manager's /status, simulated ones too). down.sh removes the route.
   if [[ "$(id -u)" -eq 0 ]] && command -v ip >/dev/null 2>&1; then
-    ip route replace unreachable "${SIMULATED_POD_CIDR}" &&
+    ip route replace unreachable "${SIMULATED_POD_RANGE}" &&
       touch "${STATE_DIR}/simulated-pods-route"
   else
-    log "not root: connections to simulated pods (${SIMULATED_POD_CIDR}) are not short-circuited"
+    log "not root: connections to simulated pods (${SIMULATED_POD_RANGE}) are not short-circuited"
   fi
 
   kubectl apply -f - >/dev/null <<'EOF'
