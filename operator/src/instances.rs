@@ -97,6 +97,15 @@ pub struct PodObservation {
     pub instance: Option<InstanceStatus>,
 }
 
+/// What the operator knows of a shard's StatefulSet from applying it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ShardSet {
+    /// `status.updateRevision`: the current template revision.
+    pub update_revision: Option<String>,
+    /// When it was created.
+    pub created: Option<Time>,
+}
+
 /// One shard's pods and volumes as seen this pass.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ShardObservation {
@@ -104,7 +113,9 @@ pub struct ShardObservation {
     pub index: u32,
     /// Pods that exist, by ordinal.
     pub pods: Vec<PodObservation>,
-    /// Ordinals that have a data volume (PVC) already.
+    /// Ordinals whose data volume (PVC) is older than the shard's StatefulSet: kept from an
+    /// earlier ScaledApp (`dataPolicy: Retain`), so it may hold data. Claims the StatefulSet
+    /// made itself hold nothing until a recorded primary initialises its own.
     pub volumes: BTreeSet<u32>,
     /// The StatefulSet's current template revision (`status.updateRevision`).
     pub update_revision: Option<String>,
@@ -607,7 +618,7 @@ pub async fn observe(
     client: &Client,
     http: &reqwest::Client,
     app: &ValidatedApp,
-    update_revisions: &BTreeMap<u32, String>,
+    sets: &BTreeMap<u32, ShardSet>,
 ) -> Result<Vec<ShardObservation>, InstanceError> {
     let selector = format!(
         "{INSTANCE_LABEL}={},{COMPONENT_LABEL}={}",
@@ -638,7 +649,7 @@ pub async fn observe(
     let mut shards: Vec<ShardObservation> = (0..app.spec.database.shards as u32)
         .map(|index| ShardObservation {
             index,
-            update_revision: update_revisions.get(&index).cloned(),
+            update_revision: sets.get(&index).and_then(|set| set.update_revision.clone()),
             ..ShardObservation::default()
         })
         .collect();
@@ -676,13 +687,27 @@ pub async fn observe(
             .and_then(|pod| shard_and_ordinal(app, pod))
             && let Some(shard) = shards.get_mut(index as usize)
         {
-            shard.volumes.insert(ordinal);
+            let set_created = sets.get(&index).and_then(|set| set.created.as_ref());
+            if retained(claim.metadata.creation_timestamp.as_ref(), set_created) {
+                shard.volumes.insert(ordinal);
+            }
         }
     }
     for shard in &mut shards {
         shard.pods.sort_by_key(|pod| pod.ordinal);
     }
     Ok(shards)
+}
+
+/// Whether a claim may hold data from before its shard's StatefulSet: it is older than the set.
+/// Timestamps have one-second resolution, so a claim from the same second is the set's own; when
+/// either time is unknown it counts as retained (waiting for the pods' reports is safe,
+/// guessing is not).
+fn retained(claim_created: Option<&Time>, set_created: Option<&Time>) -> bool {
+    match (claim_created, set_created) {
+        (Some(claim), Some(set)) => claim.0 < set.0,
+        _ => true,
+    }
 }
 
 /// `(shard, ordinal)` of a pod named `<name>-shard-<shard>-<ordinal>`.
@@ -1152,6 +1177,17 @@ mod tests {
         case.unhealthy_for = Duration::from_secs(30);
         let decision = case.decide(running_shard(false, [700, 800]));
         assert_eq!(decision.primary_pod.as_deref(), Some("shop-shard-0-2"));
+    }
+
+    #[test]
+    fn only_claims_older_than_their_statefulset_can_hold_data_from_before_it() {
+        // The StatefulSet controller makes the claims right after the set: nothing on them
+        // until a recorded primary initialises; a claim kept from an earlier ScaledApp is older.
+        assert!(!retained(Some(&at(100)), Some(&at(100))));
+        assert!(!retained(Some(&at(101)), Some(&at(100))));
+        assert!(retained(Some(&at(40)), Some(&at(100))));
+        assert!(retained(None, Some(&at(100))));
+        assert!(retained(Some(&at(100)), None));
     }
 
     #[test]

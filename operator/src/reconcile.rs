@@ -190,12 +190,12 @@ async fn reconcile_children(app: &ScaledApp, context: &Context, namespace: &str)
         Err(error) => return Outcome::ApplyFailed(error),
     };
     // Then the Postgres instances: which pod of each shard is primary, and role labels to match.
-    let revisions = update_revisions(&children);
-    let observed =
-        match instances::observe(&context.client, &context.http, &validated, &revisions).await {
-            Ok(observed) => observed,
-            Err(error) => return Outcome::ApplyFailed(ApplyError::Instances(error)),
-        };
+    let sets = shard_sets(&children);
+    let observed = match instances::observe(&context.client, &context.http, &validated, &sets).await
+    {
+        Ok(observed) => observed,
+        Err(error) => return Outcome::ApplyFailed(ApplyError::Instances(error)),
+    };
     let (unhealthy_for, restarted) = context.primaries.observe(
         &key(app),
         recorded_primaries(app.status.as_ref(), &observed),
@@ -263,24 +263,29 @@ async fn reconcile_children(app: &ScaledApp, context: &Context, namespace: &str)
 }
 
 /// Each shard StatefulSet's current template revision, as the cluster reports it.
-fn update_revisions(children: &Observed) -> BTreeMap<u32, String> {
-    fn revisions<S: Observation>(children: &Children<S>) -> BTreeMap<u32, String> {
+fn shard_sets(children: &Observed) -> BTreeMap<u32, instances::ShardSet> {
+    fn sets<S: Observation>(children: &Children<S>) -> BTreeMap<u32, instances::ShardSet> {
         children
             .shards
             .iter()
             .filter_map(|shard| {
-                let revision = S::object(&shard.statefulset)?
-                    .status
-                    .as_ref()?
-                    .update_revision
-                    .clone()?;
-                Some((shard.index, revision))
+                let set = S::object(&shard.statefulset)?;
+                Some((
+                    shard.index,
+                    instances::ShardSet {
+                        update_revision: set
+                            .status
+                            .as_ref()
+                            .and_then(|status| status.update_revision.clone()),
+                        created: set.metadata.creation_timestamp.clone(),
+                    },
+                ))
             })
             .collect()
     }
     match children {
-        Observed::Applied(children) => revisions(children.as_ref()),
-        Observed::Live(children) => revisions(children.as_ref()),
+        Observed::Applied(children) => sets(children.as_ref()),
+        Observed::Live(children) => sets(children.as_ref()),
     }
 }
 
