@@ -69,7 +69,9 @@ async fn an_operator_killed_mid_reconcile_and_restarted_converges_without_duplic
             .collect(),
     );
     assert_eq!(deployment_names.len(), 3, "{deployment_names:?}");
-    assert_eq!(statefulsets.list(&all).await.expect("list").items.len(), 5);
+    // Redis and one per shard (2).
+    assert_eq!(statefulsets.list(&all).await.expect("list").items.len(), 3);
+    // app, Redis, and per shard its peers, -primary and -replica Services.
     assert_eq!(
         namespace
             .api::<Service>()
@@ -78,7 +80,7 @@ async fn an_operator_killed_mid_reconcile_and_restarted_converges_without_duplic
             .expect("list")
             .items
             .len(),
-        6
+        8
     );
     let secrets_after = namespace
         .api::<Secret>()
