@@ -501,6 +501,12 @@ async fn a_small_scaledapp_runs_for_real_and_keeps_its_data() {
         || async { Ok(pods(&namespace).await.is_empty().then_some(())) },
     )
     .await;
+    eventually(
+        "the ScaledApp to be gone",
+        Duration::from_secs(120),
+        || async { Ok(namespace.apps().get_opt(APP).await?.is_none().then_some(())) },
+    )
+    .await;
     assert_eq!(
         claims(&namespace).await,
         before,

@@ -113,6 +113,13 @@ async fn run(app: &ScaledApp, context: &Context) -> Result<Action, ReconcileErro
     let namespace = app
         .namespace()
         .ok_or_else(|| ReconcileError::NoNamespace(app.name_any()))?;
+    if app.metadata.deletion_timestamp.is_some() {
+        // Being deleted: the garbage collector removes the children (a foreground deletion
+        // waits for them). Applying now would re-create what it just deleted, and the
+        // deletion would never finish.
+        info!("being deleted; its children are left to the garbage collector");
+        return Ok(Action::await_change());
+    }
     let current = app.status.as_ref();
     let outcome = reconcile_children(app, context, &namespace).await;
     let status = status::compute(
@@ -623,6 +630,18 @@ mod tests {
         Arc::new(
             serde_json::from_value(fake.get(APPS, "shop").expect("stored")).expect("ScaledApp"),
         )
+    }
+
+    #[tokio::test]
+    async fn a_scaledapp_being_deleted_gets_no_writes_so_its_children_stay_deleted() {
+        let (fake, context) = setup();
+        let mut app = (*stored(&fake)).clone();
+        app.metadata.deletion_timestamp = Some(Time(Timestamp::now()));
+        let action = reconcile(Arc::new(app), context.clone())
+            .await
+            .expect("reconcile");
+        assert_eq!(action, Action::await_change());
+        assert_eq!(fake.take_writes(), Vec::<String>::new());
     }
 
     #[tokio::test]
