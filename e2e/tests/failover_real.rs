@@ -433,12 +433,20 @@ async fn with_asynchronous_replication_a_failover_converges_and_survives_an_oper
         Duration::from_secs(120),
         || async {
             let app = namespace.apps().get(APP).await?;
-            Ok(app
-                .status
-                .and_then(|status| status.shards.first().cloned())
-                .and_then(|shard| shard.failover)
-                .filter(|progress| progress.from == old)
-                .map(|_| ()))
+            let shard = app.status.and_then(|status| status.shards.first().cloned());
+            match shard {
+                Some(shard) if shard.failover.as_ref().is_some_and(|p| p.from == old) => {
+                    Ok(Some(()))
+                }
+                // Say what the operator sees, for the timeout message.
+                Some(shard) => anyhow::bail!(
+                    "primary {:?}, health {:?}, instances {:?}",
+                    shard.primary_pod,
+                    shard.primary_health,
+                    shard.instances
+                ),
+                None => Ok(None),
+            }
         },
     )
     .await;
