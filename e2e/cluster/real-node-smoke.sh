@@ -393,7 +393,7 @@ outside_peers() {
       n = split(proc, parts, /pid=/); owned = 0
       for (i = 2; i <= n; i++) { split(parts[i], p, ","); if (index(pids, " " p[1] " ")) owned = 1 }
       if (!owned) next
-      if (peer ~ /^127\./ || peer ~ /^\[::1\]/ || peer ~ /^\[::ffff:127\./ || peer ~ /^10\.244\.0\./ || peer ~ /^\*/ || peer ~ /^0\.0\.0\.0/ || peer ~ /^\[::\]/) next
+      if (peer ~ /^127\./ || peer ~ /^\[::1\]/ || peer ~ /^\[::ffff:127\./ || peer ~ /^10\.244\.0\./ || peer ~ /^\[::ffff:10\.244\.0\./ || peer ~ /^\*/ || peer ~ /^0\.0\.0\.0/ || peer ~ /^\[::\]/) next
       print }')
   echo "sockets of ${pids:0:80}... with a peer outside lo/${POD_SUBNET}: ${bad:-none}"
   [[ -z "${bad}" ]]
