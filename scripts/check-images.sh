@@ -350,9 +350,10 @@ json.dump(config, open(sys.argv[6], "w"))
 PY
   secret=$(cat "${ROOT}/.stack/session-secret")
   local env=(--env SCALED_SESSION_SECRET="${secret}" --env SCALED_POD_NAME=image-check)
-  # With password authentication the stack keeps the app role's password beside its config.
-  if [[ -f "${ROOT}/.stack/database-password" ]]; then
-    env+=(--env SCALED_DATABASE_PASSWORD="$(cat "${ROOT}/.stack/database-password")")
+  # The stack's instances use SCRAM passwords; scripts/stack.sh keeps the app role's in
+  # .stack/app-password.
+  if [[ -f "${ROOT}/.stack/app-password" ]]; then
+    env+=(--env SCALED_DATABASE_PASSWORD="$(cat "${ROOT}/.stack/app-password")")
   fi
   if in_image "${rootfs}" --file "${WORK}/config.json" --env SCALED_CONFIG=/tmp/config.json "${env[@]}" \
     -- scaled-app migrate >/dev/null; then
