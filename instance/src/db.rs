@@ -172,34 +172,26 @@ impl Connector {
         limit: Duration,
     ) -> Result<Vec<Row>, DbError> {
         let client = self.client().await?;
-        match tokio::time::timeout(limit, client.query(sql, params)).await {
-            Ok(Ok(rows)) => Ok(rows),
-            Ok(Err(error)) => {
-                if error.is_closed() {
-                    self.reset();
-                }
-                Err(DbError::Query {
-                    what,
-                    target: self.target.clone(),
-                    detail: describe(&error),
-                })
-            }
-            Err(_) => {
-                // The connection may be wedged; the next call starts afresh.
-                self.reset();
-                Err(DbError::Timeout {
-                    what,
-                    target: self.target.clone(),
-                })
-            }
-        }
+        let outcome = tokio::time::timeout(limit, client.query(sql, params)).await;
+        self.settle(what, outcome)
     }
 
     /// Runs statements that return nothing (DDL with literals already quoted).
     pub async fn execute(&mut self, what: &'static str, sql: &str) -> Result<(), DbError> {
         let client = self.client().await?;
-        match tokio::time::timeout(QUERY_TIMEOUT, client.batch_execute(sql)).await {
-            Ok(Ok(())) => Ok(()),
+        let outcome = tokio::time::timeout(QUERY_TIMEOUT, client.batch_execute(sql)).await;
+        self.settle(what, outcome)
+    }
+
+    /// The result of a call made within a time limit; a closed or timed-out connection is
+    /// forgotten (it may be wedged), so the next call starts afresh.
+    fn settle<T>(
+        &mut self,
+        what: &'static str,
+        outcome: Result<Result<T, tokio_postgres::Error>, tokio::time::error::Elapsed>,
+    ) -> Result<T, DbError> {
+        match outcome {
+            Ok(Ok(value)) => Ok(value),
             Ok(Err(error)) => {
                 if error.is_closed() {
                     self.reset();
