@@ -80,13 +80,7 @@ node_preflight() {
     missing+=("containernetworking-plugins (/usr/lib/cni)")
   [[ ${#missing[@]} -eq 0 ]] || die "missing for the real node: ${missing[*]} (run scripts/install-deps.sh, or SCALEDAPP_REAL_NODE=0)"
   [[ -n "$(cgroup2_root)" ]] || die "no cgroup v2 hierarchy mounted: the egress guard needs one (SCALEDAPP_REAL_NODE=0 to skip the real node)"
-  if [[ -f "${NODE_OWNER_FILE}" ]]; then
-    local owner
-    owner=$(<"${NODE_OWNER_FILE}")
-    if [[ "${owner}" != "${STATE_DIR}" && -d "${owner}" ]]; then
-      die "the machine's real node belongs to another checkout (${owner}); stop it with its e2e/cluster/down.sh, or set SCALEDAPP_REAL_NODE=0"
-    fi
-  fi
+  node_check_owner
   if ip link show "${BRIDGE}" >/dev/null 2>&1 && [[ ! -f "${NODE_STATE}/bridge" ]]; then
     die "a bridge ${BRIDGE} exists that this checkout did not create; remove it or set SCALEDAPP_REAL_NODE=0"
   fi
@@ -96,6 +90,24 @@ node_preflight() {
       die "port ${port} is in use: $(ss -Htlnp "sport = :${port}" | head -n1)"
     fi
   done
+}
+
+# One real node per machine. The owner file names the checkout whose node it is; another
+# checkout's node is refused while any of its processes runs, and removed (with that checkout's
+# down.sh, which has the records of what it changed) when none does.
+node_check_owner() {
+  [[ -f "${NODE_OWNER_FILE}" ]] || return 0
+  local owner down
+  owner=$(<"${NODE_OWNER_FILE}")
+  [[ "${owner}" != "${STATE_DIR}" && -d "${owner}" ]] || return 0
+  if owner_node_alive "${owner}"; then
+    die "the machine's real node belongs to another checkout (${owner}); stop it with its e2e/cluster/down.sh, or set SCALEDAPP_REAL_NODE=0"
+  fi
+  down=$(dirname "${owner}")/down.sh
+  log "the real node of ${owner} is stale (none of its processes runs): removing it with ${down}"
+  [[ -x "${down}" ]] ||
+    die "the stale real node of ${owner} has no down.sh to remove it; remove ${NODE_OWNER_FILE}, the bridge ${BRIDGE} and its iptables chains by hand"
+  env -u SCALEDAPP_CLUSTER_LOCKED "${down}" 8>&- 9>&- || die "could not remove the stale real node of ${owner} (see above)"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -327,6 +339,19 @@ running() {
   [[ "$1" =~ ^[0-9]+$ ]] || return 1
   state=$(awk '{ print $3 }' "/proc/$1/stat" 2>/dev/null) || return 1
   [[ -n "${state}" && "${state}" != Z && "${state}" != X ]]
+}
+
+# owner_node_alive STATE_DIR: does any process of the real node recorded under STATE_DIR still run?
+# A recorded pid counts only while it is in the guard's cgroup: after a restart the number may
+# belong to something else.
+owner_node_alive() {
+  local pidfile pid
+  for pidfile in "$1"/node/pids/*.pid; do
+    [[ -f "${pidfile}" ]] || continue
+    pid=$(<"${pidfile}")
+    running "${pid}" && grep -q "/${GUARD_CGROUP_NAME}/" "/proc/${pid}/cgroup" 2>/dev/null && return 0
+  done
+  return 1
 }
 
 daemon_alive() {
