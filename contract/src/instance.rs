@@ -6,9 +6,11 @@
 //!   facts come as environment variables (`ENV_*` below), passwords from the generated Secret.
 //! - Which pod of a shard is the primary is decided by the operator alone and recorded in the
 //!   ScaledApp's status: `status.shards[i].primaryPod` for the entry whose `index` is the shard
-//!   ([`PRIMARY_POD_FIELD`]). Instance managers read it from the API and obey it: the named pod
-//!   runs (or promotes itself to) primary, every other pod follows it as a streaming replica, and
-//!   a pod that cannot confirm it is still the named primary stops accepting writes.
+//!   ([`PRIMARY_POD_FIELD`]), with the uid of that pod object ([`PRIMARY_POD_UID_FIELD`]).
+//!   Instance managers read it from the API and obey it: the named pod runs (or promotes itself
+//!   to) primary, every other pod follows it as a streaming replica, a pod that cannot confirm it
+//!   is still the named primary stops accepting writes, and a pod recreated under the primary's
+//!   name waits until the operator confirms it or names another pod.
 //! - Each instance manager serves an [`InstanceStatus`] at `GET /status` on
 //!   [`INSTANCE_STATUS_PORT`] (with `/healthz`, `/readyz` and `/metrics`); the operator reads it to
 //!   pick primaries and to report replication in the ScaledApp's status.
@@ -29,6 +31,11 @@ pub const INSTANCE_STATUS_PORT: u16 = 8008;
 pub const INSTANCE_SCHEMA_VERSION: u32 = 1;
 /// Field of a `status.shards[]` entry naming the pod chosen as the shard's primary.
 pub const PRIMARY_POD_FIELD: &str = "primaryPod";
+/// Field of a `status.shards[]` entry with the uid of the pod object the operator confirmed as
+/// the primary. A pod recreated under the recorded name has another uid: it does not start as
+/// primary until the operator records its uid (no replica could take over) or names another pod.
+/// Absent in records written before it existed: then the name alone confirms.
+pub const PRIMARY_POD_UID_FIELD: &str = "primaryPodUid";
 /// Name of the file, inside the data directory, that records which ScaledApp shard created it.
 pub const IDENTITY_FILE: &str = "scaled-instance.json";
 /// Name of the settings file, inside the data directory, that the instance manager rewrites on
@@ -48,6 +55,8 @@ pub const REASON_RECLONED: &str = "Recloned";
 
 /// Environment variable: this pod's name (downward API).
 pub const ENV_INSTANCE_POD: &str = "SCALED_POD_NAME";
+/// Environment variable: this pod's uid (downward API), compared with [`PRIMARY_POD_UID_FIELD`].
+pub const ENV_INSTANCE_POD_UID: &str = "SCALED_POD_UID";
 /// Environment variable: this pod's namespace (downward API).
 pub const ENV_INSTANCE_NAMESPACE: &str = "SCALED_NAMESPACE";
 /// Environment variable: the shard index this pod belongs to.

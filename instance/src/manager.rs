@@ -389,8 +389,12 @@ impl Manager {
             self.problem = Some(problem.clone());
             return Ok(Action::Refused(problem.message.clone()));
         }
-        let record = self.source.read().await;
-        if matches!(&record, Record::Named(pod) if *pod == self.settings.pod) {
+        let record = self
+            .source
+            .read()
+            .await
+            .for_pod(&self.settings.pod, self.settings.pod_uid.as_deref());
+        if matches!(&record, Record::Named { pod, .. } if *pod == self.settings.pod) {
             self.last_confirmed = Some(Instant::now());
         }
         match self.server.as_ref().map(|server| server.mode().clone()) {
@@ -402,15 +406,15 @@ impl Manager {
 
     async fn as_primary(&mut self, record: Record) -> Result<Action, ManagerError> {
         match record {
-            Record::Named(pod) if pod == self.settings.pod => {}
-            Record::Named(other) => {
+            Record::Named { pod, .. } if pod == self.settings.pod => {}
+            Record::Named { pod: other, .. } => {
                 return self
                     .fence(format!("the primary record names {other}, not this pod"))
                     .await;
             }
-            Record::NotChosen | Record::Unknown(_) => {
+            Record::NotChosen | Record::Unknown(_) | Record::Unconfirmed(_) => {
                 let why = match &record {
-                    Record::Unknown(why) => why.clone(),
+                    Record::Unknown(why) | Record::Unconfirmed(why) => why.clone(),
                     _ => "the record names no primary".to_string(),
                 };
                 let limit =
@@ -469,9 +473,9 @@ impl Manager {
         upstream: Option<Upstream>,
     ) -> Result<Action, ManagerError> {
         let primary = match record {
-            Record::Named(pod) if pod == self.settings.pod => return self.promote().await,
-            Record::Named(pod) => pod,
-            Record::NotChosen | Record::Unknown(_) => {
+            Record::Named { pod, .. } if pod == self.settings.pod => return self.promote().await,
+            Record::Named { pod, .. } => pod,
+            Record::NotChosen | Record::Unknown(_) | Record::Unconfirmed(_) => {
                 return Ok(Action::Waiting(match &upstream {
                     Some(upstream) => format!(
                         "the primary record names nobody or cannot be read; still following {}",
@@ -692,8 +696,8 @@ impl Manager {
         }
         let own = self.settings.pod.clone();
         let primary = match record {
-            Record::Named(pod) => pod,
-            Record::NotChosen | Record::Unknown(_) => {
+            Record::Named { pod, .. } => pod,
+            Record::NotChosen | Record::Unknown(_) | Record::Unconfirmed(_) => {
                 self.role = if self.fenced {
                     InstanceRole::Fenced
                 } else {
@@ -701,6 +705,7 @@ impl Manager {
                 };
                 return Ok(Action::Waiting(match record {
                     Record::Unknown(why) => format!("cannot read the primary record: {why}"),
+                    Record::Unconfirmed(why) => why,
                     _ => "no primary is named yet".to_string(),
                 }));
             }

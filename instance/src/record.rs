@@ -1,13 +1,15 @@
 //! The primary record: which pod the operator named as the shard's primary, read from the
 //! ScaledApp's status through the Kubernetes API, or from a file (host-process tests).
 //!
-//! Three answers, and the difference matters to the split-brain guard: a pod is named; no pod
+//! Three answers (and a fourth for recreated pods), and the difference matters to the split-brain guard: a pod is named; no pod
 //! is named yet; or the record could not be read (API unreachable, token refused, file
-//! missing). Only a read that names this pod confirms it may be primary.
+//! missing). Only a read that names this pod confirms it may be primary, and only if the uid it
+//! records (when it records one) is this pod object's: a pod recreated under the primary's name
+//! reads [`Record::Unconfirmed`] until the operator confirms it or names another pod.
 
 use std::{path::PathBuf, time::Duration};
 
-use scaled_contract::instance::PRIMARY_POD_FIELD;
+use scaled_contract::instance::{PRIMARY_POD_FIELD, PRIMARY_POD_UID_FIELD};
 use serde_json::Value;
 
 use crate::settings::SourceSettings;
@@ -21,11 +23,48 @@ pub const READ_TIMEOUT: Duration = Duration::from_secs(3);
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Record {
     /// This pod is the shard's primary.
-    Named(String),
+    Named {
+        /// The pod's name.
+        pod: String,
+        /// The uid of the pod object confirmed as primary; absent in older records.
+        uid: Option<String>,
+    },
     /// The operator has not named a primary yet.
     NotChosen,
     /// The record could not be read; the text says why.
     Unknown(String),
+    /// The record names this pod's name, but another pod object (the one before this pod was
+    /// recreated): the operator has not decided about this one yet. The text says so.
+    Unconfirmed(String),
+}
+
+impl Record {
+    /// A record naming `pod` with no uid.
+    pub fn named(pod: &str) -> Self {
+        Record::Named {
+            pod: pod.to_string(),
+            uid: None,
+        }
+    }
+
+    /// The record as the pod `own` (whose object has uid `own_uid`, when known) must take it: a
+    /// record naming `own` with another uid is [`Record::Unconfirmed`].
+    pub fn for_pod(self, own: &str, own_uid: Option<&str>) -> Self {
+        match (&self, own_uid) {
+            (
+                Record::Named {
+                    pod,
+                    uid: Some(uid),
+                },
+                Some(own_uid),
+            ) if pod == own && uid != own_uid => Record::Unconfirmed(format!(
+                "the primary record names {own} with uid {uid}, an earlier pod of that name \
+                     (this one is {own_uid}): waiting for the operator to confirm this pod or \
+                     name another"
+            )),
+            _ => self,
+        }
+    }
 }
 
 /// Errors while setting up a source.
@@ -76,11 +115,18 @@ impl PrimarySource {
     pub async fn read(&self) -> Record {
         match self {
             PrimarySource::Api(api) => api.read().await,
+            // "<pod>" or "<pod> <uid>".
             PrimarySource::File(path) => match tokio::fs::read_to_string(path).await {
-                Ok(text) => match text.trim() {
-                    "" => Record::NotChosen,
-                    pod => Record::Named(pod.to_string()),
-                },
+                Ok(text) => {
+                    let mut words = text.split_whitespace();
+                    match words.next() {
+                        None => Record::NotChosen,
+                        Some(pod) => Record::Named {
+                            pod: pod.to_string(),
+                            uid: words.next().map(str::to_string),
+                        },
+                    }
+                }
                 Err(error) => Record::Unknown(format!("cannot read {}: {error}", path.display())),
             },
         }
@@ -183,7 +229,7 @@ impl ApiSource {
 }
 
 /// The record in a ScaledApp document: the `status.shards[]` entry whose `index` is `shard`,
-/// field [`PRIMARY_POD_FIELD`].
+/// fields [`PRIMARY_POD_FIELD`] and [`PRIMARY_POD_UID_FIELD`].
 pub fn primary_in_status(document: &Value, shard: u32) -> Record {
     let entry = document
         .pointer("/status/shards")
@@ -193,12 +239,19 @@ pub fn primary_in_status(document: &Value, shard: u32) -> Record {
                 .iter()
                 .find(|entry| entry.get("index").and_then(Value::as_u64) == Some(u64::from(shard)))
         });
-    match entry
-        .and_then(|entry| entry.get(PRIMARY_POD_FIELD))
-        .and_then(Value::as_str)
-    {
-        Some(pod) if !pod.is_empty() => Record::Named(pod.to_string()),
-        _ => Record::NotChosen,
+    let field = |name: &str| {
+        entry
+            .and_then(|entry| entry.get(name))
+            .and_then(Value::as_str)
+            .filter(|value| !value.is_empty())
+            .map(str::to_string)
+    };
+    match field(PRIMARY_POD_FIELD) {
+        Some(pod) => Record::Named {
+            pod,
+            uid: field(PRIMARY_POD_UID_FIELD),
+        },
+        None => Record::NotChosen,
     }
 }
 
@@ -211,16 +264,19 @@ mod tests {
     #[test]
     fn the_shard_entry_with_the_right_index_names_the_primary() {
         let document = json!({"status": {"shards": [
-            {"index": 0, "primaryPod": "shop-shard-0-1"},
+            {"index": 0, "primaryPod": "shop-shard-0-1", "primaryPodUid": "u1"},
             {"index": 1, "primaryPod": "shop-shard-1-0"}
         ]}});
         assert_eq!(
             primary_in_status(&document, 0),
-            Record::Named("shop-shard-0-1".into())
+            Record::Named {
+                pod: "shop-shard-0-1".into(),
+                uid: Some("u1".into())
+            }
         );
         assert_eq!(
             primary_in_status(&document, 1),
-            Record::Named("shop-shard-1-0".into())
+            Record::named("shop-shard-1-0")
         );
     }
 
@@ -289,7 +345,7 @@ mod tests {
         }
         // The kubelet rotated the token: the next read uses the new one.
         std::fs::write(&token, "second-token\n").expect("write");
-        assert_eq!(source.read().await, Record::Named("shop-shard-1-2".into()));
+        assert_eq!(source.read().await, Record::named("shop-shard-1-2"));
         std::fs::remove_file(&token).expect("remove");
         assert!(matches!(source.read().await, Record::Unknown(_)));
     }
@@ -323,6 +379,35 @@ mod tests {
         std::fs::write(&path, "\n").expect("write");
         assert_eq!(source.read().await, Record::NotChosen);
         std::fs::write(&path, "db-0\n").expect("write");
-        assert_eq!(source.read().await, Record::Named("db-0".into()));
+        assert_eq!(source.read().await, Record::named("db-0"));
+        std::fs::write(&path, "db-0 uid-7\n").expect("write");
+        assert_eq!(
+            source.read().await,
+            Record::Named {
+                pod: "db-0".into(),
+                uid: Some("uid-7".into())
+            }
+        );
+    }
+
+    #[test]
+    fn a_record_of_an_earlier_pod_with_this_name_does_not_confirm_this_one() {
+        let record = Record::Named {
+            pod: "db-0".into(),
+            uid: Some("old".into()),
+        };
+        match record.clone().for_pod("db-0", Some("new")) {
+            Record::Unconfirmed(why) => assert!(why.contains("earlier pod"), "{why}"),
+            other => panic!("a recreated pod must wait for the operator: {other:?}"),
+        }
+        // The same object, another pod's record, a record without a uid, or a pod that does not
+        // know its uid (host-process runs): the record stands as read.
+        assert_eq!(record.clone().for_pod("db-0", Some("old")), record);
+        assert_eq!(record.clone().for_pod("db-1", Some("new")), record);
+        assert_eq!(record.clone().for_pod("db-0", None), record);
+        assert_eq!(
+            Record::named("db-0").for_pod("db-0", Some("new")),
+            Record::named("db-0")
+        );
     }
 }

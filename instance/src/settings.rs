@@ -15,8 +15,8 @@ use std::{
 
 use scaled_contract::instance::{
     DataIdentity, ENV_APP_PASSWORD, ENV_INSTANCE_NAMESPACE, ENV_INSTANCE_PEER_DOMAIN,
-    ENV_INSTANCE_POD, ENV_INSTANCE_SHARD, ENV_REPLICATION_PASSWORD, ENV_SUPERUSER_PASSWORD,
-    InstanceConfig,
+    ENV_INSTANCE_POD, ENV_INSTANCE_POD_UID, ENV_INSTANCE_SHARD, ENV_REPLICATION_PASSWORD,
+    ENV_SUPERUSER_PASSWORD, InstanceConfig,
 };
 
 /// The superuser every data directory has (initdb `-U`); only local connections may use it.
@@ -148,6 +148,8 @@ pub struct Settings {
     pub config: InstanceConfig,
     /// This pod's name.
     pub pod: String,
+    /// This pod object's uid, when the environment gives it (always in pods the operator renders).
+    pub pod_uid: Option<String>,
     /// This pod's namespace.
     pub namespace: String,
     /// Shard index.
@@ -189,6 +191,7 @@ impl Settings {
                 .ok_or(SettingsError::MissingEnv(name))
         };
         let pod = required(ENV_INSTANCE_POD)?;
+        let pod_uid = env(ENV_INSTANCE_POD_UID).filter(|uid| !uid.is_empty());
         let namespace = required(ENV_INSTANCE_NAMESPACE)?;
         let shard_text = required(ENV_INSTANCE_SHARD)?;
         let shard = shard_text.parse().map_err(|_| SettingsError::Shard {
@@ -216,6 +219,7 @@ impl Settings {
         Ok(Settings {
             config,
             pod,
+            pod_uid,
             namespace,
             shard,
             peer_domain: env(ENV_INSTANCE_PEER_DOMAIN).filter(|domain| !domain.is_empty()),

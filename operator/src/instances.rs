@@ -90,6 +90,8 @@ pub struct PodObservation {
     pub running: bool,
     /// The StatefulSet revision the pod was created from.
     pub revision: Option<String>,
+    /// The pod object's uid: another one under the same name is a recreated pod.
+    pub uid: Option<String>,
     /// Which process this is: the pod's uid and its postgres container's restart count. A new
     /// one means the process seen before is gone.
     pub incarnation: Option<String>,
@@ -128,6 +130,8 @@ pub struct ShardDecision {
     pub index: u32,
     /// The primary, once chosen.
     pub primary_pod: Option<String>,
+    /// The uid of the primary's pod object, as confirmed (see `ShardStatus::primary_pod_uid`).
+    pub primary_pod_uid: Option<String>,
     /// Why no primary is chosen yet.
     pub waiting: Option<String>,
     /// What is wrong with the primary, while something is.
@@ -191,24 +195,38 @@ pub enum Health {
     Unresponsive(String),
     /// Its instance manager answers and says it is not a ready primary.
     Failing(String),
+    /// The pod was recreated under the primary's name: the process that took writes is gone,
+    /// and the new one waits for the operator to confirm it or to name another pod.
+    Recreated(String),
 }
 
 impl Health {
     fn describe(&self) -> Option<&str> {
         match self {
             Health::Healthy => None,
-            Health::Gone(why) | Health::Unresponsive(why) | Health::Failing(why) => Some(why),
+            Health::Gone(why)
+            | Health::Unresponsive(why)
+            | Health::Failing(why)
+            | Health::Recreated(why) => Some(why),
         }
     }
 }
 
 /// How the recorded primary `primary` of `shard` is doing.
-pub fn primary_health(shard: &ShardObservation, primary: &str) -> Health {
+pub fn primary_health(shard: &ShardObservation, primary: &str, uid: Option<&str>) -> Health {
     let Some(pod) = shard.pods.iter().find(|pod| pod.name == primary) else {
         return Health::Gone(format!("pod {primary} does not exist"));
     };
     if !pod.running {
         return Health::Gone(format!("pod {primary} is not running"));
+    }
+    if let (Some(confirmed), Some(now)) = (uid, pod.uid.as_deref())
+        && confirmed != now
+    {
+        return Health::Recreated(format!(
+            "pod {primary} was recreated and waits to be confirmed as primary or to follow a \
+             replica that takes over"
+        ));
     }
     match &pod.instance {
         None => Health::Unresponsive(format!("the instance manager of {primary} does not answer")),
@@ -264,6 +282,7 @@ fn decide_shard(inputs: Inputs<'_>, shard: &ShardObservation) -> ShardDecision {
     let mut decision = ShardDecision {
         index: shard.index,
         primary_pod: before.and_then(|s| s.primary_pod.clone()),
+        primary_pod_uid: before.and_then(|s| s.primary_pod_uid.clone()),
         failover: before.and_then(|s| s.failover.clone()),
         last_failover: before.and_then(|s| s.last_failover.clone()),
         instances: shard.pods.iter().map(summary).collect(),
@@ -274,7 +293,10 @@ fn decide_shard(inputs: Inputs<'_>, shard: &ShardObservation) -> ShardDecision {
             decision.waiting = Some("paused: no primary is chosen".to_string());
         } else {
             match first_primary(app, shard) {
-                Ok(primary) => decision.primary_pod = Some(primary),
+                Ok(primary) => {
+                    decision.primary_pod_uid = uid_of(shard, &primary);
+                    decision.primary_pod = Some(primary);
+                }
                 Err(waiting) => decision.waiting = Some(waiting),
             }
         }
@@ -282,12 +304,23 @@ fn decide_shard(inputs: Inputs<'_>, shard: &ShardObservation) -> ShardDecision {
         complete_failover(&mut decision, shard, inputs.now);
     }
     if let Some(primary) = decision.primary_pod.clone() {
-        let health = primary_health(shard, &primary);
+        let health = primary_health(shard, &primary, decision.primary_pod_uid.as_deref());
+        if health == Health::Healthy && decision.primary_pod_uid.is_none() && !inputs.paused {
+            // A record from before uids were recorded: the serving pod is the confirmed one.
+            decision.primary_pod_uid = uid_of(shard, &primary);
+        }
         if health != Health::Healthy {
+            let recreated = matches!(health, Health::Recreated(_));
             // Said the same way every pass (no timer in it), so status settles.
             let blocked = candidate(app, shard, &primary).err();
-            decision.failover_due = blocked.is_none() && !inputs.paused;
+            // A recreated primary with nobody to take over is confirmed after the delay: time
+            // alone changes that decision too.
+            decision.failover_due = (blocked.is_none() || recreated) && !inputs.paused;
             decision.primary_health = health.describe().map(|why| match &blocked {
+                Some(blocked) if recreated => format!(
+                    "{why}; no replica can take over ({blocked}), so it is confirmed once \
+                     database.failover.delaySeconds have passed"
+                ),
                 Some(blocked) => format!("{why}; no replica can take over: {blocked}"),
                 None => why.to_string(),
             });
@@ -465,31 +498,57 @@ fn fail_over(
         return;
     }
     let reason = health.describe().unwrap_or("unhealthy").to_string();
-    // When nobody can take over, primary_health already says why.
-    if let Ok(target) = candidate(inputs.app, shard, primary) {
-        decision.news.push(News {
-            warning: true,
-            reason: "FailoverStarted",
-            note: format!(
-                "shard {}: promoting {target} because {reason} (for {}s)",
-                shard.index,
-                unhealthy_for.as_secs()
-            ),
-        });
-        decision.failover = Some(FailoverStatus {
-            kind: FAILOVER.into(),
-            reason,
-            from: decision
-                .failover
-                .as_ref()
-                .map_or(primary.to_string(), |progress| progress.from.clone()),
-            to: target.clone(),
-            started_at: inputs.now.clone(),
-            completed_at: None,
-            timeline: None,
-        });
-        decision.primary_pod = Some(target);
-    }
+    let target = match candidate(inputs.app, shard, primary) {
+        Ok(target) => target,
+        Err(_) if matches!(health, Health::Recreated(_)) => {
+            // Nobody else has the data: the recreated pod is the primary after all.
+            decision.primary_pod_uid = uid_of(shard, primary);
+            decision.news.push(News {
+                warning: false,
+                reason: "PrimaryConfirmed",
+                note: format!(
+                    "shard {}: {primary} was recreated and no replica can take over; it stays \
+                     the primary",
+                    shard.index
+                ),
+            });
+            return;
+        }
+        // When nobody can take over, primary_health already says why.
+        Err(_) => return,
+    };
+    decision.news.push(News {
+        warning: true,
+        reason: "FailoverStarted",
+        note: format!(
+            "shard {}: promoting {target} because {reason} (for {}s)",
+            shard.index,
+            unhealthy_for.as_secs()
+        ),
+    });
+    decision.failover = Some(FailoverStatus {
+        kind: FAILOVER.into(),
+        reason,
+        from: decision
+            .failover
+            .as_ref()
+            .map_or(primary.to_string(), |progress| progress.from.clone()),
+        to: target.clone(),
+        started_at: inputs.now.clone(),
+        completed_at: None,
+        timeline: None,
+    });
+    decision.primary_pod_uid = uid_of(shard, &target);
+    decision.primary_pod = Some(target);
+}
+
+/// The uid of pod `name` of `shard`, when it exists.
+fn uid_of(shard: &ShardObservation, name: &str) -> Option<String> {
+    shard
+        .pods
+        .iter()
+        .find(|pod| pod.name == name)
+        .and_then(|pod| pod.uid.clone())
 }
 
 /// The replica to promote: the one that received the most WAL. With synchronous replication
@@ -602,6 +661,7 @@ fn switch_over(
                 completed_at: None,
                 timeline: None,
             });
+            decision.primary_pod_uid = uid_of(shard, &target);
             decision.primary_pod = Some(target);
         }
         Err(refused) => decision.news.push(News {
@@ -674,6 +734,7 @@ pub async fn observe(
                 role_label: pod.labels().get(ROLE_LABEL).cloned(),
                 running,
                 revision: pod.labels().get(REVISION_LABEL).cloned(),
+                uid: pod.uid(),
                 incarnation,
                 instance,
             });
@@ -910,6 +971,7 @@ mod tests {
             role_label: None,
             running: true,
             revision: Some("r1".into()),
+            uid: Some(format!("uid-{ordinal}")),
             incarnation: Some(format!("uid-{ordinal}/0")),
             instance,
         }
@@ -1177,6 +1239,95 @@ mod tests {
         case.unhealthy_for = Duration::from_secs(30);
         let decision = case.decide(running_shard(false, [700, 800]));
         assert_eq!(decision.primary_pod.as_deref(), Some("shop-shard-0-2"));
+    }
+
+    fn recorded_object(primary: &str, uid: &str) -> ScaledAppStatus {
+        let mut status = recorded(primary);
+        status.shards[0].primary_pod_uid = Some(uid.into());
+        status
+    }
+
+    #[test]
+    fn the_record_names_the_pod_object_and_a_record_without_one_adopts_the_serving_pod() {
+        let first = Case::new(None).decide(shard(vec![pod(0, None), pod(1, None)], &[]));
+        assert_eq!(first.primary_pod_uid.as_deref(), Some("uid-0"));
+        // Written before uids were recorded: the ready primary is the confirmed object.
+        let adopted =
+            Case::new(Some(recorded("shop-shard-0-0"))).decide(running_shard(true, [1, 2]));
+        assert_eq!(adopted.primary_pod_uid.as_deref(), Some("uid-0"));
+        assert_eq!(adopted.primary_health, None);
+    }
+
+    #[test]
+    fn a_recreated_primary_pod_is_failed_over_to_the_replica_with_the_most_wal_after_the_delay() {
+        // Its StatefulSet recreated it (new uid) and it already runs again: whatever took writes
+        // is gone, and the new pod waits for this decision instead of starting as primary.
+        let mut recreated = running_shard(false, [700, 800]);
+        recreated.pods[0].uid = Some("uid-0-again".into());
+        recreated.pods[0].instance = Some(InstanceStatus {
+            ready: false,
+            ..report("shop-shard-0-0", InstanceRole::Pending, Some((1, 900)))
+        });
+        let mut case = Case::new(Some(recorded_object("shop-shard-0-0", "uid-0")));
+        case.unhealthy_for = Duration::from_secs(9);
+        let early = case.decide(recreated.clone());
+        assert_eq!(early.primary_pod.as_deref(), Some("shop-shard-0-0"));
+        assert_eq!(
+            early.primary_pod_uid.as_deref(),
+            Some("uid-0"),
+            "not confirmed"
+        );
+        assert!(early.failover_due);
+        assert!(
+            early
+                .primary_health
+                .as_deref()
+                .is_some_and(|why| why.contains("was recreated")),
+            "{early:?}"
+        );
+        case.unhealthy_for = Duration::from_secs(10);
+        let decision = case.decide(recreated);
+        assert_eq!(decision.primary_pod.as_deref(), Some("shop-shard-0-2"));
+        assert_eq!(decision.primary_pod_uid.as_deref(), Some("uid-2"));
+        assert_eq!(decision.news[0].reason, "FailoverStarted");
+    }
+
+    #[test]
+    fn a_recreated_primary_nobody_can_replace_is_confirmed_after_the_delay() {
+        // The replicas do not answer: none can be shown to have the data.
+        let mut recreated = shard(vec![pod(0, None), pod(1, None), pod(2, None)], &[0, 1, 2]);
+        recreated.pods[0].uid = Some("uid-0-again".into());
+        let mut case = Case::new(Some(recorded_object("shop-shard-0-0", "uid-0")));
+        case.unhealthy_for = Duration::from_secs(5);
+        let early = case.decide(recreated.clone());
+        assert_eq!(early.primary_pod_uid.as_deref(), Some("uid-0"));
+        assert!(early.failover_due, "time alone will confirm it");
+        assert!(
+            early
+                .primary_health
+                .as_deref()
+                .is_some_and(|why| why.contains("confirmed once database.failover.delaySeconds")),
+            "{early:?}"
+        );
+        case.unhealthy_for = Duration::from_secs(10);
+        let confirmed = case.decide(recreated);
+        assert_eq!(confirmed.primary_pod.as_deref(), Some("shop-shard-0-0"));
+        assert_eq!(confirmed.primary_pod_uid.as_deref(), Some("uid-0-again"));
+        assert_eq!(confirmed.news[0].reason, "PrimaryConfirmed");
+        assert_eq!(confirmed.failover, None);
+    }
+
+    #[test]
+    fn a_switchover_records_the_target_pod_object() {
+        let mut case = Case::new(Some(recorded_object("shop-shard-0-0", "uid-0")));
+        case.switchover = Some(SwitchoverRequest {
+            shard: 0,
+            to: Some("shop-shard-0-1".into()),
+            id: "s1".into(),
+        });
+        let decision = case.decide(running_shard(true, [800, 700]));
+        assert_eq!(decision.primary_pod.as_deref(), Some("shop-shard-0-1"));
+        assert_eq!(decision.primary_pod_uid.as_deref(), Some("uid-1"));
     }
 
     #[test]

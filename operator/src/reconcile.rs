@@ -302,18 +302,20 @@ fn recorded_primaries<'a>(
     observed: &'a [instances::ShardObservation],
 ) -> impl Iterator<Item = PrimarySeen> + 'a {
     observed.iter().filter_map(move |shard| {
-        let primary = status?
+        let record = status?
             .shards
             .iter()
-            .find(|s| s.index == shard.index as i32)?
-            .primary_pod
-            .clone()?;
-        let health = instances::primary_health(shard, &primary);
+            .find(|s| s.index == shard.index as i32)?;
+        let primary = record.primary_pod.clone()?;
+        let health = instances::primary_health(shard, &primary, record.primary_pod_uid.as_deref());
         let pod = shard.pods.iter().find(|pod| pod.name == primary);
         Some(PrimarySeen {
             shard: shard.index,
             healthy: health == instances::Health::Healthy,
-            down: matches!(health, instances::Health::Gone(_)),
+            down: matches!(
+                health,
+                instances::Health::Gone(_) | instances::Health::Recreated(_)
+            ),
             incarnation: pod.and_then(|pod| pod.incarnation.clone()),
             pod: primary,
         })

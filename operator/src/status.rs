@@ -168,6 +168,7 @@ pub fn components<S: Observation>(
                 slot_ranges: describe_slots(&app.shard_assignment, shard.index),
                 stateful_set: statefulset_status::<S>(&shard.statefulset, &mut rolling),
                 primary_pod: decision.and_then(|d| d.primary_pod.clone()),
+                primary_pod_uid: decision.and_then(|d| d.primary_pod_uid.clone()),
                 timeline: decision.and_then(|d| d.timeline).map(i64::from),
                 waiting: decision.and_then(|d| d.waiting.clone()),
                 primary_health: decision.and_then(|d| d.primary_health.clone()),

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use scaled_contract::instance::InstanceRole;
+use scaled_contract::instance::{ENV_INSTANCE_POD_UID, InstanceRole};
 
 use crate::support::{Cluster, Options, READY_TIMEOUT, eventually};
 
@@ -297,4 +297,44 @@ async fn a_primary_fences_at_once_when_the_record_names_another_pod_and_then_fol
         Some(&tokio_postgres::error::SqlState::READ_ONLY_SQL_TRANSACTION),
         "{refused:?}"
     );
+}
+
+/// A primary pod deleted and recreated by its StatefulSet comes back under the same name but as
+/// another pod object. It must not start as primary on its own: the operator may be promoting a
+/// replica at that moment. It waits until the record confirms this object (its uid), then starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recreated_primary_waits_until_the_record_confirms_its_uid() {
+    let cluster = Cluster::new(Options::default());
+    cluster.name_primary_object("db-0", "uid-before");
+    let mut before = cluster.start_with(0, &[(ENV_INSTANCE_POD_UID, "uid-before")]);
+    before.wait_ready(InstanceRole::Primary).await;
+    before.crash();
+
+    let mut after = cluster.start_with(0, &[(ENV_INSTANCE_POD_UID, "uid-after")]);
+    let waiting = after
+        .wait_status("the recreated pod reporting", READY_TIMEOUT, |_| true)
+        .await;
+    assert_eq!(waiting.role, InstanceRole::Pending, "{waiting:?}");
+    // Several ticks (500 ms each) later it still has not started postgres.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let still = after.try_status().await.expect("status");
+    assert_eq!(still.role, InstanceRole::Pending, "{still:?}");
+    assert!(!still.ready);
+    // (The crashed server's postmaster.pid stays behind; its process is gone.)
+    let running = after
+        .postmaster_pid()
+        .is_some_and(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists());
+    assert!(
+        !running,
+        "postgres started before the operator confirmed the new pod"
+    );
+    assert!(
+        after.log_tail().contains("an earlier pod of that name"),
+        "the log says why it waits:\n{}",
+        after.log_tail()
+    );
+
+    cluster.name_primary_object("db-0", "uid-after");
+    let confirmed = after.wait_ready(InstanceRole::Primary).await;
+    assert_eq!(confirmed.primary_pod.as_deref(), Some("db-0"));
 }

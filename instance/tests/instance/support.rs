@@ -293,6 +293,13 @@ impl Cluster {
         fs::rename(&temporary, &self.record).expect("replace the record");
     }
 
+    /// Names `pod` as the shard's primary and `uid` as the pod object the operator confirmed.
+    pub fn name_primary_object(&self, pod: &str, uid: &str) {
+        let temporary = self.dir.join("primary.new");
+        fs::write(&temporary, format!("{pod} {uid}\n")).expect("write the record");
+        fs::rename(&temporary, &self.record).expect("replace the record");
+    }
+
     /// Makes the record unreadable (like an unreachable API server).
     pub fn hide_record(&self) {
         let _ = fs::remove_file(&self.record);

@@ -78,6 +78,12 @@ pub struct ShardStatus {
     /// primary that is no longer named stops accepting writes. Absent until chosen.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub primary_pod: Option<String>,
+    /// The uid of the pod object the operator confirmed as primary. A pod the StatefulSet
+    /// recreates under the primary's name is another object: it does not start as primary until
+    /// the operator either fails over to a replica (after `database.failover.delaySeconds`) or,
+    /// when no replica can take over, confirms it by recording its uid here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary_pod_uid: Option<String>,
     /// Timeline of the primary, as its instance manager reports it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeline: Option<i64>,

@@ -22,9 +22,9 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use scaled_contract::instance::{
     DEFAULT_RECLONE_AFTER_SECONDS, ENV_APP_PASSWORD, ENV_INSTANCE_NAMESPACE,
-    ENV_INSTANCE_PEER_DOMAIN, ENV_INSTANCE_POD, ENV_INSTANCE_SHARD, ENV_REPLICATION_PASSWORD,
-    ENV_SUPERUSER_PASSWORD, INSTANCE_CONFIG_DIR, INSTANCE_CONFIG_KEY, INSTANCE_SCHEMA_VERSION,
-    INSTANCE_STATUS_PORT, InstanceConfig,
+    ENV_INSTANCE_PEER_DOMAIN, ENV_INSTANCE_POD, ENV_INSTANCE_POD_UID, ENV_INSTANCE_SHARD,
+    ENV_REPLICATION_PASSWORD, ENV_SUPERUSER_PASSWORD, INSTANCE_CONFIG_DIR, INSTANCE_CONFIG_KEY,
+    INSTANCE_SCHEMA_VERSION, INSTANCE_STATUS_PORT, InstanceConfig,
 };
 
 use super::app::CONFIG_HASH_ANNOTATION;
@@ -235,6 +235,7 @@ fn statefulset(app: &ValidatedApp, index: u32) -> StatefulSet {
     let secret = postgres_secret(app);
     let env = vec![
         field_env(ENV_INSTANCE_POD, "metadata.name"),
+        field_env(ENV_INSTANCE_POD_UID, "metadata.uid"),
         field_env(ENV_INSTANCE_NAMESPACE, "metadata.namespace"),
         plain_env(ENV_INSTANCE_SHARD, index.to_string()),
         plain_env(ENV_INSTANCE_PEER_DOMAIN, service_host(app, &set_name)),
