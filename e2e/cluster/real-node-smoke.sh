@@ -48,7 +48,6 @@ PLAIN_NS=${NS}-plain
 APISERVICE=v1alpha1.smoke.scaled.dev
 PASSED=0
 FAILED=0
-PF_PID=""
 check() {
   local name=$1 out status
   shift
@@ -69,7 +68,6 @@ check() {
 }
 info() { log "info ${*}"; }
 cleanup() {
-  [[ -z "${PF_PID}" ]] || kill "${PF_PID}" 2>/dev/null || true
   kubectl delete apiservice "${APISERVICE}" --ignore-not-found --wait=false >/dev/null 2>&1 || true
   kubectl delete namespace "${NS}" "${PLAIN_NS}" --wait=false >/dev/null 2>&1 || true
   kubectl -n "${NS}" delete pods --all --grace-period=0 --wait=false >/dev/null 2>&1 || true
@@ -344,15 +342,19 @@ check "kubectl logs and exec reach the pod (API server -> kubelet ${NODE_IP}:102
 ping_local() { # PORT: PING to a local port with bash's /dev/tcp
   timeout 3 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1 && printf 'PING\r\n' >&3 && head -c 7 <&3" 2>/dev/null | grep PONG >/dev/null
 }
+# check runs this in a subshell: the port-forward is stopped here, before it returns, or it
+# would outlive the script holding the caller's output open (a `make test | tee` never ends).
 port_forward() {
-  local port
+  local port forward status=0
   port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-  kubectl -n "${NS}" port-forward pod/redis "${port}:6379" >/dev/null 2>&1 &
-  PF_PID=$!
-  retry 10 ping_local "${port}"
+  kubectl -n "${NS}" port-forward pod/redis "${port}:6379" </dev/null >/dev/null 2>&1 &
+  forward=$!
+  retry 10 ping_local "${port}" || status=$?
+  kill "${forward}" 2>/dev/null || true
+  wait "${forward}" 2>/dev/null || true
+  return "${status}"
 }
 check "kubectl port-forward reaches the pod" port_forward
-[[ -z "${PF_PID}" ]] || { kill "${PF_PID}" 2>/dev/null || true; PF_PID=""; }
 
 aggregation() {
   ready ext-api 180s >/dev/null
