@@ -72,12 +72,43 @@ fn kill_postgres(namespace: &str, pod: &str) {
     );
 }
 
-async fn delete_now(namespace: &TestNamespace, pod: &str) {
+/// Deletes `pod` at once; returns the uid it had.
+async fn delete_now(namespace: &TestNamespace, pod: &str) -> Option<String> {
+    let uid = namespace.api::<Pod>().get(pod).await.expect("pod").uid();
     namespace
         .api::<Pod>()
         .delete(pod, &DeleteParams::default().grace_period(0))
         .await
         .expect("delete pod");
+    uid
+}
+
+/// Panics if the pod the StatefulSet recreated under the deleted primary's name (another uid
+/// than `deleted`) is Ready while the operator has not yet decided: it would have started as
+/// primary on its own, beside the replica being promoted. Only a follower of the new primary
+/// (after the decision) may become Ready.
+async fn assert_recreated_primary_waits(
+    namespace: &TestNamespace,
+    pod: &str,
+    deleted: &Option<String>,
+) {
+    let Some(recreated) = namespace.api::<Pod>().get_opt(pod).await.expect("get pod") else {
+        return;
+    };
+    let ready = recreated
+        .status
+        .as_ref()
+        .and_then(|status| status.conditions.as_ref())
+        .is_some_and(|conditions| {
+            conditions
+                .iter()
+                .any(|condition| condition.type_ == "Ready" && condition.status == "True")
+        });
+    assert!(
+        recreated.uid() == *deleted || !ready,
+        "{pod} was recreated and became Ready before the operator started a failover: it \
+         started as primary on its own"
+    );
 }
 
 /// Waits until the shard's last completed failover or switchover started after `since` and
@@ -242,7 +273,21 @@ async fn with_synchronous_replication_failover_and_switchover_lose_no_acknowledg
     let writes = writer(&client, &namespace).await;
     let killed = Instant::now();
     kill_postgres(&ns, &old);
-    delete_now(&namespace, &old).await;
+    let deleted = delete_now(&namespace, &old).await;
+    eventually(
+        "the failover to start",
+        Duration::from_secs(120),
+        || async {
+            assert_recreated_primary_waits(&namespace, &old, &deleted).await;
+            let app = namespace.apps().get(APP).await?;
+            let shard = app.status.and_then(|status| status.shards.first().cloned());
+            Ok(shard
+                .and_then(|shard| shard.failover.or(shard.last_failover))
+                .filter(|change| change.from == old)
+                .map(|_| ()))
+        },
+    )
+    .await;
     let new = completed_change(&namespace, &old, "Failover").await;
     assert_ne!(new, old);
     writes
@@ -312,7 +357,14 @@ async fn with_synchronous_replication_failover_and_switchover_lose_no_acknowledg
         .output()
         .expect("run scaledapp-operator switchover");
     assert!(output.status.success(), "{output:?}");
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Done means the new primary accepts writes; the client's own reconnection (and, with
+    // synchronous replication, a standby streaming from the new primary) may take a little
+    // longer. The pause lasts until the client's next acknowledged commit.
+    let switched_at = Instant::now();
+    writes
+        .wait_for_a_write_after(switched_at, Duration::from_secs(60))
+        .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let switched = writes.stop().await;
     // The pause: the failures' window when there were any (the connections the old primary
     // dropped), else the longest gap between commits.
@@ -427,11 +479,12 @@ async fn with_asynchronous_replication_a_failover_converges_and_survives_an_oper
     let writes = writer(&client, &namespace).await;
     let killed = Instant::now();
     kill_postgres(&ns, &old);
-    delete_now(&namespace, &old).await;
+    let deleted = delete_now(&namespace, &old).await;
     eventually(
         "the failover to start",
         Duration::from_secs(120),
         || async {
+            assert_recreated_primary_waits(&namespace, &old, &deleted).await;
             let app = namespace.apps().get(APP).await?;
             let shard = app.status.and_then(|status| status.shards.first().cloned());
             match shard {

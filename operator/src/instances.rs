@@ -316,13 +316,21 @@ fn decide_shard(inputs: Inputs<'_>, shard: &ShardObservation) -> ShardDecision {
             // A recreated primary with nobody to take over is confirmed after the delay: time
             // alone changes that decision too.
             decision.failover_due = (blocked.is_none() || recreated) && !inputs.paused;
-            decision.primary_health = health.describe().map(|why| match &blocked {
-                Some(blocked) if recreated => format!(
+            let promoting = decision
+                .failover
+                .as_ref()
+                .filter(|progress| progress.to == primary)
+                .map(|progress| progress.from.clone());
+            decision.primary_health = health.describe().map(|why| match (&blocked, promoting) {
+                // The target of a change in progress is not a primary yet; whether another
+                // replica could replace it is beside the point until it had its time.
+                (_, Some(from)) => format!("{why}; being promoted to take over from {from}"),
+                (Some(blocked), None) if recreated => format!(
                     "{why}; no replica can take over ({blocked}), so it is confirmed once \
                      database.failover.delaySeconds have passed"
                 ),
-                Some(blocked) => format!("{why}; no replica can take over: {blocked}"),
-                None => why.to_string(),
+                (Some(blocked), None) => format!("{why}; no replica can take over: {blocked}"),
+                (None, None) => why.to_string(),
             });
         }
         let unhealthy_for = inputs
@@ -1408,6 +1416,12 @@ mod tests {
         let promoting = case.decide(observed.clone());
         assert_eq!(promoting.primary_pod.as_deref(), Some("shop-shard-0-2"));
         assert!(promoting.failover.is_some() && promoting.last_failover.is_none());
+        assert_eq!(
+            promoting.primary_health.as_deref(),
+            Some(
+                "shop-shard-0-2 reports Promoting, not ready; being promoted to take over from shop-shard-0-0"
+            )
+        );
         observed.pods[2].instance = Some(report(
             "shop-shard-0-2",
             InstanceRole::Primary,
