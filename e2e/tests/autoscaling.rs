@@ -234,9 +234,24 @@ impl Keeper {
         let running = Arc::new(AtomicBool::new(true));
         let (flag, namespace) = (running.clone(), namespace.to_string());
         std::thread::spawn(move || {
+            // Redis is stopped on purpose for a while: say so once, not every 10 s.
+            let mut failing = false;
             while flag.load(Ordering::Relaxed) {
-                if let Err(error) = redis_eval(&namespace, KEEP, &["email:send"], &[HOLDER]) {
-                    eprintln!("keeping the backlog held failed (Redis down?): {error:#}");
+                match redis_eval(&namespace, KEEP, &["email:send"], &[HOLDER]) {
+                    Err(error) if !failing => {
+                        failing = true;
+                        let error = format!("{error:#}");
+                        eprintln!(
+                            "keeping the backlog held failed (Redis down?), retrying every 10 s: {}",
+                            error.lines().last().unwrap_or_default()
+                        );
+                    }
+                    Err(_) => {}
+                    Ok(_) if failing => {
+                        failing = false;
+                        eprintln!("keeping the backlog held again");
+                    }
+                    Ok(_) => {}
                 }
                 std::thread::sleep(Duration::from_secs(10));
             }
