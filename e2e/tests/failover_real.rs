@@ -111,6 +111,45 @@ async fn assert_recreated_primary_waits(
     );
 }
 
+/// Kills the primary's postgres, deletes its pod at once, and waits until a failover away from
+/// it has started (or already completed); returns when the kill happened. Meanwhile the pod
+/// recreated under its name must not become Ready on its own.
+async fn kill_primary_until_a_failover_starts(namespace: &TestNamespace, old: &str) -> Instant {
+    let killed = Instant::now();
+    kill_postgres(&namespace.name, old);
+    let deleted = delete_now(namespace, old).await;
+    eventually(
+        "the failover to start",
+        Duration::from_secs(120),
+        || async {
+            assert_recreated_primary_waits(namespace, old, &deleted).await;
+            let app = namespace.apps().get(APP).await?;
+            let shard = app.status.and_then(|status| status.shards.first().cloned());
+            match shard {
+                Some(shard)
+                    if shard
+                        .failover
+                        .as_ref()
+                        .or(shard.last_failover.as_ref())
+                        .is_some_and(|change| change.from == old) =>
+                {
+                    Ok(Some(()))
+                }
+                // Say what the operator sees, for the timeout message.
+                Some(shard) => anyhow::bail!(
+                    "primary {:?}, health {:?}, instances {:?}",
+                    shard.primary_pod,
+                    shard.primary_health,
+                    shard.instances
+                ),
+                None => Ok(None),
+            }
+        },
+    )
+    .await;
+    killed
+}
+
 /// Waits until the shard's last completed failover or switchover started after `since` and
 /// names `from`; returns the new primary.
 async fn completed_change(namespace: &TestNamespace, from: &str, kind: &str) -> String {
@@ -271,23 +310,7 @@ async fn with_synchronous_replication_failover_and_switchover_lose_no_acknowledg
     // Failover: the primary's postgres is killed and its pod deleted.
     let old = recorded_primary(&namespace).await;
     let writes = writer(&client, &namespace).await;
-    let killed = Instant::now();
-    kill_postgres(&ns, &old);
-    let deleted = delete_now(&namespace, &old).await;
-    eventually(
-        "the failover to start",
-        Duration::from_secs(120),
-        || async {
-            assert_recreated_primary_waits(&namespace, &old, &deleted).await;
-            let app = namespace.apps().get(APP).await?;
-            let shard = app.status.and_then(|status| status.shards.first().cloned());
-            Ok(shard
-                .and_then(|shard| shard.failover.or(shard.last_failover))
-                .filter(|change| change.from == old)
-                .map(|_| ()))
-        },
-    )
-    .await;
+    let killed = kill_primary_until_a_failover_starts(&namespace, &old).await;
     let new = completed_change(&namespace, &old, "Failover").await;
     assert_ne!(new, old);
     writes
@@ -477,32 +500,7 @@ async fn with_asynchronous_replication_a_failover_converges_and_survives_an_oper
     }
 
     let writes = writer(&client, &namespace).await;
-    let killed = Instant::now();
-    kill_postgres(&ns, &old);
-    let deleted = delete_now(&namespace, &old).await;
-    eventually(
-        "the failover to start",
-        Duration::from_secs(120),
-        || async {
-            assert_recreated_primary_waits(&namespace, &old, &deleted).await;
-            let app = namespace.apps().get(APP).await?;
-            let shard = app.status.and_then(|status| status.shards.first().cloned());
-            match shard {
-                Some(shard) if shard.failover.as_ref().is_some_and(|p| p.from == old) => {
-                    Ok(Some(()))
-                }
-                // Say what the operator sees, for the timeout message.
-                Some(shard) => anyhow::bail!(
-                    "primary {:?}, health {:?}, instances {:?}",
-                    shard.primary_pod,
-                    shard.primary_health,
-                    shard.instances
-                ),
-                None => Ok(None),
-            }
-        },
-    )
-    .await;
+    let killed = kill_primary_until_a_failover_starts(&namespace, &old).await;
     if hold {
         // Restart the operator mid-failover.
         let operators: Api<Pod> = Api::namespaced(client.clone(), &operator_namespace());

@@ -1,11 +1,11 @@
 //! The primary record: which pod the operator named as the shard's primary, read from the
 //! ScaledApp's status through the Kubernetes API, or from a file (host-process tests).
 //!
-//! Three answers (and a fourth for recreated pods), and the difference matters to the split-brain guard: a pod is named; no pod
+//! Three answers, and the difference matters to the split-brain guard: a pod is named; no pod
 //! is named yet; or the record could not be read (API unreachable, token refused, file
 //! missing). Only a read that names this pod confirms it may be primary, and only if the uid it
-//! records (when it records one) is this pod object's: a pod recreated under the primary's name
-//! reads [`Record::Unconfirmed`] until the operator confirms it or names another pod.
+//! records (when it records one) is this pod object's: for a pod recreated under the primary's
+//! name the record is [`Record::Unconfirmed`] until the operator confirms it or names another.
 
 use std::{path::PathBuf, time::Duration};
 
