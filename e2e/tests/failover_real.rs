@@ -112,11 +112,12 @@ async fn assert_recreated_primary_waits(
 }
 
 /// Kills the primary's postgres, deletes its pod at once, and waits until a failover away from
-/// it has started (or already completed); returns when the kill happened. Meanwhile the pod
-/// recreated under its name must not become Ready on its own.
+/// it has started (or already completed); returns when the kill was done (the exec returned: a
+/// commit acknowledged before that may still be the old primary's). Meanwhile the pod recreated
+/// under its name must not become Ready on its own.
 async fn kill_primary_until_a_failover_starts(namespace: &TestNamespace, old: &str) -> Instant {
-    let killed = Instant::now();
     kill_postgres(&namespace.name, old);
+    let killed = Instant::now();
     let deleted = delete_now(namespace, old).await;
     eventually(
         "the failover to start",
