@@ -92,11 +92,20 @@ pub struct PodObservation {
     pub revision: Option<String>,
     /// The pod object's uid: another one under the same name is a recreated pod.
     pub uid: Option<String>,
-    /// Which process this is: the pod's uid and its postgres container's restart count. A new
-    /// one means the process seen before is gone.
-    pub incarnation: Option<String>,
+    /// How often its postgres container restarted.
+    pub restarts: i32,
     /// What its instance manager reported, if it answered.
     pub instance: Option<InstanceStatus>,
+}
+
+impl PodObservation {
+    /// Which process this is: the pod's uid and its postgres container's restart count. A new
+    /// one means the process seen before is gone.
+    pub fn incarnation(&self) -> Option<String> {
+        self.uid
+            .as_ref()
+            .map(|uid| format!("{uid}/{}", self.restarts))
+    }
 }
 
 /// What the operator knows of a shard's StatefulSet from applying it.
@@ -735,7 +744,6 @@ pub async fn observe(
                 // The container is named after the component (render/postgres.rs).
                 .and_then(|containers| containers.iter().find(|c| c.name == POSTGRES_COMPONENT))
                 .map_or(0, |container| container.restart_count);
-            let incarnation = pod.uid().map(|uid| format!("{uid}/{restarts}"));
             shard.pods.push(PodObservation {
                 name: pod.name_any(),
                 ordinal,
@@ -743,7 +751,7 @@ pub async fn observe(
                 running,
                 revision: pod.labels().get(REVISION_LABEL).cloned(),
                 uid: pod.uid(),
-                incarnation,
+                restarts,
                 instance,
             });
         }
@@ -980,7 +988,7 @@ mod tests {
             running: true,
             revision: Some("r1".into()),
             uid: Some(format!("uid-{ordinal}")),
-            incarnation: Some(format!("uid-{ordinal}/0")),
+            restarts: 0,
             instance,
         }
     }

@@ -316,7 +316,7 @@ fn recorded_primaries<'a>(
                 health,
                 instances::Health::Gone(_) | instances::Health::Recreated(_)
             ),
-            incarnation: pod.and_then(|pod| pod.incarnation.clone()),
+            incarnation: pod.and_then(instances::PodObservation::incarnation),
             pod: primary,
         })
     })
