@@ -11,6 +11,9 @@ use scaled_contract::RedisSettings;
 
 use crate::{config::Secret, metrics::Metrics};
 
+/// How often the shared connection is checked (see [`RedisClient::keep_connected`]).
+const HEARTBEAT: Duration = Duration::from_secs(1);
+
 /// Failures of one budgeted Redis call.
 #[derive(Debug, thiserror::Error)]
 pub enum RedisCallError {
@@ -58,10 +61,15 @@ impl RedisClient {
             info = info.set_redis_settings(redis_settings);
         }
         let client = redis::Client::open(info)?;
+        // Once a command finds the connection dropped, the manager reconnects in the background
+        // and keeps trying (every 500 ms at most) until Redis answers again, so the first
+        // request after an outage finds a connection. With a few retries it gave up while Redis
+        // was away and the next request after its return failed (503 on a sign-in) only to
+        // start the reconnect. Callers never wait on it longer than their `timed` budget.
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_millis(500)))
             .set_response_timeout(Some(Duration::from_secs(2)))
-            .set_number_of_retries(2)
+            .set_number_of_retries(usize::MAX)
             .set_min_delay(Duration::from_millis(20))
             .set_max_delay(Duration::from_millis(500));
         let manager = ConnectionManager::new_lazy_with_config(client.clone(), config)?;
@@ -87,6 +95,29 @@ impl RedisClient {
             .get_multiplexed_async_connection_with_config(&config)
             .await
             .map_err(|source| self.failed("open a dedicated connection", source))
+    }
+
+    /// Pings through the shared connection every [`HEARTBEAT`] until `stop`. A connection that
+    /// Redis dropped (a restart, a failover) is only noticed by the next command sent on it,
+    /// which fails and starts the reconnect; without traffic that command would be the first
+    /// request after Redis returned. The heartbeat notices within a second and the manager is
+    /// connected again within half a second of Redis answering.
+    pub async fn keep_connected(self, stop: tokio_util::sync::CancellationToken) {
+        loop {
+            let mut connection = self.connection();
+            let command = redis::cmd("PING");
+            let _ = self
+                .timed(
+                    "heartbeat",
+                    HEARTBEAT,
+                    command.query_async::<String>(&mut connection),
+                )
+                .await;
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(HEARTBEAT) => {}
+            }
+        }
     }
 
     /// The underlying client (pub/sub needs its own connection type).

@@ -11,7 +11,7 @@ use crate::{
     cache::UserCache,
     config::{ConfigError, Settings, load_runtime_config},
     db::{self, Cluster, DbError},
-    http::{self, AppState, MetricsSources, Services},
+    http::{self, AppState, MetricsSources, Readiness, Services},
     metrics::Metrics,
     password_tokens::PasswordTokens,
     passwords::Passwords,
@@ -167,6 +167,7 @@ impl Application {
             relay_wake: Arc::new(Notify::new()),
             config: Arc::new(runtime.clone()),
             redis: core.redis.clone(),
+            readiness: Readiness::default(),
         };
         let state = AppState::new(services);
         Ok(Application {
@@ -219,6 +220,7 @@ impl Application {
             metrics: self.core.metrics.clone(),
         };
         tasks.spawn(relay.run(background.clone()));
+        tasks.spawn(self.core.redis.clone().keep_connected(background.clone()));
         if let Some(path) = self.config_path.clone() {
             tasks.spawn(watch_config(
                 path,
@@ -271,6 +273,7 @@ pub async fn run_worker(
             tracing::error!(%error, "metrics server failed");
         }
     });
+    let heartbeat = tokio::spawn(core.redis.clone().keep_connected(shutdown.clone()));
     let pool = worker::WorkerPool {
         redis: core.redis.clone(),
         cluster: core.cluster.clone(),
@@ -288,6 +291,7 @@ pub async fn run_worker(
         .await;
     shutdown.cancel();
     let _ = metrics_task.await;
+    let _ = heartbeat.await;
     Ok(())
 }
 

@@ -420,7 +420,7 @@ async fn a_small_scaledapp_runs_for_real_and_keeps_its_data() {
     // 5. Isolation: another app's pod cannot reach this ScaledApp's Postgres or Redis; the app can.
     let ns = &namespace.name;
     let primary_host = format!("{APP}-shard-0-primary.{ns}.svc");
-    let redis_host = format!("{APP}-redis.{ns}.svc");
+    let redis_host = format!("{APP}-redis-primary.{ns}.svc");
     let stranger =
         json!({"app.kubernetes.io/instance": "other", "app.kubernetes.io/component": "app"});
     let ours = json!({"app.kubernetes.io/instance": APP, "app.kubernetes.io/component": "app"});

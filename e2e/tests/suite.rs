@@ -312,6 +312,27 @@ async fn children_have_the_right_names_owners_labels_and_numbers() {
             format!("shop-shard-1-primary.{}.svc:5432", namespace.name)
         ])
     );
+    // Clients reach Redis through a virtual IP: its name resolves while no pod backs it.
+    assert_eq!(
+        status.endpoints.as_ref().map(|e| e.redis.clone()),
+        Some(format!(
+            "redis://shop-redis-primary.{}.svc:6379",
+            namespace.name
+        ))
+    );
+    let redis_service = namespace
+        .api::<Service>()
+        .get("shop-redis-primary")
+        .await
+        .expect("the Redis clients' Service");
+    let cluster_ip = redis_service
+        .spec
+        .and_then(|spec| spec.cluster_ip)
+        .expect("a cluster IP");
+    assert!(
+        cluster_ip.parse::<std::net::IpAddr>().is_ok(),
+        "not headless: {cluster_ip}"
+    );
     // Restricted Pod Security: every component's pods were admitted.
     let pods = namespace
         .api::<Pod>()

@@ -133,8 +133,10 @@ pub struct AppObjects<S: Stage> {
 pub struct RedisObjects<S: Stage> {
     /// Single-pod StatefulSet.
     pub statefulset: S::Of<StatefulSet>,
-    /// Headless Service naming the pod.
-    pub service: S::Of<Service>,
+    /// Headless Service naming the pod (the StatefulSet's governing Service).
+    pub peers: S::Of<Service>,
+    /// ClusterIP Service the app, workers and operator connect to.
+    pub primary_service: S::Of<Service>,
 }
 
 /// The ServiceAccount of the Postgres pods and the one permission it has: reading its own
@@ -248,13 +250,16 @@ impl<S: Stage> Children<S> {
         let redis = match redis {
             Some(RedisObjects {
                 statefulset,
-                service,
+                peers,
+                primary_service,
             }) => {
-                let service = step.child::<Service>(service).await?;
+                let peers = step.child::<Service>(peers).await?;
+                let primary_service = step.child::<Service>(primary_service).await?;
                 let statefulset = step.child::<StatefulSet>(statefulset).await?;
                 Some(RedisObjects {
                     statefulset,
-                    service,
+                    peers,
+                    primary_service,
                 })
             }
             None => None,

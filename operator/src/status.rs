@@ -189,7 +189,10 @@ pub fn components<S: Observation>(
         })
         .collect();
     let redis_endpoint = match (&children.redis, &app.spec.cache.external_redis) {
-        (Some(redis), _) => format!("redis://{}", address::<S>(app, &redis.service, REDIS_PORT)),
+        (Some(redis), _) => format!(
+            "redis://{}",
+            address::<S>(app, &redis.primary_service, REDIS_PORT)
+        ),
         (None, Some(external)) => external.url.clone(),
         (None, None) => String::new(),
     };

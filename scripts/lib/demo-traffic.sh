@@ -22,14 +22,10 @@ echo "POST /api/users            -> \$user"
 id=\$(echo "\$user" | sed -n 's/.*"id":\([0-9]*\).*/\1/p')
 echo "GET  /api/users/\$id        -> \$(wget -q -O - \$base/api/users/\$id)"
 echo "GET  /api/users/\$id again  -> \$(wget -q -O - \$base/api/users/\$id)"
-# A stack that just became Ready may still answer 503 (with Retry-After) for a moment, for
-# example while a pod's first lookups of the Redis Service name time out on a busy node: retry
-# as a client should.
-try() { i=0; while [ \$i -lt 10 ]; do if out=\$("\$@" 2>&1); then echo "\$out"; return 0; fi; echo "(\$(echo "\$out" | grep -o 'HTTP/1.1 [0-9]*.*' | head -n 1); retrying)" >&2; i=\$((i + 1)); sleep 2; done; return 1; }
-cookie=\$(try wget -S -q -O /dev/null --header "\$json" --post-data '{"email":"${EMAIL}","password":"${PASSWORD}"}' \$base/api/sessions | sed -n 's/.*[Ss]et-[Cc]ookie: \([^;]*\).*/\1/p' | head -n 1)
+cookie=\$(wget -S -q -O /dev/null --header "\$json" --post-data '{"email":"${EMAIL}","password":"${PASSWORD}"}' \$base/api/sessions 2>&1 | sed -n 's/.*[Ss]et-[Cc]ookie: \([^;]*\).*/\1/p' | head -n 1)
 [ -n "\$cookie" ] || { echo "no session cookie"; exit 1; }
 echo "POST /api/sessions         -> a session cookie (HttpOnly)"
-order=\$(try wget -q -O - --header "\$json" --header "Cookie: \$cookie" --post-data '{"items":[{"sku":"book","quantity":2}],"total":30.5}' \$base/api/orders)
+order=\$(wget -q -O - --header "\$json" --header "Cookie: \$cookie" --post-data '{"items":[{"sku":"book","quantity":2}],"total":30.5}' \$base/api/orders)
 echo "POST /api/orders           -> \$order"
 FLOW
 

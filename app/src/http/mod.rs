@@ -33,6 +33,7 @@ use crate::{
 };
 use error::AppError;
 
+pub use health::Readiness;
 pub use observe::{MetricsSources, metrics_router};
 
 /// Largest accepted request body. Bigger ones get 413 before they are buffered.
@@ -83,6 +84,8 @@ pub struct Services {
     pub config: Arc<RuntimeConfig>,
     /// Redis.
     pub redis: RedisClient,
+    /// Whether Redis and every shard primary have answered once (see `/ready`).
+    pub readiness: Readiness,
 }
 
 /// The public API router.

@@ -1,9 +1,11 @@
 //! Probes.
 
-use reqwest::StatusCode;
-use serde_json::Value;
+use std::time::Duration;
 
-use crate::support::TestApp;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::support::{RedisServer, Stack, TestApp, eventually, free_port, test_config};
 
 #[tokio::test]
 async fn health_answers_ok() {
@@ -26,6 +28,97 @@ async fn ready_reports_every_shard_primary_up() {
         shards.iter().all(|shard| shard["primary"] == "up"),
         "{body}"
     );
+    assert_eq!(body["redis"], "up", "{body}");
+    assert_eq!(body["reachedDependencies"], true, "{body}");
+}
+
+async fn ready_body(app: &TestApp) -> (StatusCode, Value) {
+    let response = app.get("/ready").await;
+    let status = response.status();
+    (status, response.json().await.expect("json"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_that_never_reached_redis_is_not_ready_and_once_ready_its_first_sign_in_and_order_succeed()
+ {
+    let stack = Stack::shared();
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let redis = RedisServer::stopped(dir.path());
+    let database = stack.create_database().await;
+    let mut config = test_config(stack, &database, 0);
+    config.redis.url = redis.url(0);
+    let app = TestApp::start_config(config).await;
+
+    // Several probes, as the kubelet would send: none lets the pod into the Service.
+    for _ in 0..3 {
+        let (status, body) = ready_body(&app).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert_eq!(body["status"], "starting", "{body}");
+        assert_eq!(body["redis"], "down", "{body}");
+        assert_eq!(body["reachedDependencies"], false, "{body}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    redis.start();
+    app.wait_until_ready().await;
+    // The first signed-in write after the first 200 succeeds: no retry, as a client sees it.
+    let user = app.create_user().await;
+    let session = app
+        .post(
+            "/api/sessions",
+            &json!({ "email": user["email"], "password": crate::support::PASSWORD }),
+        )
+        .await;
+    assert_eq!(session.status(), StatusCode::CREATED, "the first sign-in");
+    let cookie = session.headers()["set-cookie"]
+        .to_str()
+        .expect("ascii")
+        .split(';')
+        .next()
+        .expect("a cookie")
+        .to_string();
+    let order = app
+        .client
+        .post(format!("{}/api/orders", app.address))
+        .header("cookie", cookie)
+        .json(&json!({ "items": [{ "sku": "a", "quantity": 1 }], "total": 1 }))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(order.status(), StatusCode::CREATED, "the first order");
+
+    // Losing Redis later degrades the pod; it stays in the Service.
+    redis.stop();
+    let (status, body) = ready_body(&app).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["redis"], "down", "{body}");
+    assert_eq!(body["reachedDependencies"], true, "{body}");
+}
+
+#[tokio::test]
+async fn a_pod_that_never_reached_one_of_its_shard_primaries_is_not_ready() {
+    let stack = Stack::shared();
+    let database = stack.create_database().await;
+    let mut config = test_config(stack, &database, 0);
+    // Shard 1's primary address answers nothing; shard 0 and Redis are up.
+    config.shard_map.shards[1].primary = format!("127.0.0.1:{}", free_port());
+    let app = TestApp::start_config(config).await;
+    eventually(
+        "a probe that found Redis up",
+        Duration::from_secs(10),
+        || async {
+            let (_, body) = ready_body(&app).await;
+            (body["redis"] == "up").then_some(())
+        },
+    )
+    .await;
+    for _ in 0..3 {
+        let (status, body) = ready_body(&app).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert_eq!(body["status"], "starting", "{body}");
+        assert_eq!(body["shards"][0]["primary"], "up", "{body}");
+        assert_eq!(body["shards"][1]["primary"], "down", "{body}");
+    }
 }
 
 #[tokio::test]

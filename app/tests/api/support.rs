@@ -367,13 +367,19 @@ pub struct RedisServer {
 
 impl RedisServer {
     fn new(dir: &Path) -> Self {
-        let server = RedisServer {
+        let server = Self::stopped(dir);
+        server.start();
+        server
+    }
+
+    /// A server on a free port of its own, not started yet: a client pointed at it finds nothing
+    /// listening until [`RedisServer::start`].
+    pub fn stopped(dir: &Path) -> Self {
+        RedisServer {
             child: Mutex::new(None),
             dir: dir.to_path_buf(),
             port: free_port(),
-        };
-        server.start();
-        server
+        }
     }
 
     /// Starts (or restarts) the server on its port and waits for it.
@@ -422,6 +428,12 @@ impl RedisServer {
             .expect("redis child lock")
             .as_ref()
             .map(Child::id)
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
@@ -736,6 +748,20 @@ impl TestApp {
         config: RuntimeConfig,
         tweak: impl FnOnce(&mut Settings),
     ) -> TestApp {
+        let app = Self::start_settings(config, tweak).await;
+        // L1 only fills once the invalidation subscription is up; wait so tests are deterministic.
+        app.wait_until_subscribed().await;
+        // The kubelet sends a pod traffic only once `/ready` said yes; so do the tests.
+        app.wait_until_ready().await;
+        app
+    }
+
+    /// An app running `config`, serving at once: not waited for (tests of start-up itself).
+    pub async fn start_config(config: RuntimeConfig) -> TestApp {
+        Self::start_settings(config, |_| {}).await
+    }
+
+    async fn start_settings(config: RuntimeConfig, tweak: impl FnOnce(&mut Settings)) -> TestApp {
         let mut settings = Settings::from_runtime(config.clone(), Secret::new(SESSION_SECRET));
         tweak(&mut settings);
         settings.database_password = Some(Secret::new(APP_PASSWORD));
@@ -750,7 +776,7 @@ impl TestApp {
             .timeout(Duration::from_secs(30))
             .build()
             .expect("a client");
-        let app = TestApp {
+        TestApp {
             address,
             metrics_address,
             client,
@@ -760,10 +786,19 @@ impl TestApp {
             shutdown,
             tokens: Mutex::new(std::collections::BTreeMap::new()),
             sessions: Mutex::new(std::collections::HashMap::new()),
-        };
-        // L1 only fills once the invalidation subscription is up; wait so tests are deterministic.
-        app.wait_until_subscribed().await;
-        app
+        }
+    }
+
+    /// Fails the test if `/ready` does not answer 200 in time.
+    pub async fn wait_until_ready(&self) {
+        eventually(
+            "the app to report ready",
+            Duration::from_secs(30),
+            || async {
+                (self.get("/ready").await.status() == reqwest::StatusCode::OK).then_some(())
+            },
+        )
+        .await;
     }
 
     /// Fails the test if the pod does not subscribe in time: a test that went on without the

@@ -33,7 +33,9 @@ use scaled_contract::metrics::{
 use super::error::ApiError;
 use super::source::AppKey;
 use crate::crd::ScaledApp;
-use crate::render::{REDIS_PASSWORD_KEY, REDIS_PORT};
+use crate::render::{
+    REDIS_PASSWORD_KEY, REDIS_PORT, redis_primary_service_name, redis_secret_name,
+};
 
 /// How often Redis is read and how long it may take.
 #[derive(Clone, Debug)]
@@ -122,10 +124,10 @@ fn endpoint(app: &ScaledApp, key: &AppKey) -> Endpoint {
                 .map(|reference| (reference.name.clone(), reference.key.clone())),
         },
         None => {
-            let service = format!("{}-redis", key.name);
+            let service = redis_primary_service_name(&key.name);
             Endpoint {
                 url: format!("redis://{service}.{}.svc:{REDIS_PORT}", key.namespace),
-                password: Some((service, REDIS_PASSWORD_KEY.to_string())),
+                password: Some((redis_secret_name(&key.name), REDIS_PASSWORD_KEY.to_string())),
             }
         }
     }

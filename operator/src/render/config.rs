@@ -88,7 +88,7 @@ pub fn runtime_config(app: &ValidatedApp) -> RuntimeConfig {
 pub fn redis_url(app: &ValidatedApp) -> String {
     format!(
         "redis://{}:{REDIS_PORT}",
-        service_host(app, &child_name(app, "redis"))
+        service_host(app, &super::redis::primary_service_name(&app.name))
     )
 }
 

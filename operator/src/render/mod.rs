@@ -33,8 +33,9 @@ pub use config::runtime_config;
 pub use postgres::{
     COMPONENT as POSTGRES_COMPONENT, PRIMARY_ROLE, REPLICA_ROLE, instance_config, shard_set_name,
 };
-pub use secrets::REDIS_PASSWORD_KEY;
+pub use redis::primary_service_name as redis_primary_service_name;
 pub use secrets::SecretTemplate;
+pub use secrets::{REDIS_PASSWORD_KEY, redis_secret_name};
 
 /// The operator's field manager and `app.kubernetes.io/managed-by` value.
 pub const MANAGER: &str = "scaledapp-operator";

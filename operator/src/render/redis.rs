@@ -1,6 +1,12 @@
-//! Redis run by the operator: a one-pod StatefulSet and its headless Service. The password
-//! comes from the generated Secret and is written into a config file at start, so it never
-//! shows in the pod spec or the process list.
+//! Redis run by the operator: a one-pod StatefulSet, the headless Service that governs it, and
+//! the ClusterIP Service every client (app, workers, the operator's queue reader) connects to.
+//! The password comes from the generated Secret and is written into a config file at start, so
+//! it never shows in the pod spec or the process list.
+//!
+//! Clients use the ClusterIP Service because its name resolves for as long as the Service
+//! exists: a headless name resolves only while a ready pod backs it, so a restarting Redis pod
+//! turned every client's reconnect into a DNS failure, cached negatively by the resolver for
+//! seconds after the pod was back.
 
 use std::collections::BTreeMap;
 
@@ -34,8 +40,15 @@ pub fn objects(app: &ValidatedApp) -> Option<RedisObjects<Rendered>> {
     let spec = app.spec.cache.redis.clone().unwrap_or_default();
     Some(RedisObjects {
         statefulset: statefulset(app, &spec),
-        service: redis_service(app),
+        peers: peers_service(app),
+        primary_service: primary_service(app),
     })
+}
+
+/// Name of the Service clients reach the operator-run Redis through, for the ScaledApp named
+/// `app_name` (the app's config, the status endpoint and the queue reader all use it).
+pub fn primary_service_name(app_name: &str) -> String {
+    format!("{app_name}-{COMPONENT}-primary")
 }
 
 /// The `redis.conf` the container writes before starting.
@@ -178,12 +191,23 @@ fn statefulset(app: &ValidatedApp, spec: &RedisSpec) -> StatefulSet {
     )
 }
 
-fn redis_service(app: &ValidatedApp) -> Service {
+/// The StatefulSet's governing Service (its name is fixed in the StatefulSet for good, so it
+/// keeps the name it always had).
+fn peers_service(app: &ValidatedApp) -> Service {
     service(
         object_meta(app, child_name(app, COMPONENT), COMPONENT),
         selector_labels(app, COMPONENT),
         &[(COMPONENT, REDIS_PORT)],
         Addressing::Headless { not_ready: false },
+    )
+}
+
+fn primary_service(app: &ValidatedApp) -> Service {
+    service(
+        object_meta(app, primary_service_name(&app.name), COMPONENT),
+        selector_labels(app, COMPONENT),
+        &[(COMPONENT, REDIS_PORT)],
+        Addressing::ClusterIp,
     )
 }
 
@@ -222,6 +246,37 @@ mod tests {
             password_secret_ref: None,
         });
         assert!(objects(&app).is_none());
+    }
+
+    #[test]
+    fn clients_reach_redis_through_a_cluster_ip_so_a_missing_pod_is_never_a_dns_failure() {
+        let app = validated_example("shop");
+        let objects = objects(&app).expect("in-cluster redis");
+        let primary = objects.primary_service.spec.expect("spec");
+        assert_eq!(primary.cluster_ip, None, "a virtual IP, not headless");
+        assert_eq!(
+            objects.primary_service.metadata.name.as_deref(),
+            Some("shop-redis-primary")
+        );
+        // The StatefulSet keeps its headless governing Service (serviceName cannot change).
+        let peers = objects.peers.spec.expect("spec");
+        assert_eq!(peers.cluster_ip.as_deref(), Some("None"));
+        assert_eq!(
+            objects
+                .statefulset
+                .spec
+                .expect("spec")
+                .service_name
+                .as_deref(),
+            Some("shop-redis")
+        );
+        assert_eq!(primary.selector, peers.selector);
+        // The app's configuration names the ClusterIP Service.
+        let config = crate::render::runtime_config(&app);
+        assert_eq!(
+            config.redis.url,
+            "redis://shop-redis-primary.default.svc:6379"
+        );
     }
 
     #[test]

@@ -60,7 +60,13 @@ pub fn postgres_secret(app: &ValidatedApp) -> String {
 
 /// Name of the Redis password Secret.
 pub fn redis_secret(app: &ValidatedApp) -> String {
-    child_name(app, "redis")
+    redis_secret_name(&app.name)
+}
+
+/// Name of the generated Redis Secret of the ScaledApp named `app_name` (the queue reader
+/// knows only the name).
+pub fn redis_secret_name(app_name: &str) -> String {
+    format!("{app_name}-redis")
 }
 
 /// Name of the app's own Secret.
