@@ -77,6 +77,8 @@ if [[ "${E2E_REAL_PODS:-${SCALEDAPP_REAL_NODE:-0}}" == 1 ]]; then
   started=${SECONDS}
   e2e/real-pods.sh
   log "real pods: $((SECONDS - started))s"
+elif [[ "${SCALEDAPP_REAL_NODE:-0}" == 1 ]]; then
+  log "SKIP the tests on real pods: E2E_REAL_PODS=0 was set, although this cluster has its real node"
 else
   log "SKIP the tests on real pods: this cluster has no real node (SCALEDAPP_REAL_NODE=0)"
 fi

@@ -1,7 +1,8 @@
 //! Helpers for tests whose pods really run: the local cluster's real node, or kind.
 //!
-//! They are skipped, saying so, unless `SCALEDAPP_REAL_PODS=1` (set by `e2e/real-pods.sh`,
-//! which also installs the operator chart in the cluster and pushes the images). Images and the
+//! They are `#[ignore]`d in a plain `cargo test` (reported as ignored, never passed) and fail
+//! when run without `SCALEDAPP_REAL_PODS=1` (set by `e2e/real-pods.sh`, which also installs the
+//! operator chart in the cluster, pushes the images and runs them with `--ignored`). Images and the
 //! storage class come from the environment `e2e/cluster/up.sh` exports; on kind the defaults
 //! name the images `e2e/kind/up.sh` loads.
 
@@ -24,16 +25,32 @@ pub fn env_or(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_string())
 }
 
-/// `true` when real pods run; otherwise prints why `test` is skipped.
-pub fn real_pods(test: &str) -> bool {
-    if std::env::var("SCALEDAPP_REAL_PODS").as_deref() == Ok("1") {
+/// Fails the test unless real pods run (`SCALEDAPP_REAL_PODS=1`, which `e2e/real-pods.sh` sets
+/// after installing the operator chart in the cluster and pushing the images): run with
+/// `--ignored` anywhere else, a real-pod test must not pass without having run.
+pub fn require_real_pods() {
+    assert!(
+        std::env::var("SCALEDAPP_REAL_PODS").as_deref() == Ok("1"),
+        "this test needs pods that really run (SCALEDAPP_REAL_PODS=1: the local cluster's real \
+         node or kind, with the operator chart installed in the cluster); run it through \
+         e2e/real-pods.sh"
+    );
+}
+
+/// Whether a host-side part (`what`) of a test can run: only on the local real node, where the
+/// test runs on the node itself. Elsewhere the test fails, unless `SCALEDAPP_HOST_SIDE_CHECKS=0`
+/// says to leave those parts out (kind: the node is a container): then it prints `SKIP` (which
+/// `make test`'s stage summary counts) and the caller leaves the part out.
+pub fn host_side_part(what: &str) -> bool {
+    if on_local_real_node() {
         return true;
     }
-    eprintln!(
-        "SKIPPED {test}: needs pods that really run (SCALEDAPP_REAL_PODS=1: the local cluster's \
-         real node or kind, with the operator chart installed in the cluster; e2e/real-pods.sh \
-         sets this up)"
+    assert!(
+        std::env::var("SCALEDAPP_HOST_SIDE_CHECKS").as_deref() == Ok("0"),
+        "{what} needs the local real node (the test cuts a pod off from the API server from the \
+         host); set SCALEDAPP_HOST_SIDE_CHECKS=0 to leave it out on other clusters"
     );
+    eprintln!("SKIP {what}: not the local real node (SCALEDAPP_HOST_SIDE_CHECKS=0)");
     false
 }
 
@@ -285,6 +302,28 @@ pub struct Written {
     pub acknowledged: Vec<(i64, std::time::Instant)>,
     /// When attempts failed (connection refused, read-only, fenced, ...).
     pub failures: Vec<std::time::Instant>,
+    /// The failures the server's side answered: a refused connection (the address is reachable,
+    /// nothing listens) or a Postgres error. Timeouts are not among them: a cut network or an
+    /// absent pod answers nothing.
+    pub refusals: Vec<std::time::Instant>,
+}
+
+/// Whether a failed attempt was answered (refused) rather than left unanswered.
+fn answered(error: &tokio_postgres::Error) -> bool {
+    if error.as_db_error().is_some() {
+        return true;
+    }
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(current) = source {
+        if current
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
+        {
+            return true;
+        }
+        source = current.source();
+    }
+    false
 }
 
 impl Written {
@@ -354,8 +393,12 @@ impl Writer {
                                 .await;
                             client = Some(connected);
                         }
-                        Err(_) => {
-                            written.failures.push(std::time::Instant::now());
+                        Err(error) => {
+                            let now = std::time::Instant::now();
+                            written.failures.push(now);
+                            if answered(&error) {
+                                written.refusals.push(now);
+                            }
                             tokio::time::sleep(Duration::from_millis(100)).await;
                             continue;
                         }
@@ -374,10 +417,14 @@ impl Writer {
                         written.acknowledged.push((next, now));
                         next += 1;
                     }
-                    _ => {
+                    outcome => {
                         // Unknown outcome or refused: retry the same id on a new connection (the
                         // insert is idempotent); only acknowledged ids count.
-                        written.failures.push(std::time::Instant::now());
+                        let now = std::time::Instant::now();
+                        written.failures.push(now);
+                        if matches!(&outcome, Ok(Err(error)) if answered(error)) {
+                            written.refusals.push(now);
+                        }
                         client = None;
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }

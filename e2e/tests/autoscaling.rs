@@ -34,7 +34,7 @@ use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
-use scaled_e2e::real::{Small, env_or, operator_namespace, real_node_namespace, real_pods};
+use scaled_e2e::real::{Small, env_or, operator_namespace, real_node_namespace, require_real_pods};
 use scaled_e2e::*;
 use scaledapp_operator::crd::ScaledApp;
 use serde_json::{Value, json};
@@ -345,10 +345,9 @@ fn unauthenticated_status(path: &str) -> Option<(u16, Value)> {
 }
 
 #[tokio::test]
+#[ignore = "needs pods that really run: e2e/real-pods.sh runs it"]
 async fn the_metrics_apiservices_are_available_and_refuse_bad_input_with_statuses() {
-    if !real_pods("the_metrics_apiservices_are_available_and_refuse_bad_input_with_statuses") {
-        return;
-    }
+    require_real_pods();
     for name in [
         "v1beta2.custom.metrics.k8s.io",
         "v1beta1.external.metrics.k8s.io",
@@ -411,10 +410,9 @@ async fn the_metrics_apiservices_are_available_and_refuse_bad_input_with_statuse
 }
 
 #[tokio::test]
+#[ignore = "needs pods that really run: e2e/real-pods.sh runs it"]
 async fn load_and_backlog_each_move_an_hpa_on_the_operators_own_metrics() {
-    if !real_pods("load_and_backlog_each_move_an_hpa_on_the_operators_own_metrics") {
-        return;
-    }
+    require_real_pods();
     let client = client().await;
     let namespace = real_node_namespace(&client, "autoscale").await;
     let ns = namespace.name.clone();

@@ -7,9 +7,10 @@
 //! After the failover the app, never restarted, signs a user up and reads it back with its
 //! consistency token (read-your-writes across the timeline change).
 //!
-//! Skipped, saying so, unless `SCALEDAPP_REAL_PODS=1`; the fencing and mid-failover parts cut a
-//! pod off from the API server from inside its network namespace, which needs the local real
-//! node (the test runs on it), and say so when skipped elsewhere.
+//! Run by `e2e/real-pods.sh` (they fail without `SCALEDAPP_REAL_PODS=1`); the fencing and
+//! mid-failover parts cut a pod off from the API server from the host's side of its network
+//! namespace, which needs the local real node (the test runs on it): elsewhere they fail, unless
+//! `SCALEDAPP_HOST_SIDE_CHECKS=0` leaves them out, saying SKIP.
 
 use std::time::{Duration, Instant};
 
@@ -288,11 +289,9 @@ fn missing(written: &Written, stored: &std::collections::BTreeSet<i64>) -> Vec<i
 }
 
 #[tokio::test]
+#[ignore = "needs pods that really run: e2e/real-pods.sh runs it"]
 async fn with_synchronous_replication_failover_and_switchover_lose_no_acknowledged_write() {
-    if !real_pods("with_synchronous_replication_failover_and_switchover_lose_no_acknowledged_write")
-    {
-        return;
-    }
+    require_real_pods();
     let client = client().await;
     let namespace = start(
         &client,
@@ -421,10 +420,7 @@ async fn with_synchronous_replication_failover_and_switchover_lose_no_acknowledg
 
     // The split-brain fence: cut off from the API server while clients still reach it, the
     // primary stops accepting writes within fenceAfterSeconds.
-    if !on_local_real_node() {
-        eprintln!(
-            "SKIPPED the fencing part: cutting a pod off from the API server needs the local real node"
-        );
+    if !host_side_part("the split-brain fence") {
         namespace.delete().await;
         return;
     }
@@ -438,13 +434,38 @@ async fn with_synchronous_replication_failover_and_switchover_lose_no_acknowledg
     tokio::time::sleep(Duration::from_secs(10 + 12)).await;
     let direct_written = direct.stop().await;
     cut_off_from_api_server(&ip, false).expect("restore");
-    let last = direct_written
+    // What makes the measurement mean something: the client wrote to this pod before the cut,
+    // still reached it after the cut (so the cut took the API server away, not the clients),
+    // and after its last write was answered with refusals, not silence.
+    assert!(
+        direct_written.acknowledged.iter().any(|(_, at)| *at < cut),
+        "the direct client never wrote to {fenced} before the cut: nothing was measured"
+    );
+    let last_ack = direct_written
         .acknowledged
-        .last()
-        .map(|(_, at)| at.saturating_duration_since(cut))
-        .unwrap_or_default();
+        .iter()
+        .map(|(_, at)| *at)
+        .rfind(|at| *at > cut)
+        .unwrap_or_else(|| {
+            panic!(
+                "{fenced} acknowledged no write after it was cut off from the API server: clients \
+                 must still reach it until it fences itself"
+            )
+        });
+    let refused_after = direct_written
+        .refusals
+        .iter()
+        .filter(|at| **at > last_ack)
+        .count();
+    assert!(
+        refused_after > 0,
+        "after its last write {fenced} was never reached and refused ({} failures, none \
+         answered): the test cannot tell a fence from a network cut",
+        direct_written.failures.len()
+    );
+    let last = last_ack.saturating_duration_since(cut);
     eprintln!(
-        "BENCH fencing: the cut-off primary took its last write {:.1}s after losing the API server (fenceAfterSeconds 10)",
+        "BENCH fencing: the cut-off primary took its last write {:.1}s after losing the API server (fenceAfterSeconds 10); {refused_after} later attempts were refused",
         last.as_secs_f64()
     );
     assert!(
@@ -457,12 +478,9 @@ async fn with_synchronous_replication_failover_and_switchover_lose_no_acknowledg
 }
 
 #[tokio::test]
+#[ignore = "needs pods that really run: e2e/real-pods.sh runs it"]
 async fn with_asynchronous_replication_a_failover_converges_and_survives_an_operator_restart() {
-    if !real_pods(
-        "with_asynchronous_replication_a_failover_converges_and_survives_an_operator_restart",
-    ) {
-        return;
-    }
+    require_real_pods();
     let client = client().await;
     let namespace = start(
         &client,
@@ -492,12 +510,10 @@ async fn with_asynchronous_replication_a_failover_converges_and_survives_an_oper
         .expect("the replica");
     // On the real node, hold the promotion back (the replica cannot read the record), so the
     // operator restarts while the failover is in progress.
-    let hold = on_local_real_node();
+    let hold = host_side_part("holding the promotion back for an operator restart mid-failover");
     let replica_ip = pod_ip(&namespace, &replica).await;
     if hold {
         cut_off_from_api_server(&replica_ip, true).expect("hold the replica's promotion");
-    } else {
-        eprintln!("SKIPPED holding the promotion back: needs the local real node");
     }
 
     let writes = writer(&client, &namespace).await;

@@ -356,10 +356,9 @@ async fn delete_pod_and_wait_ready(namespace: &TestNamespace, pod: &str) {
 }
 
 #[tokio::test]
+#[ignore = "needs pods that really run: e2e/real-pods.sh runs it"]
 async fn a_small_scaledapp_runs_for_real_and_keeps_its_data() {
-    if !real_pods("a_small_scaledapp_runs_for_real_and_keeps_its_data") {
-        return;
-    }
+    require_real_pods();
     let client = client().await;
     let namespace = real_node_namespace(&client, "real").await;
     let mut app = shop().json();
@@ -525,10 +524,9 @@ async fn a_small_scaledapp_runs_for_real_and_keeps_its_data() {
 }
 
 #[tokio::test]
+#[ignore = "needs pods that really run: e2e/real-pods.sh runs it"]
 async fn the_charts_operator_runs_as_a_pod_under_its_service_account_and_leads() {
-    if !real_pods("the_charts_operator_runs_as_a_pod_under_its_service_account_and_leads") {
-        return;
-    }
+    require_real_pods();
     let client = client().await;
     let namespace = operator_namespace();
     let pods: kube::Api<Pod> = kube::Api::namespaced(client.clone(), &namespace);

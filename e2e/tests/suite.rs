@@ -660,13 +660,41 @@ async fn a_converged_scaledapp_costs_no_writes() {
     let family = "scaledapp_operator_api_writes_total";
     let before = counter_total(&operator_metrics().await.expect("metrics"), family);
     let audit_before = audit_writes(&namespace.name);
+    // 0 == 0 would also pass with audit logging broken or the filter wrong: the operator created
+    // every child of this namespace, so the log must show those writes already.
+    assert!(
+        audit_before.operator_writes > 0,
+        "the audit log shows none of the operator's writes in {}: is auditing on, and does \
+         SCALEDAPP_OPERATOR_USER name the operator?",
+        namespace.name
+    );
     tokio::time::sleep(Duration::from_secs(settle)).await;
     let after = counter_total(&operator_metrics().await.expect("metrics"), family);
-    let audit_after = audit_writes(&namespace.name);
+    // And the log was still being written when the quiet period ended: a write of the test's
+    // own in this namespace (the policy logs writes) shows up in it.
+    let probe: ConfigMap = serde_json::from_value(json!({
+        "metadata": {"name": "audit-probe"},
+        "data": {"why": "the audit log is still written"}
+    }))
+    .expect("a ConfigMap");
+    namespace
+        .api::<ConfigMap>()
+        .create(&PostParams::default(), &probe)
+        .await
+        .expect("write the audit probe");
+    let audit_after = eventually(
+        "the test's own request in the audit log",
+        Duration::from_secs(30),
+        || async {
+            let counts = audit_writes(&namespace.name);
+            Ok((counts.events > audit_before.events).then_some(counts))
+        },
+    )
+    .await;
     // Other tests run at the same time, so the operator-wide counter may move; the audit log,
     // filtered to this namespace and the operator's identity, may not.
     assert_eq!(
-        audit_after, audit_before,
+        audit_after.operator_writes, audit_before.operator_writes,
         "operator writes in {} during {settle}s",
         namespace.name
     );
@@ -677,9 +705,18 @@ async fn a_converged_scaledapp_costs_no_writes() {
     namespace.delete().await;
 }
 
-/// Write requests by the operator's ServiceAccount in `namespace`, from the API server's audit
-/// log (every file of it: the API server rotates it at 100 MB).
-fn audit_writes(namespace: &str) -> usize {
+/// What the API server's audit log holds about one namespace.
+#[derive(Clone, Copy, Debug)]
+struct AuditCounts {
+    /// Write requests by the operator's ServiceAccount.
+    operator_writes: usize,
+    /// Completed requests of anyone.
+    events: usize,
+}
+
+/// What the audit log records in `namespace` (every file of it: the API server rotates it at
+/// 100 MB).
+fn audit_writes(namespace: &str) -> AuditCounts {
     let path = std::env::var("SCALEDAPP_AUDIT_LOG")
         .expect("SCALEDAPP_AUDIT_LOG names the API server audit log");
     let user = std::env::var("SCALEDAPP_OPERATOR_USER")
@@ -694,7 +731,7 @@ fn audit_writes(namespace: &str) -> usize {
                 .and_then(|name| name.to_str())
                 .is_some_and(|name| name.starts_with("audit") && name.ends_with(".log"))
         });
-    files
+    let events: Vec<serde_json::Value> = files
         .flat_map(|file| {
             std::fs::read_to_string(file)
                 .unwrap_or_default()
@@ -703,13 +740,20 @@ fn audit_writes(namespace: &str) -> usize {
                 .collect::<Vec<_>>()
         })
         .filter(|event| event["stage"] == "ResponseComplete")
-        .filter(|event| event["user"]["username"] == user.as_str())
         .filter(|event| event["objectRef"]["namespace"] == namespace)
+        .collect();
+    let operator_writes = events
+        .iter()
+        .filter(|event| event["user"]["username"] == user.as_str())
         .filter(|event| {
             matches!(
                 event["verb"].as_str(),
                 Some("create" | "update" | "patch" | "delete")
             )
         })
-        .count()
+        .count();
+    AuditCounts {
+        operator_writes,
+        events: events.len(),
+    }
 }
