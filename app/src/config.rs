@@ -2,12 +2,14 @@
 //! identity that reach the pod as environment variables.
 //!
 //! Secrets are wrapped in [`Secret`] so that a `{:?}` of the settings (in a log line or a panic
-//! message) never prints a password.
+//! message) never prints a password. Policies the process is started with, such as
+//! [`AttemptPolicy`], are defined here with the other settings; the modules that enforce them
+//! import them from here, never the reverse.
 
 use std::{
-    fmt,
     net::{IpAddr, Ipv4Addr},
     path::PathBuf,
+    time::Duration,
 };
 
 use scaled_contract::{
@@ -15,27 +17,7 @@ use scaled_contract::{
     ENV_POD_NAME, ENV_REDIS_PASSWORD, ENV_SESSION_SECRET, RuntimeConfig, ShardEndpoints,
 };
 
-/// A value that must not be logged.
-#[derive(Clone)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret value.
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
-    }
-
-    /// The value itself, for the one call that needs it (a connect, a hash).
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        formatter.write_str("Secret([redacted])")
-    }
-}
+use crate::secret::Secret;
 
 /// Errors while assembling [`Settings`].
 #[derive(Debug, thiserror::Error)]
@@ -69,7 +51,25 @@ pub enum ConfigError {
     ShardArgument(String),
 }
 
-use crate::ratelimit::AttemptPolicy;
+/// How many failed sign-ins one account may have in a sliding window.
+#[derive(Clone, Copy, Debug)]
+pub struct AttemptPolicy {
+    /// Failures allowed per window; the next attempt waits until the oldest leaves the window.
+    pub failures: u32,
+    /// Window length.
+    pub window: Duration,
+}
+
+impl Default for AttemptPolicy {
+    /// 5 failures per 15 minutes: an online guesser gets 480 guesses a day per account, and an
+    /// owner who mistypes is never shut out for longer than 15 minutes after the fifth failure.
+    fn default() -> Self {
+        AttemptPolicy {
+            failures: 5,
+            window: Duration::from_secs(15 * 60),
+        }
+    }
+}
 
 /// Everything one process needs to start.
 #[derive(Clone, Debug)]
@@ -188,16 +188,4 @@ pub fn local_config(
     config.http_port = http_port;
     config.metrics_port = metrics_port;
     Ok(config)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_secret_never_shows_in_debug_output() {
-        let secret = Secret::new("hunter2");
-        assert!(!format!("{secret:?}").contains("hunter2"));
-        assert_eq!(secret.expose(), "hunter2");
-    }
 }

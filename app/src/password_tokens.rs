@@ -13,8 +13,8 @@ use redis::AsyncCommands;
 use sha2::{Digest, Sha256};
 
 use crate::{
-    config::Secret,
     redis_client::{RedisCallError, RedisClient},
+    secret::Secret,
 };
 
 /// How long an issued token can be redeemed.

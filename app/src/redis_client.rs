@@ -9,7 +9,7 @@ use redis::{
 };
 use scaled_contract::RedisSettings;
 
-use crate::{config::Secret, metrics::Metrics};
+use crate::{metrics::Metrics, secret::Secret};
 
 /// How often the shared connection is checked (see [`RedisClient::keep_connected`]).
 const HEARTBEAT: Duration = Duration::from_secs(1);

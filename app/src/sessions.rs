@@ -20,8 +20,8 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::{
-    config::Secret,
     redis_client::{RedisCallError, RedisClient},
+    secret::Secret,
 };
 
 /// Failures of the session store.

@@ -23,7 +23,7 @@ use sqlx::{
 use tokio_util::sync::CancellationToken;
 
 use super::DbError;
-use crate::{config::Secret, metrics::Metrics};
+use crate::{metrics::Metrics, secret::Secret};
 
 /// How often replicas are probed for health and replay position.
 const REPLICA_PROBE_INTERVAL: Duration = Duration::from_millis(250);

@@ -22,6 +22,7 @@ use scaled_contract::{FailureMode, RateLimitSettings};
 use sha2::{Digest, Sha256};
 
 use crate::{
+    config::AttemptPolicy,
     metrics::Metrics,
     redis_client::{RedisCallError, RedisClient},
 };
@@ -177,26 +178,6 @@ impl RateLimiter {
                     .inc();
                 Decision::Degraded { allowed }
             }
-        }
-    }
-}
-
-/// How many failed sign-ins one account may have in a sliding window.
-#[derive(Clone, Copy, Debug)]
-pub struct AttemptPolicy {
-    /// Failures allowed per window; the next attempt waits until the oldest leaves the window.
-    pub failures: u32,
-    /// Window length.
-    pub window: Duration,
-}
-
-impl Default for AttemptPolicy {
-    /// 5 failures per 15 minutes: an online guesser gets 480 guesses a day per account, and an
-    /// owner who mistypes is never shut out for longer than 15 minutes after the fifth failure.
-    fn default() -> Self {
-        AttemptPolicy {
-            failures: 5,
-            window: Duration::from_secs(15 * 60),
         }
     }
 }

@@ -309,7 +309,7 @@ async fn repeated_failures_for_one_account_are_slowed_and_the_owner_gets_back_in
     let app = TestApp::spawn_tuned(
         |_| {},
         |settings| {
-            settings.sign_in = scaled_app::ratelimit::AttemptPolicy {
+            settings.sign_in = scaled_app::config::AttemptPolicy {
                 failures: 3,
                 // Long enough that the failures are still in the window on a loaded machine.
                 window: Duration::from_secs(10),

@@ -28,10 +28,7 @@ use std::{
 
 use reqwest::StatusCode;
 use scaled_app::{
-    config::{Secret, Settings},
-    db::MIGRATOR,
-    http::AppState,
-    startup::Application,
+    config::Settings, db::MIGRATOR, http::AppState, secret::Secret, startup::Application,
 };
 use scaled_contract::{RuntimeConfig, ShardEndpoints, slot_for_key};
 use serde_json::{Value, json};
