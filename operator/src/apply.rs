@@ -21,12 +21,10 @@ use rand::distr::{Alphanumeric, SampleString};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::children::{Applied, Children, Live, LiveObject, Rendered, Step};
-use crate::kinds::{Child, Inventory};
+use crate::children::{Applied, Children, Live, LiveObject, Rendered, SecretTemplate, Step};
+use crate::kinds::{Child, Inventory, Shelving, manifest};
 use crate::metrics::Metrics;
-use crate::render::{
-    APPLIED_HASH_ANNOTATION, INSTANCE_LABEL, MANAGED_BY_LABEL, MANAGER, SecretTemplate, manifest,
-};
+use crate::names::{APPLIED_HASH_ANNOTATION, INSTANCE_LABEL, MANAGED_BY_LABEL, MANAGER};
 
 /// Failures talking to the API server; all transient from the reconciler's point of view.
 #[derive(Debug, thiserror::Error)]
@@ -80,9 +78,6 @@ pub enum ApplyError {
         /// ScaledApp name.
         instance: String,
     },
-    /// Reading the Postgres instances or labelling their pods failed.
-    #[error(transparent)]
-    Instances(crate::instances::InstanceError),
     /// Deleting a child that is no longer rendered failed.
     #[error("failed to prune {kind} {namespace}/{name}: {source}")]
     Prune {
@@ -227,7 +222,7 @@ impl<'a> Applier<'a> {
     }
 
     /// This ScaledApp's children of kind `K`, by name.
-    pub async fn list<K: Child>(&self) -> Result<BTreeMap<String, K>, ApplyError> {
+    async fn list_kind<K: Child>(&self) -> Result<BTreeMap<String, K>, ApplyError> {
         let api: Api<K> = Api::namespaced(self.client.clone(), self.namespace);
         let list = api
             .list(&ListParams::default().labels(&self.selector()))
@@ -352,7 +347,7 @@ impl<'a> Applier<'a> {
     }
 
     /// Deletes `leftovers` this ScaledApp controls; returns `Kind/name` of each one deleted.
-    pub async fn prune<K: Child>(
+    async fn prune_kind<K: Child>(
         &self,
         leftovers: BTreeMap<String, K>,
     ) -> Result<Vec<String>, ApplyError> {
@@ -507,6 +502,21 @@ impl Applier<'_> {
             .iter()
             .any(|owner| owner.kind == "ScaledApp" && owner.name == self.instance);
         labelled || owned
+    }
+}
+
+impl Shelving for Applier<'_> {
+    type Error = ApplyError;
+
+    async fn list<K: Child>(&self) -> Result<BTreeMap<String, K>, ApplyError> {
+        self.list_kind().await
+    }
+
+    async fn prune<K: Child>(
+        &self,
+        leftovers: BTreeMap<String, K>,
+    ) -> Result<Vec<String>, ApplyError> {
+        self.prune_kind(leftovers).await
     }
 }
 

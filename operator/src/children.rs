@@ -22,7 +22,9 @@ use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::ResourceExt;
 
 use crate::kinds::Child;
-use crate::render::{SecretTemplate, manifest};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+use crate::kinds::manifest;
 
 /// A stage of the pipeline: how it holds one child object.
 pub trait Stage {
@@ -88,6 +90,42 @@ impl Observation for Live {
     }
     fn object<K: Child>(child: &LiveObject<K>) -> Option<&K> {
         child.object.as_ref()
+    }
+}
+
+/// A Secret to create once: its metadata and the keys to fill with random values.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SecretTemplate {
+    /// Name, labels and (under `dataPolicy: Delete`) owner reference.
+    pub meta: ObjectMeta,
+    /// Keys that get a fresh random value on creation.
+    pub keys: Vec<&'static str>,
+}
+
+impl SecretTemplate {
+    /// The Secret as a manifest with placeholder values, for `render` output (a real Secret is
+    /// only ever created by the operator with generated values).
+    pub fn to_manifest(&self) -> serde_json::Value {
+        let data: serde_json::Map<String, serde_json::Value> = self
+            .keys
+            .iter()
+            .map(|key| (key.to_string(), "<generated on creation>".into()))
+            .collect();
+        serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": self.meta,
+            "type": "Opaque",
+            "stringData": data,
+        })
+    }
+
+    /// The Secret's name.
+    pub fn name(&self) -> &str {
+        self.meta
+            .name
+            .as_deref()
+            .expect("templates are always named")
     }
 }
 

@@ -10,7 +10,7 @@ use kube::runtime::events::{Recorder, Reporter};
 
 use crate::apply::AppliedCache;
 use crate::metrics::Metrics;
-use crate::render::MANAGER;
+use crate::names::MANAGER;
 use crate::validate::Defaults;
 
 /// Shared reconcile state.

@@ -21,12 +21,13 @@ use scaled_contract::instance::{InstanceRole, InstanceStatus};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-use crate::crd::{FailoverStatus, InstanceSummary, ScaledAppStatus};
+use crate::crd::{FAILOVER, FailoverStatus, InstanceSummary, SWITCHOVER, ScaledAppStatus};
 use crate::metrics::Metrics;
-use crate::render::{
+use crate::names::{
     COMPONENT_LABEL, INSTANCE_LABEL, MANAGER, POSTGRES_COMPONENT, PRIMARY_ROLE, REPLICA_ROLE,
-    ROLE_LABEL, shard_set_name,
+    ROLE_LABEL,
 };
+use crate::render::shard_set_name;
 use crate::validate::ValidatedApp;
 
 /// Label the StatefulSet controller puts on each pod: the revision it was created from.
@@ -482,11 +483,6 @@ fn roll(decision: &mut ShardDecision, inputs: Inputs<'_>, shard: &ShardObservati
     // Not a user's request: nothing to remember, and the reason says what it was.
     decision.handled_switchover = None;
 }
-
-/// `kind` of an unplanned change.
-pub const FAILOVER: &str = "Failover";
-/// `kind` of a planned change.
-pub const SWITCHOVER: &str = "Switchover";
 
 /// Promotes the replica with the most WAL once the primary has been unhealthy long enough.
 fn fail_over(

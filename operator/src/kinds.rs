@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
+use std::future::Future;
 
 use futures::Stream;
 use k8s_openapi::NamespaceResourceScope;
@@ -21,9 +22,19 @@ use kube::{Api, Client, Resource};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::apply::{Applier, ApplyError};
 use crate::crd::ScaledApp;
-use crate::render::{MANAGED_BY_LABEL, MANAGER};
+use crate::names::{MANAGED_BY_LABEL, MANAGER};
+
+/// An object with `apiVersion` and `kind` set, as `kubectl` and server-side apply expect it.
+pub fn manifest<K>(object: &K) -> serde_json::Value
+where
+    K: kube::Resource<DynamicType = ()> + Serialize,
+{
+    let mut value = serde_json::to_value(object).expect("k8s-openapi types always serialise");
+    value["apiVersion"] = K::api_version(&()).into();
+    value["kind"] = K::kind(&()).into();
+    value
+}
 
 /// A kind of object a ScaledApp owns.
 pub trait Child:
@@ -40,6 +51,22 @@ pub trait Child:
 {
     /// This kind's shelf in an inventory.
     fn shelf(inventory: &mut Inventory) -> &mut BTreeMap<String, Self>;
+}
+
+/// What lists and prunes the children of one ScaledApp, one kind at a time (the applier). The
+/// table below walks every kind through it, so this module needs nothing of apply's.
+pub trait Shelving {
+    /// Why a list or a prune failed.
+    type Error;
+    /// Every child of kind `K`, by name.
+    fn list<K: Child>(
+        &self,
+    ) -> impl Future<Output = Result<BTreeMap<String, K>, Self::Error>> + Send;
+    /// Deletes `leftovers` (those the ScaledApp controls), returning `Kind/name` of each.
+    fn prune<K: Child>(
+        &self,
+        leftovers: BTreeMap<String, K>,
+    ) -> impl Future<Output = Result<Vec<String>, Self::Error>> + Send;
 }
 
 /// Changes to children of kind `K`: only ours (by label), and only their metadata, since owner
@@ -79,17 +106,17 @@ macro_rules! child_kinds {
 
         impl Inventory {
             /// Lists every kind of child of the applier's ScaledApp (one LIST per kind).
-            pub async fn list(applier: &Applier<'_>) -> Result<Self, ApplyError> {
+            pub async fn list<S: Shelving>(store: &S) -> Result<Self, S::Error> {
                 Ok(Inventory {
-                    $($shelf: applier.list::<$kind>().await?,)+
+                    $($shelf: store.list::<$kind>().await?,)+
                 })
             }
 
             /// Deletes what is still on the shelves, in table order (dependents first), and
             /// returns `Kind/name` of each object deleted.
-            pub async fn prune(self, applier: &Applier<'_>) -> Result<Vec<String>, ApplyError> {
+            pub async fn prune<S: Shelving>(self, store: &S) -> Result<Vec<String>, S::Error> {
                 let mut pruned = Vec::new();
-                $(pruned.extend(applier.prune::<$kind>(self.$shelf).await?);)+
+                $(pruned.extend(store.prune::<$kind>(self.$shelf).await?);)+
                 Ok(pruned)
             }
         }

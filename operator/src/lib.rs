@@ -19,6 +19,7 @@ pub mod instances;
 pub mod kinds;
 pub mod metrics;
 pub mod metrics_api;
+pub mod names;
 pub mod reconcile;
 pub mod render;
 pub mod run;

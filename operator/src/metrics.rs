@@ -109,7 +109,7 @@ impl Metrics {
     /// Records how long a completed failover or switchover took. Unknown kinds are not recorded,
     /// so the label set stays fixed.
     pub fn record_primary_change_seconds(&self, kind: &str, seconds: f64) {
-        for known in [crate::instances::FAILOVER, crate::instances::SWITCHOVER] {
+        for known in [crate::crd::FAILOVER, crate::crd::SWITCHOVER] {
             if kind == known {
                 self.primary_change_seconds
                     .with_label_values(&[known])

@@ -20,10 +20,11 @@ use crate::crd::{ScaledApp, ScaledAppStatus};
 use std::collections::BTreeMap;
 
 use crate::children::{Children, Observation};
-use crate::instances;
+use crate::instances::{self, InstanceError};
 use crate::metrics::Metrics;
-use crate::render::{MANAGER, render};
-use crate::status::{self, Observed, Outcome, READY};
+use crate::names::MANAGER;
+use crate::render::render;
+use crate::status::{self, INSTANCES_FAILED, Observed, Outcome, READY};
 use crate::validate::validate;
 
 /// How often a converged ScaledApp is looked at again even without events (drift that no watch
@@ -47,6 +48,10 @@ pub enum ReconcileError {
     /// Applying children failed.
     #[error(transparent)]
     Apply(#[from] ApplyError),
+    /// The Postgres instance step (reading the instances, labelling or replacing their pods)
+    /// failed.
+    #[error(transparent)]
+    Instances(#[from] InstanceError),
     /// Writing the status failed.
     #[error("failed to patch status of ScaledApp {namespace}/{name}: {source}")]
     PatchStatus {
@@ -72,7 +77,7 @@ impl ReconcileError {
             ReconcileError::Apply(ApplyError::Secret { .. }) => "secret",
             ReconcileError::Apply(ApplyError::SecretConflict { .. }) => "secret_conflict",
             ReconcileError::Apply(ApplyError::Prune { .. }) => "prune",
-            ReconcileError::Apply(ApplyError::Instances(_)) => "instances",
+            ReconcileError::Instances(_) => "instances",
             ReconcileError::PatchStatus { .. } => "status",
             ReconcileError::NoNamespace(_) => "metadata",
         }
@@ -135,6 +140,7 @@ async fn run(app: &ScaledApp, context: &Context) -> Result<Action, ReconcileErro
         // Permanent until the spec changes: reported, now wait for that change.
         Outcome::Invalid(_) => Ok(Action::await_change()),
         Outcome::ApplyFailed(error) => Err(error.into()),
+        Outcome::InstancesFailed(error) => Err(error.into()),
         Outcome::Applied { shards, .. } => {
             let ready = status
                 .conditions
@@ -201,7 +207,7 @@ async fn reconcile_children(app: &ScaledApp, context: &Context, namespace: &str)
     let observed = match instances::observe(&context.client, &context.http, &validated, &sets).await
     {
         Ok(observed) => observed,
-        Err(error) => return Outcome::ApplyFailed(ApplyError::Instances(error)),
+        Err(error) => return Outcome::InstancesFailed(error),
     };
     let (unhealthy_for, restarted) = context.primaries.observe(
         &key(app),
@@ -254,11 +260,11 @@ async fn reconcile_children(app: &ScaledApp, context: &Context, namespace: &str)
     record_failovers(&context.metrics, &shards);
     match instances::label(&context.client, namespace, &context.metrics, &shards).await {
         Ok(labelled) => changes.updated.extend(labelled),
-        Err(error) => return Outcome::ApplyFailed(ApplyError::Instances(error)),
+        Err(error) => return Outcome::InstancesFailed(error),
     }
     match instances::replace(&context.client, namespace, &context.metrics, &shards).await {
         Ok(replaced) => changes.updated.extend(replaced),
-        Err(error) => return Outcome::ApplyFailed(ApplyError::Instances(error)),
+        Err(error) => return Outcome::InstancesFailed(error),
     }
     Outcome::Applied {
         app: Box::new(validated),
@@ -352,8 +358,8 @@ fn pending_switchover(
 fn record_failovers(metrics: &Metrics, shards: &[instances::ShardDecision]) {
     for news in shards.iter().flat_map(|shard| shard.news.iter()) {
         match news.reason {
-            "FailoverStarted" => metrics.record_primary_change(instances::FAILOVER),
-            "SwitchoverStarted" => metrics.record_primary_change(instances::SWITCHOVER),
+            "FailoverStarted" => metrics.record_primary_change(crate::crd::FAILOVER),
+            "SwitchoverStarted" => metrics.record_primary_change(crate::crd::SWITCHOVER),
             _ => {}
         }
     }
@@ -464,6 +470,17 @@ async fn publish_events(context: &Context, app: &ScaledApp, outcome: &Outcome, w
                 invalid.reason(),
                 "Validate",
                 invalid.to_string(),
+            )
+            .await;
+        }
+        Outcome::InstancesFailed(error) if written => {
+            publish(
+                context,
+                app,
+                EventType::Warning,
+                INSTANCES_FAILED,
+                "Instances",
+                error.to_string(),
             )
             .await;
         }

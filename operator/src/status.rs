@@ -14,8 +14,8 @@ use crate::children::{Applied, Children, Live, Observation};
 use crate::crd::{
     Endpoints, InstanceSummary, ScaledAppStatus, ShardStatus, WorkerPoolStatus, WorkloadStatus,
 };
-use crate::instances::ShardDecision;
-use crate::render::{POSTGRES_PORT, REDIS_PORT};
+use crate::instances::{InstanceError, ShardDecision};
+use crate::names::{POSTGRES_PORT, REDIS_PORT};
 use crate::shards::describe_slots;
 use crate::validate::{InvalidSpec, ValidatedApp};
 
@@ -27,6 +27,8 @@ pub const PROGRESSING: &str = "Progressing";
 pub const DEGRADED: &str = "Degraded";
 /// Condition: the user paused reconciliation.
 pub const PAUSED: &str = "Paused";
+/// Reason (condition and Event) when the Postgres instance step failed.
+pub const INSTANCES_FAILED: &str = "InstancesFailed";
 
 /// What one reconcile found out.
 #[derive(Debug)]
@@ -35,6 +37,9 @@ pub enum Outcome {
     Invalid(InvalidSpec),
     /// The API server refused a change; what is known about the children stays.
     ApplyFailed(ApplyError),
+    /// The children were applied, but the Postgres instance step failed (an instance's pod
+    /// could not be read, labelled or replaced); what is known about the shards stays.
+    InstancesFailed(InstanceError),
     /// The children were applied (or, while paused, read).
     Applied {
         /// The validated spec.
@@ -333,6 +338,13 @@ pub fn compute(
         Outcome::ApplyFailed(error) => with_failure(
             current.cloned().unwrap_or_default(),
             error.reason(),
+            error.to_string(),
+            generation,
+            now,
+        ),
+        Outcome::InstancesFailed(error) => with_failure(
+            current.cloned().unwrap_or_default(),
+            INSTANCES_FAILED,
             error.to_string(),
             generation,
             now,

@@ -13,7 +13,7 @@ use kube::{Api, Client, ResourceExt};
 use serde::Serialize;
 
 use crate::crd::{ScaledApp, WorkloadStatus};
-use crate::render::INSTANCE_LABEL;
+use crate::names::INSTANCE_LABEL;
 
 /// Failures of the status command.
 #[derive(Debug, thiserror::Error)]

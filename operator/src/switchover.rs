@@ -12,8 +12,9 @@ use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
 use rand::distr::{Alphanumeric, SampleString};
 
+use crate::crd::SWITCHOVER;
 use crate::crd::ScaledApp;
-use crate::instances::{SWITCHOVER, SWITCHOVER_ANNOTATION, SwitchoverRequest};
+use crate::instances::{SWITCHOVER_ANNOTATION, SwitchoverRequest};
 
 /// Why a switchover request failed or did not finish.
 #[derive(Debug, thiserror::Error)]

@@ -104,6 +104,11 @@ pub struct ShardStatus {
     pub instances: Vec<InstanceSummary>,
 }
 
+/// [`FailoverStatus::kind`] of an unplanned change (the primary was lost).
+pub const FAILOVER: &str = "Failover";
+/// [`FailoverStatus::kind`] of a planned change (requested, or part of a rolling update).
+pub const SWITCHOVER: &str = "Switchover";
+
 /// A change of a shard's primary.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]

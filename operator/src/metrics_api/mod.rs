@@ -14,6 +14,7 @@
 //! Failures are `metav1.Status` documents ([`error`]). Metric names come from
 //! [`scaled_contract::metrics`], as do the names the rendered HPAs ask for.
 
+pub mod app_key;
 pub mod auth;
 pub mod documents;
 pub mod error;

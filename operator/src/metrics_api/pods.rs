@@ -25,12 +25,12 @@ use kube::api::ListParams;
 use kube::{Api, ResourceExt};
 use tracing::debug;
 
+use super::app_key::AppKey;
 use super::error::ApiError;
 use super::exposition::{ExpositionError, ExpositionParser, Sample};
 use super::rates::{Rates, rates};
-use super::source::AppKey;
 use crate::crd::ScaledApp;
-use crate::render::{COMPONENT_LABEL, INSTANCE_LABEL};
+use crate::names::{COMPONENT_LABEL, INSTANCE_LABEL};
 
 /// The app Deployment's component label value (`render::app`).
 const APP_COMPONENT: &str = "app";

@@ -30,12 +30,10 @@ use scaled_contract::metrics::{
     QUEUE_BACKLOG, QUEUE_LAG, QUEUE_LENGTH, QUEUE_PENDING, WORKER_GROUP,
 };
 
+use super::app_key::AppKey;
 use super::error::ApiError;
-use super::source::AppKey;
 use crate::crd::ScaledApp;
-use crate::render::{
-    REDIS_PASSWORD_KEY, REDIS_PORT, redis_primary_service_name, redis_secret_name,
-};
+use crate::names::{REDIS_PASSWORD_KEY, REDIS_PORT, redis_primary_service_name, redis_secret_name};
 
 /// How often Redis is read and how long it may take.
 #[derive(Clone, Debug)]

@@ -35,7 +35,7 @@ use super::queues::app_queues;
 use super::selector::Selector;
 use super::source::MetricsSource;
 use crate::crd::ScaledApp;
-use crate::render::INSTANCE_LABEL;
+use crate::names::INSTANCE_LABEL;
 
 /// What the handlers share.
 #[derive(Clone)]

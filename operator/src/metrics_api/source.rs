@@ -20,31 +20,10 @@ use super::queues::{QueueReader, QueueReadings, QueueSettings};
 use crate::controller::Scope;
 use crate::crd::ScaledApp;
 
+pub use super::app_key::AppKey;
+
 /// How often state of ScaledApps that are gone is dropped.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
-
-/// One ScaledApp, by identity: a ScaledApp deleted and created again under the same name starts
-/// with fresh state.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct AppKey {
-    /// Namespace.
-    pub namespace: String,
-    /// Name.
-    pub name: String,
-    /// UID.
-    pub uid: String,
-}
-
-impl AppKey {
-    /// The key of `app`.
-    pub fn of(app: &ScaledApp) -> AppKey {
-        AppKey {
-            namespace: app.namespace().unwrap_or_default(),
-            name: app.name_any(),
-            uid: app.uid().unwrap_or_default(),
-        }
-    }
-}
 
 /// What the routes read.
 pub trait MetricsSource: Send + Sync {

@@ -29,10 +29,8 @@ use super::{
     resources, restricted_container, restricted_pod, secret_env, selector_labels,
 };
 use crate::children::{AppObjects, Rendered};
+use crate::names::CONFIG_HASH_ANNOTATION;
 use crate::validate::ValidatedApp;
-
-/// Pod-template annotation with a hash of the runtime configuration the pods read.
-pub const CONFIG_HASH_ANNOTATION: &str = "scaled.dev/config-hash";
 
 /// Component label of app pods.
 pub const COMPONENT: &str = "app";

@@ -12,14 +12,10 @@ use scaled_contract::{
 };
 
 use super::postgres::{PRIMARY_ROLE, instances, shard_service_name, shard_set_name};
-use super::{POSTGRES_PORT, REDIS_PORT, child_name, object_meta, service_host};
+use super::{child_name, object_meta, service_host};
 use crate::crd::RateLimitFailureMode;
+use crate::names::{DATABASE_NAME, DATABASE_USER, POSTGRES_PORT, REDIS_PORT};
 use crate::validate::ValidatedApp;
-
-/// Database every shard serves the app from.
-pub const DATABASE_NAME: &str = "app";
-/// Postgres role of the app.
-pub const DATABASE_USER: &str = "app";
 
 /// The runtime configuration the app will read.
 pub fn runtime_config(app: &ValidatedApp) -> RuntimeConfig {
@@ -88,7 +84,7 @@ pub fn runtime_config(app: &ValidatedApp) -> RuntimeConfig {
 pub fn redis_url(app: &ValidatedApp) -> String {
     format!(
         "redis://{}:{REDIS_PORT}",
-        service_host(app, &super::redis::primary_service_name(&app.name))
+        service_host(app, &crate::names::redis_primary_service_name(&app.name))
     )
 }
 

@@ -3,7 +3,8 @@
 //! `scaledapp-operator render`.
 //!
 //! One file per component (plus `storage`, the volume and StatefulSet pieces Redis and Postgres
-//! share); this file holds the naming and labelling rules they all share.
+//! share); this file holds the labelling and security rules they all share. Names and label
+//! keys come from [`crate::names`], which the other stages read too.
 
 mod app;
 mod autoscaling;
@@ -23,41 +24,16 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
-use serde::Serialize;
 
 use crate::children::{Children, Rendered};
 use crate::crd::{DataPolicy, ResourceSpec};
 use crate::validate::ValidatedApp;
 
 pub use config::runtime_config;
-pub use postgres::{
-    COMPONENT as POSTGRES_COMPONENT, PRIMARY_ROLE, REPLICA_ROLE, instance_config, shard_set_name,
-};
-pub use redis::primary_service_name as redis_primary_service_name;
-pub use secrets::SecretTemplate;
-pub use secrets::{REDIS_PASSWORD_KEY, redis_secret_name};
+pub use postgres::{instance_config, shard_set_name};
 
-/// The operator's field manager and `app.kubernetes.io/managed-by` value.
-pub const MANAGER: &str = "scaledapp-operator";
-/// Annotation holding a hash of what the operator last applied to an object.
-pub const APPLIED_HASH_ANNOTATION: &str = "scaled.dev/applied-hash";
-/// Label naming the ScaledApp an object belongs to.
-pub const INSTANCE_LABEL: &str = "app.kubernetes.io/instance";
-/// Label naming the component (app, worker, redis, postgres).
-pub const COMPONENT_LABEL: &str = "app.kubernetes.io/component";
-/// Label set on every child, used to find children for pruning.
-pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
-/// Postgres shard number of a pod.
-pub const SHARD_LABEL: &str = "scaled.dev/shard";
-/// Postgres role of a pod (primary or replica).
-pub const ROLE_LABEL: &str = "scaled.dev/role";
-/// Worker pool of a pod.
-pub const POOL_LABEL: &str = "scaled.dev/worker-pool";
+use crate::names::{COMPONENT_LABEL, INSTANCE_LABEL, MANAGED_BY_LABEL, MANAGER};
 
-/// Postgres port.
-pub const POSTGRES_PORT: i32 = 5432;
-/// Redis port.
-pub const REDIS_PORT: i32 = 6379;
 /// User the app image runs as (distroless "nonroot").
 pub const APP_UID: i64 = 65532;
 
@@ -83,20 +59,9 @@ pub fn render(app: &ValidatedApp) -> Children<Rendered> {
     }
 }
 
-/// An object with `apiVersion` and `kind` set, as `kubectl` and server-side apply expect it.
-pub fn manifest<K>(object: &K) -> serde_json::Value
-where
-    K: kube::Resource<DynamicType = ()> + Serialize,
-{
-    let mut value = serde_json::to_value(object).expect("k8s-openapi types always serialise");
-    value["apiVersion"] = K::api_version(&()).into();
-    value["kind"] = K::kind(&()).into();
-    value
-}
-
 /// Child names: `<app>-<component>`.
 pub fn child_name(app: &ValidatedApp, component: &str) -> String {
-    format!("{}-{component}", app.name)
+    crate::names::child_name(&app.name, component)
 }
 
 /// In-cluster DNS name of a Service.

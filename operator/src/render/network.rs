@@ -14,10 +14,9 @@ use k8s_openapi::api::networking::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::{
-    COMPONENT_LABEL, INSTANCE_LABEL, POSTGRES_PORT, REDIS_PORT, child_name, object_meta,
-    selector_labels,
-};
+use crate::names::{COMPONENT_LABEL, INSTANCE_LABEL, POSTGRES_PORT, REDIS_PORT};
+
+use super::{child_name, object_meta, selector_labels};
 use crate::validate::ValidatedApp;
 use scaled_contract::instance::INSTANCE_STATUS_PORT;
 

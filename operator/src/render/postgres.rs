@@ -27,26 +27,21 @@ use scaled_contract::instance::{
     INSTANCE_SCHEMA_VERSION, INSTANCE_STATUS_PORT, InstanceConfig,
 };
 
-use super::app::CONFIG_HASH_ANNOTATION;
-use super::config::{DATABASE_NAME, DATABASE_USER};
 use super::secrets::{
     POSTGRES_APP_KEY, POSTGRES_REPLICATION_KEY, POSTGRES_SUPERUSER_KEY, postgres_secret,
 };
 use super::storage::{Addressing, StatefulSetParts, claim, service, stateful_set};
 use super::{
-    POSTGRES_PORT, ROLE_LABEL, SHARD_LABEL, child_name, field_env, image_pull_secrets, object_meta,
-    plain_env, resources, restricted_container, restricted_pod, secret_env, selector_labels,
-    service_host,
+    child_name, field_env, image_pull_secrets, object_meta, plain_env, resources,
+    restricted_container, restricted_pod, secret_env, selector_labels, service_host,
 };
 use crate::children::{PostgresAccess, Rendered, ShardObjects};
+use crate::names::{
+    CONFIG_HASH_ANNOTATION, DATABASE_NAME, DATABASE_USER, POSTGRES_PORT, ROLE_LABEL, SHARD_LABEL,
+};
 use crate::validate::ValidatedApp;
 
-/// Component label of Postgres pods.
-pub const COMPONENT: &str = "postgres";
-/// Role label value of the pod the operator chose as a shard's primary.
-pub const PRIMARY_ROLE: &str = "primary";
-/// Role label value of every other pod of a shard.
-pub const REPLICA_ROLE: &str = "replica";
+pub use crate::names::{POSTGRES_COMPONENT as COMPONENT, PRIMARY_ROLE, REPLICA_ROLE};
 /// Where the data volume is mounted; PGDATA is a subdirectory so the volume's `lost+found`
 /// never gets in the way, and so clones can be built beside it and renamed into place.
 const DATA_MOUNT: &str = "/var/lib/postgresql/data";
@@ -77,7 +72,7 @@ fn config_name(app: &ValidatedApp) -> String {
 
 /// Name of a shard's StatefulSet and of its pods' headless Service.
 pub fn shard_set_name(app: &ValidatedApp, index: u32) -> String {
-    child_name(app, &format!("shard-{index}"))
+    crate::names::shard_set_name(&app.name, index)
 }
 
 /// Name of a shard's role Service (`primary` or `replica`).

@@ -20,15 +20,15 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use super::secrets::{REDIS_PASSWORD_KEY, redis_secret};
 use super::storage::{Addressing, StatefulSetParts, claim, service, stateful_set};
 use super::{
-    REDIS_PORT, child_name, image_pull_secrets, object_meta, restricted_container, restricted_pod,
+    child_name, image_pull_secrets, object_meta, restricted_container, restricted_pod,
     selector_labels,
 };
 use crate::children::{RedisObjects, Rendered};
 use crate::crd::RedisSpec;
+use crate::names::REDIS_PORT;
 use crate::validate::ValidatedApp;
 
-/// Component label of Redis pods.
-pub const COMPONENT: &str = "redis";
+use crate::names::{REDIS_COMPONENT as COMPONENT, redis_primary_service_name};
 /// UID of the `redis` user in the official image.
 const REDIS_UID: i64 = 999;
 
@@ -43,12 +43,6 @@ pub fn objects(app: &ValidatedApp) -> Option<RedisObjects<Rendered>> {
         peers: peers_service(app),
         primary_service: primary_service(app),
     })
-}
-
-/// Name of the Service clients reach the operator-run Redis through, for the ScaledApp named
-/// `app_name` (the app's config, the status endpoint and the queue reader all use it).
-pub fn primary_service_name(app_name: &str) -> String {
-    format!("{app_name}-{COMPONENT}-primary")
 }
 
 /// The `redis.conf` the container writes before starting.
@@ -204,7 +198,7 @@ fn peers_service(app: &ValidatedApp) -> Service {
 
 fn primary_service(app: &ValidatedApp) -> Service {
     service(
-        object_meta(app, primary_service_name(&app.name), COMPONENT),
+        object_meta(app, redis_primary_service_name(&app.name), COMPONENT),
         selector_labels(app, COMPONENT),
         &[(COMPONENT, REDIS_PORT)],
         Addressing::ClusterIp,

@@ -15,8 +15,8 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::ROLE_LABEL;
 use crate::crd::DataPolicy;
+use crate::names::ROLE_LABEL;
 use crate::validate::ValidatedApp;
 
 /// A volume claim template.

@@ -7,11 +7,11 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::app::{env, pod_template, volume_mounts};
 use super::{
-    POOL_LABEL, autoscaling, child_name, object_meta, resources, restricted_container,
-    selector_labels,
+    autoscaling, child_name, object_meta, resources, restricted_container, selector_labels,
 };
 use crate::children::{Rendered, WorkerObjects};
 use crate::crd::WorkerPoolSpec;
+use crate::names::POOL_LABEL;
 use crate::validate::ValidatedApp;
 
 /// Component label of worker pods.

@@ -1,0 +1,67 @@
+//! Names and labels: what every stage of the pipeline calls the objects it renders, applies,
+//! observes and reports. A leaf: it imports nothing of the operator, so render, apply, the
+//! instance stage, status and the metrics APIs all take their names from here, and none of them
+//! imports another stage for a name.
+
+/// The operator's field manager and `app.kubernetes.io/managed-by` value.
+pub const MANAGER: &str = "scaledapp-operator";
+/// Annotation holding a hash of what the operator last applied to an object.
+pub const APPLIED_HASH_ANNOTATION: &str = "scaled.dev/applied-hash";
+/// Pod-template annotation holding a hash of the configuration the pods read, so a change
+/// rolls them.
+pub const CONFIG_HASH_ANNOTATION: &str = "scaled.dev/config-hash";
+/// Label naming the ScaledApp an object belongs to.
+pub const INSTANCE_LABEL: &str = "app.kubernetes.io/instance";
+/// Label naming the component (app, worker, redis, postgres).
+pub const COMPONENT_LABEL: &str = "app.kubernetes.io/component";
+/// Label set on every child, used to find children for pruning.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+/// Postgres shard number of a pod.
+pub const SHARD_LABEL: &str = "scaled.dev/shard";
+/// Postgres role of a pod (primary or replica).
+pub const ROLE_LABEL: &str = "scaled.dev/role";
+/// Worker pool of a pod.
+pub const POOL_LABEL: &str = "scaled.dev/worker-pool";
+
+/// Component label of the Postgres pods.
+pub const POSTGRES_COMPONENT: &str = "postgres";
+/// Component label of the Redis pods.
+pub const REDIS_COMPONENT: &str = "redis";
+/// Role label value of the pod the operator chose as a shard's primary.
+pub const PRIMARY_ROLE: &str = "primary";
+/// Role label value of every other pod of a shard.
+pub const REPLICA_ROLE: &str = "replica";
+
+/// Database every shard serves the app from.
+pub const DATABASE_NAME: &str = "app";
+/// Postgres role of the app.
+pub const DATABASE_USER: &str = "app";
+
+/// Postgres port.
+pub const POSTGRES_PORT: i32 = 5432;
+/// Redis port.
+pub const REDIS_PORT: i32 = 6379;
+
+/// Key of the Redis password in the generated Redis Secret.
+pub const REDIS_PASSWORD_KEY: &str = "password";
+
+/// A child's name: `<app>-<component>`.
+pub fn child_name(app_name: &str, component: &str) -> String {
+    format!("{app_name}-{component}")
+}
+
+/// Name of shard `index`'s StatefulSet (and headless Service); its pods are `<name>-<ordinal>`.
+pub fn shard_set_name(app_name: &str, index: u32) -> String {
+    child_name(app_name, &format!("shard-{index}"))
+}
+
+/// The Service clients reach the operator-run Redis through (the app's config, the status
+/// endpoint and the queue reader all use it).
+pub fn redis_primary_service_name(app_name: &str) -> String {
+    child_name(app_name, &format!("{REDIS_COMPONENT}-{PRIMARY_ROLE}"))
+}
+
+/// The generated Redis Secret.
+pub fn redis_secret_name(app_name: &str) -> String {
+    child_name(app_name, REDIS_COMPONENT)
+}
