@@ -25,6 +25,8 @@ fn shop() -> Small {
         shards: 2,
         replicas_per_shard: 1,
         app_pods: 2,
+        // The flow deletes a primary pod: fail over after 5 s rather than the default.
+        failover: Some(json!({"delaySeconds": 5})),
         ..Small::new(APP)
     }
 }
@@ -250,6 +252,31 @@ async fn user_is_still_there(client: &kube::Client, namespace: &TestNamespace, i
     assert_eq!(user["id"], id, "{output}");
 }
 
+/// The shard whose primary holds user `id`, asked of every primary (not computed, so a wrong
+/// slot rule cannot hide here).
+async fn user_shard(namespace: &TestNamespace, id: i64) -> usize {
+    let mut holders = Vec::new();
+    for shard in 0..2 {
+        let (primary, _) = roles(namespace, shard).await;
+        let count = psql(
+            &namespace.name,
+            &primary,
+            "app",
+            &format!("SELECT count(*) FROM users WHERE id = {id}"),
+        )
+        .expect("count the user's rows");
+        if count.trim() == "1" {
+            holders.push(shard);
+        }
+    }
+    assert_eq!(
+        holders.len(),
+        1,
+        "user {id} is on exactly one shard: {holders:?}"
+    );
+    holders[0]
+}
+
 /// Whether a pod labelled `labels` reaches `host:port` (busybox nc, 3 s).
 async fn reaches(
     client: &kube::Client,
@@ -460,8 +487,28 @@ async fn a_small_scaledapp_runs_for_real_and_keeps_its_data() {
         .expect("delete app pod");
     wait_ready(&namespace.apps(), APP, REAL_READY_TIMEOUT).await;
     delete_pod_and_wait_ready(&namespace, &format!("{APP}-redis-0")).await;
-    let (_, replica) = roles(&namespace, 1).await;
+    // The data is kept by Postgres, not by the caches (Redis is persisted too): the user's shard
+    // loses its replica and then its primary, and the row is read from the shard's primary
+    // itself, with psql.
+    let shard = user_shard(&namespace, id).await;
+    let (_, replica) = roles(&namespace, shard).await;
     delete_pod_and_wait_ready(&namespace, &replica).await;
+    let (primary, _) = roles(&namespace, shard).await;
+    eprintln!("deleting shard {shard}'s primary {primary}");
+    delete_pod_and_wait_ready(&namespace, &primary).await;
+    let (primary, _) = roles(&namespace, shard).await;
+    let stored = psql(
+        &namespace.name,
+        &primary,
+        "app",
+        &format!("SELECT email FROM users WHERE id = {id}"),
+    )
+    .expect("read the user on the shard's primary");
+    assert_eq!(
+        stored.trim(),
+        email,
+        "shard {shard}'s primary {primary} has the user"
+    );
     user_is_still_there(&client, &namespace, id).await;
 
     // A runtime setting changed on the ScaledApp reaches the running app: the app pods roll
