@@ -466,6 +466,13 @@ async fn a_small_scaledapp_runs_for_real_and_keeps_its_data() {
         !reaches(&client, &namespace, stranger, &redis_host, 6379).await,
         "another app is kept from Redis"
     );
+    // Anyone who may create pods here can label one as the operator: Redis admits the
+    // operator's pods from the operator's namespace only.
+    let impostor = json!({"app.kubernetes.io/name": "scaledapp-operator"});
+    assert!(
+        !reaches(&client, &namespace, impostor, &redis_host, 6379).await,
+        "a pod labelled as the operator outside the operator's namespace is kept from Redis"
+    );
 
     // 6. Deleted pods come back, and nothing is lost.
     let app_pod = pods(&namespace)

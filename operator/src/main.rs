@@ -123,6 +123,10 @@ struct DefaultsArgs {
     /// App image for ScaledApps that name none (the chart sets it from `image.registry`).
     #[arg(long, env = "SCALEDAPP_DEFAULT_APP_IMAGE", default_value_t = Defaults::default().app_image)]
     default_app_image: String,
+    /// Namespace the operator's pods run in (the chart sets POD_NAMESPACE): Redis admits the
+    /// operator's pods from this namespace only.
+    #[arg(long, env = "POD_NAMESPACE", default_value_t = Defaults::default().operator_namespace)]
+    operator_namespace: String,
 }
 
 impl DefaultsArgs {
@@ -130,6 +134,7 @@ impl DefaultsArgs {
         Defaults {
             instance_image: self.instance_image,
             app_image: self.default_app_image,
+            operator_namespace: self.operator_namespace,
         }
     }
 }

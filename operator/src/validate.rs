@@ -23,7 +23,13 @@ pub struct Defaults {
     /// The app image for ScaledApps that name none: the `scaled-app` image of the operator's
     /// own release.
     pub app_image: String,
+    /// The namespace the operator's pods run in: the one namespace whose operator pods Redis
+    /// admits (the queue reader), so a pod labelled as the operator elsewhere gets nothing.
+    pub operator_namespace: String,
 }
+
+/// The chart's default release namespace.
+pub const DEFAULT_OPERATOR_NAMESPACE: &str = "scaledapp-system";
 
 /// Registry of the images built from this repository, until a release says otherwise.
 pub const DEFAULT_REGISTRY: &str = "ghcr.io/scaled-dev";
@@ -34,6 +40,7 @@ impl Default for Defaults {
         Defaults {
             instance_image: format!("{DEFAULT_REGISTRY}/scaledapp-operator:{version}"),
             app_image: format!("{DEFAULT_REGISTRY}/scaled-app:{version}"),
+            operator_namespace: DEFAULT_OPERATOR_NAMESPACE.to_string(),
         }
     }
 }
@@ -63,6 +70,8 @@ pub struct ValidatedApp {
     pub instance_image: String,
     /// Image of the app and workers: `app.image`, or the operator's default.
     pub app_image: String,
+    /// Namespace of the operator's pods (from [`Defaults`]).
+    pub operator_namespace: String,
 }
 
 /// UID of the `postgres` user in the official images: 70 in the Alpine variants, 999 in the
@@ -209,6 +218,7 @@ pub fn validate(app: &ScaledApp, defaults: &Defaults) -> Result<ValidatedApp, In
             .unwrap_or_else(|| official_postgres_uid(&database.image)),
         postgres_volume_mib,
         instance_image: defaults.instance_image.clone(),
+        operator_namespace: defaults.operator_namespace.clone(),
         app_image: spec
             .app
             .image

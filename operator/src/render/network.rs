@@ -37,20 +37,33 @@ pub fn policies(app: &ValidatedApp) -> Vec<NetworkPolicy> {
             .and_then(|spec| spec.ingress.as_mut())
             .and_then(|rules| rules.first_mut())
         {
-            rule.from.get_or_insert_with(Vec::new).push(operator_peer());
+            rule.from
+                .get_or_insert_with(Vec::new)
+                .push(operator_peer(&app.operator_namespace));
         }
         policies.push(redis);
     }
     policies
 }
 
+/// The label the API server puts on every namespace, naming it.
+const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+
 /// Label of the operator's pods (the chart's `app.kubernetes.io/name`).
 pub const OPERATOR_POD_LABEL: (&str, &str) = ("app.kubernetes.io/name", "scaledapp-operator");
 
-/// The operator's pods, in whatever namespace the chart installed them.
-fn operator_peer() -> NetworkPolicyPeer {
+/// The operator's pods, in the namespace they run in: a pod labelled as the operator in any
+/// other namespace (where anyone allowed to create pods can label them so) is not admitted.
+/// `kubernetes.io/metadata.name` is set by the API server itself, so it cannot be forged.
+fn operator_peer(namespace: &str) -> NetworkPolicyPeer {
     NetworkPolicyPeer {
-        namespace_selector: Some(LabelSelector::default()),
+        namespace_selector: Some(LabelSelector {
+            match_labels: Some(BTreeMap::from([(
+                NAMESPACE_NAME_LABEL.to_string(),
+                namespace.to_string(),
+            )])),
+            match_expressions: None,
+        }),
         pod_selector: Some(LabelSelector {
             match_labels: Some(BTreeMap::from([(
                 OPERATOR_POD_LABEL.0.to_string(),
@@ -157,7 +170,7 @@ mod tests {
     }
 
     #[test]
-    fn redis_admits_the_operators_pods_from_any_namespace_and_postgres_does_not() {
+    fn redis_admits_the_operators_pods_from_the_operators_namespace_only_and_postgres_does_not() {
         let app = validated_example("shop");
         let policies = policies(&app);
         let peers = |policy: &NetworkPolicy| {
@@ -172,11 +185,20 @@ mod tests {
         };
         let redis = peers(&policies[1]);
         assert_eq!(redis.len(), 2);
-        assert_eq!(redis[1], operator_peer());
+        assert_eq!(redis[1], operator_peer(&app.operator_namespace));
+        assert_eq!(app.operator_namespace, "scaledapp-system");
+        let namespaces = redis[1]
+            .namespace_selector
+            .as_ref()
+            .and_then(|selector| selector.match_labels.clone())
+            .expect("a namespace selector with labels");
         assert_eq!(
-            redis[1].namespace_selector,
-            Some(LabelSelector::default()),
-            "any namespace"
+            namespaces,
+            BTreeMap::from([(
+                "kubernetes.io/metadata.name".to_string(),
+                "scaledapp-system".to_string()
+            )]),
+            "the operator's namespace, by the name the API server sets"
         );
         assert_eq!(
             peers(&policies[0]).len(),
