@@ -327,6 +327,22 @@ fn answered(error: &tokio_postgres::Error) -> bool {
 }
 
 impl Written {
+    /// The outage a kill at `kill_started` caused, as the client saw it: from its first failed
+    /// attempt at or after the kill to its first acknowledged commit after its last failure.
+    /// Not from the kill itself: backends of a killed postmaster can still acknowledge commits
+    /// for a moment, which made a kill-to-first-ack clock read 0.0 s. `None` when the client
+    /// never failed after the kill (nothing was measured) or never wrote again.
+    pub fn outage_after(&self, kill_started: std::time::Instant) -> Option<Duration> {
+        let first = *self.failures.iter().find(|at| **at >= kill_started)?;
+        let last = *self.failures.last()?;
+        let resumed = self
+            .acknowledged
+            .iter()
+            .map(|(_, at)| *at)
+            .find(|at| *at > last)?;
+        Some(resumed.duration_since(first))
+    }
+
     /// The write pause the failures fall in: from the last acknowledged commit before the first
     /// failure to the first one after the last failure (`None` without failures, or when no
     /// commit came after them). Failures spread over a long time give a long pause.

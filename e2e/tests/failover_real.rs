@@ -22,9 +22,12 @@ use scaled_e2e::*;
 use serde_json::json;
 
 const APP: &str = "ha";
+/// `database.failover.delaySeconds` of the test's ScaledApps: no failover promotes sooner, which
+/// bounds every measured outage from below.
+const FAILOVER_DELAY_SECONDS: u64 = 2;
 
 fn failover_settings() -> serde_json::Value {
-    json!({"delaySeconds": 2, "fenceAfterSeconds": 10})
+    json!({"delaySeconds": FAILOVER_DELAY_SECONDS, "fenceAfterSeconds": 10})
 }
 
 async fn start(client: &Client, prefix: &str, small: Small) -> TestNamespace {
@@ -116,9 +119,11 @@ async fn assert_recreated_primary_waits(
 /// it has started (or already completed); returns when the kill was done (the exec returned: a
 /// commit acknowledged before that may still be the old primary's). Meanwhile the pod recreated
 /// under its name must not become Ready on its own.
+/// Returns when the kill was sent (before the exec that kills): the outage is measured by the
+/// client from there ([`Written::outage_after`]).
 async fn kill_primary_until_a_failover_starts(namespace: &TestNamespace, old: &str) -> Instant {
-    kill_postgres(&namespace.name, old);
     let killed = Instant::now();
+    kill_postgres(&namespace.name, old);
     let deleted = delete_now(namespace, old).await;
     eventually(
         "the failover to start",
@@ -313,24 +318,28 @@ async fn with_synchronous_replication_failover_and_switchover_lose_no_acknowledg
     let killed = kill_primary_until_a_failover_starts(&namespace, &old).await;
     let new = completed_change(&namespace, &old, "Failover").await;
     assert_ne!(new, old);
+    // A commit the new primary acknowledged (one after the kill could still be the old one's).
     writes
-        .wait_for_a_write_after(killed, Duration::from_secs(60))
+        .wait_for_a_write_after(Instant::now(), Duration::from_secs(60))
         .await;
     let failover_written = writes.stop().await;
-    let first_after = failover_written
-        .acknowledged
-        .iter()
-        .find(|(_, at)| *at > killed)
-        .map(|(_, at)| at.duration_since(killed));
-    let first_after = first_after.expect("writes resumed after the failover");
+    let outage = failover_written.outage_after(killed).expect(
+        "the client failed after the kill and wrote again after the failover (else nothing was measured)",
+    );
     eprintln!(
-        "BENCH failover (synchronous): writes accepted again {:.1}s after the kill, {} acknowledged",
-        first_after.as_secs_f64(),
+        "BENCH failover (synchronous): writes refused for {:.1}s (first failed attempt to first commit after the last one), {} acknowledged",
+        outage.as_secs_f64(),
         failover_written.acknowledged.len()
     );
     assert!(
-        first_after < Duration::from_secs(30),
-        "new primary took {first_after:?}"
+        outage < Duration::from_secs(30),
+        "new primary took {outage:?}"
+    );
+    // A failover waits delaySeconds before it promotes: a shorter outage means the clock did
+    // not measure the failover.
+    assert!(
+        outage >= Duration::from_secs(FAILOVER_DELAY_SECONDS - 1),
+        "an outage of {outage:?} is shorter than the failover delay ({FAILOVER_DELAY_SECONDS}s): the clock measured something else"
     );
     let primary = converged(&namespace, 2).await;
     let lost = missing(
@@ -542,19 +551,21 @@ async fn with_asynchronous_replication_a_failover_converges_and_survives_an_oper
         primary, replica,
         "exactly one primary, the promoted replica"
     );
+    // A commit the new primary acknowledged (one after the kill could still be the old one's).
     writes
-        .wait_for_a_write_after(killed, Duration::from_secs(60))
+        .wait_for_a_write_after(Instant::now(), Duration::from_secs(60))
         .await;
     let written = writes.stop().await;
-    let resumed = written
-        .acknowledged
-        .iter()
-        .find(|(_, at)| *at > killed)
-        .map(|(_, at)| at.duration_since(killed))
-        .expect("writes resumed");
+    let resumed = written.outage_after(killed).expect(
+        "the client failed after the kill and wrote again after the failover (else nothing was measured)",
+    );
+    assert!(
+        resumed >= Duration::from_secs(FAILOVER_DELAY_SECONDS - 1),
+        "an outage of {resumed:?} is shorter than the failover delay ({FAILOVER_DELAY_SECONDS}s): the clock measured something else"
+    );
     let lost = missing(&written, &stored_ids(&ns, &primary).expect("read ids"));
     eprintln!(
-        "BENCH failover (asynchronous{}): writes accepted again {:.1}s after the kill; {} of {} acknowledged writes lost",
+        "BENCH failover (asynchronous{}): writes refused for {:.1}s (first failed attempt to first commit after the last one); {} of {} acknowledged writes lost",
         if hold {
             ", operator restarted mid-failover"
         } else {
@@ -564,5 +575,33 @@ async fn with_asynchronous_replication_a_failover_converges_and_survives_an_oper
         lost.len(),
         written.acknowledged.len()
     );
+    // What asynchronous replication may lose is bounded by the replica's lag at the kill: the
+    // replica holds a prefix of the primary's WAL, and every insert is its own commit, so only
+    // the newest commits before the kill can be missing, never one older than a kept one.
+    let newest_kept_before_kill = written
+        .acknowledged
+        .iter()
+        .filter(|(id, at)| *at < killed && !lost.contains(id))
+        .map(|(id, _)| *id)
+        .max()
+        .unwrap_or_default();
+    assert!(
+        lost.iter().all(|id| *id > newest_kept_before_kill),
+        "lost {lost:?} although the newer {newest_kept_before_kill} was kept: not a replication-lag loss"
+    );
+    let lag_bound = Duration::from_secs(5);
+    let lost_earliest = written
+        .acknowledged
+        .iter()
+        .filter(|(id, _)| lost.contains(id))
+        .map(|(_, at)| *at)
+        .min();
+    if let Some(earliest) = lost_earliest {
+        assert!(
+            killed.saturating_duration_since(earliest) <= lag_bound,
+            "a write acknowledged {:?} before the kill was lost: more than the replica's lag could explain",
+            killed.saturating_duration_since(earliest)
+        );
+    }
     namespace.delete().await;
 }
