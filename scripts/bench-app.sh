@@ -238,8 +238,10 @@ seconds=${DURATION%s}
 pgbench_load=$(load)
 log "pgbench insert (load $pgbench_load)"
 "$PG_BIN/pgbench" -n -c "$CONNECTIONS" -j "$THREADS" -T "$seconds" -r -f "$OUT/insert.sql" \
-  -h 127.0.0.1 -p "$PG_PORT_BASE" -U app app > "$OUT/pgbench.txt" 2>&1 || true
+  -h 127.0.0.1 -p "$PG_PORT_BASE" -U app app > "$OUT/pgbench.txt" 2>&1 \
+  || { log "pgbench failed: no INSERT ceiling to compare with"; tail -n 20 "$OUT/pgbench.txt" >&2; exit 1; }
 pgbench_tps=$(awk '/^tps = / { printf "%.0f", $3 }' "$OUT/pgbench.txt")
+[[ -n "$pgbench_tps" ]] || { log "pgbench printed no tps line"; tail -n 20 "$OUT/pgbench.txt" >&2; exit 1; }
 pgbench_avg=$(awk '/^latency average/ { print $4 }' "$OUT/pgbench.txt")
 sql 0 'DROP TABLE bench_inserts'
 

@@ -268,8 +268,10 @@ redis_writes_volume() {
 }
 check "redis (uid 999, fsGroup 999) writes its local-path volume" redis_writes_volume
 
-check "client and other pods Ready" ready client
-ready other >/dev/null 2>&1 || true
+check "client pod Ready" ready client
+# The NetworkPolicy check below connects from the other pod (the one without the allowed
+# label): it must run too, or "stays blocked" would prove nothing.
+check "the other pod Ready" ready other
 dns_service() {
   in_pod client "nslookup redis.${NS}.svc.${CLUSTER_DOMAIN}" | tee /dev/stderr |
     grep "$(kubectl -n "${NS}" get svc redis -o jsonpath='{.spec.clusterIP}')" >/dev/null
@@ -403,7 +405,11 @@ outside_peers() {
 check "no socket of a cluster process has a peer outside loopback and ${POD_SUBNET}" outside_peers
 conntrack_clean() {
   local entries
-  entries=$(conntrack -L -s "${POD_SUBNET}" 2>/dev/null | grep -v -E "dst=(10\.244\.0\.|10\.96\.|127\.)" || true)
+  local all
+  # conntrack's own failure fails the check (an empty table read is not a clean one); only the
+  # filter may find nothing.
+  all=$(conntrack -L -s "${POD_SUBNET}" 2>/dev/null) || { echo "conntrack -L failed"; return 1; }
+  entries=$(awk '!/dst=(10\.244\.0\.|10\.96\.|127\.)/' <<<"${all}")
   echo "conntrack entries from ${POD_SUBNET} to elsewhere: ${entries:-none}"
   [[ -z "${entries}" ]]
 }
