@@ -7,7 +7,7 @@
 //!
 //! Skipped, saying so, unless `SCALEDAPP_REAL_PODS=1` (see `e2e/real-pods.sh`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
@@ -321,6 +321,7 @@ async fn new_rate_limit_is_enforced(client: &kube::Client, namespace: &TestNames
         .await
         .expect("requests under the old limit");
     assert_eq!(codes(&before), vec!["200"; 6], "{before}");
+    let app_pods_before = app_pod_uids(namespace).await;
 
     namespace
         .apps()
@@ -332,10 +333,10 @@ async fn new_rate_limit_is_enforced(client: &kube::Client, namespace: &TestNames
         .await
         .expect("lower the rate limit");
     let changed = std::time::Instant::now();
-    // The limit is one of the settings the app reloads live from its mounted ConfigMap (the
-    // others roll the pods): it takes effect once the kubelet has refreshed the volume, which
-    // can take its sync period (about a minute). Each attempt is a new client pod, so a new
-    // address with an empty window.
+    // The limit is one of the settings the app reloads live from its mounted ConfigMap (the pod
+    // templates' config hash leaves it out, so no pod is replaced): it takes effect once the
+    // kubelet has refreshed the volume, which can take its sync period (about a minute). Each
+    // attempt is a new client pod, so a new address with an empty window.
     let mut attempt = 0;
     eventually(
         "the app to enforce the new limit",
@@ -361,6 +362,27 @@ async fn new_rate_limit_is_enforced(client: &kube::Client, namespace: &TestNames
         "the new rate limit was enforced {:.0}s after the ScaledApp changed",
         changed.elapsed().as_secs_f64()
     );
+    assert_eq!(
+        app_pod_uids(namespace).await,
+        app_pods_before,
+        "the same app pods enforce the new limit: reloaded live, not rolled"
+    );
+}
+
+/// The uids of the ScaledApp's app pods (not being deleted).
+async fn app_pod_uids(namespace: &TestNamespace) -> BTreeSet<String> {
+    pods(namespace)
+        .await
+        .into_iter()
+        .filter(|pod| {
+            pod.labels()
+                .get("app.kubernetes.io/component")
+                .map(String::as_str)
+                == Some("app")
+                && pod.metadata.deletion_timestamp.is_none()
+        })
+        .filter_map(|pod| pod.uid())
+        .collect()
 }
 
 async fn delete_pod_and_wait_ready(namespace: &TestNamespace, pod: &str) {

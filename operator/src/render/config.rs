@@ -112,10 +112,19 @@ pub fn shard_endpoints(app: &ValidatedApp, index: u32) -> ShardEndpoints {
     }
 }
 
-/// A short hash of the document, as the pods will read it.
+/// A short hash of what the pods read from the document only at start-up, which the app and
+/// worker pod templates carry so that a change rolls them. The rate-limit settings are left out:
+/// serving pods re-read them from the mounted file while they run (workers do not use them), so
+/// changing a limit takes effect without replacing a pod. The shard map stays in: serving pods
+/// re-read it too, but workers read it once.
 pub fn config_hash(app: &ValidatedApp) -> String {
     use sha2::{Digest, Sha256};
-    hex::encode(&Sha256::digest(runtime_config(app).to_json().as_bytes())[..8])
+    let mut document =
+        serde_json::to_value(runtime_config(app)).expect("the runtime config always serialises");
+    if let Some(fields) = document.as_object_mut() {
+        fields.remove("rateLimit");
+    }
+    hex::encode(&Sha256::digest(document.to_string().as_bytes())[..8])
 }
 
 /// The ConfigMap holding the document.
@@ -132,6 +141,23 @@ pub fn config_map(app: &ValidatedApp) -> ConfigMap {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_rate_limit_change_leaves_the_pods_hash_alone_and_any_other_change_moves_it() {
+        let app = crate::test_support::validated_example("shop");
+        let hash = super::config_hash(&app);
+        let mut limited = app.clone();
+        limited.spec.rate_limit.requests += 1;
+        limited.spec.rate_limit.window_seconds += 1;
+        assert_ne!(
+            super::runtime_config(&limited).rate_limit,
+            super::runtime_config(&app).rate_limit
+        );
+        assert_eq!(super::config_hash(&limited), hash, "reloaded live, no roll");
+        let mut cached = app.clone();
+        cached.spec.cache.default_ttl_seconds += 1;
+        assert_ne!(super::config_hash(&cached), hash, "read at start-up: rolls");
+    }
+
     use super::*;
     use crate::test_support::validated_example;
 
@@ -201,6 +227,12 @@ mod tests {
         let before = template_hash(&app);
         assert_eq!(template_hash(&app), before, "stable");
         app.spec.rate_limit.requests += 1;
+        assert_eq!(
+            template_hash(&app),
+            before,
+            "the rate limit is reloaded live: no roll"
+        );
+        app.spec.sessions.ttl_seconds += 1;
         assert_ne!(template_hash(&app), before);
     }
 }
