@@ -378,6 +378,7 @@ impl Written {
 /// Postgres address (the shard's `-primary` Service), reconnecting after every failure.
 pub struct Writer {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    acknowledged: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     last_ack: std::sync::Arc<std::sync::Mutex<Option<std::time::Instant>>>,
     task: tokio::task::JoinHandle<Written>,
 }
@@ -390,6 +391,8 @@ impl Writer {
         let flag = stop.clone();
         let last_ack = std::sync::Arc::new(std::sync::Mutex::new(None));
         let seen = last_ack.clone();
+        let acknowledged = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = acknowledged.clone();
         let config = format!(
             "host={host} port={port} user=app dbname=app password={password} connect_timeout=2"
         );
@@ -431,6 +434,7 @@ impl Writer {
                         let now = std::time::Instant::now();
                         *seen.lock().expect("not poisoned") = Some(now);
                         written.acknowledged.push((next, now));
+                        counted.fetch_add(1, Ordering::Relaxed);
                         next += 1;
                     }
                     outcome => {
@@ -451,6 +455,7 @@ impl Writer {
         });
         Writer {
             stop,
+            acknowledged,
             last_ack,
             task,
         }
@@ -471,6 +476,18 @@ impl Writer {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         panic!("no write was acknowledged within {timeout:?}");
+    }
+
+    /// Waits until at least `count` commits have been acknowledged since the writer started.
+    pub async fn wait_for_acknowledged(&self, count: usize, timeout: Duration) {
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if self.acknowledged.load(std::sync::atomic::Ordering::Relaxed) >= count {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("fewer than {count} writes were acknowledged within {timeout:?}");
     }
 
     /// Stops writing and returns what was acknowledged.

@@ -58,8 +58,10 @@ async fn writer(client: &Client, namespace: &TestNamespace) -> Writer {
     )
     .await;
     let writer = Writer::start(host, 5432, password).await;
-    // Let it commit for a while first.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Commits before the fault, so there is something to lose.
+    writer
+        .wait_for_acknowledged(20, Duration::from_secs(60))
+        .await;
     writer
 }
 
@@ -437,7 +439,9 @@ async fn with_synchronous_replication_failover_and_switchover_lose_no_acknowledg
     let ip = pod_ip(&namespace, &fenced).await;
     let password = secret_value(&client, &ns, &format!("{APP}-postgres"), "app-password").await;
     let direct = Writer::start(ip.clone(), 5432, password).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    direct
+        .wait_for_acknowledged(20, Duration::from_secs(60))
+        .await;
     cut_off_from_api_server(&ip, true).expect("cut the primary off from the API server");
     let cut = Instant::now();
     tokio::time::sleep(Duration::from_secs(10 + 12)).await;

@@ -533,7 +533,22 @@ async fn pausing_stops_changes_and_says_so() {
         json!({"app": {"replicas": {"min": 5, "max": 9}}}),
     )
     .await;
-    tokio::time::sleep(Duration::from_secs(10)).await;
+    // The operator has seen the change (and, paused, left the children alone) once its status
+    // names the new generation: no fixed wait.
+    eventually(
+        "the operator to observe the paused change",
+        Duration::from_secs(60),
+        || async {
+            let app = apps.get("shop").await?;
+            let generation = app.metadata.generation;
+            let observed = app
+                .status
+                .as_ref()
+                .and_then(|status| status.observed_generation);
+            Ok((observed.is_some() && observed >= generation).then_some(()))
+        },
+    )
+    .await;
     let hpa = namespace
         .api::<HorizontalPodAutoscaler>()
         .get("shop-app")
