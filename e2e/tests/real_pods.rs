@@ -104,6 +104,49 @@ async fn every_pod_really_ran(namespace: &TestNamespace) {
                 container.name
             );
         }
+        // Pinned by digest, and run by digest: the runtime's image ID names the digest the
+        // pod spec asked for (a tag can be moved; a digest cannot).
+        let statuses = status
+            .init_container_statuses
+            .iter()
+            .flatten()
+            .chain(status.container_statuses.iter().flatten());
+        let spec = pod.spec.as_ref().expect("spec");
+        let asked: BTreeMap<&str, &str> = spec
+            .init_containers
+            .iter()
+            .flatten()
+            .chain(&spec.containers)
+            .filter_map(|container| Some((container.name.as_str(), container.image.as_deref()?)))
+            .collect();
+        for container in statuses {
+            let digest = asked
+                .get(container.name.as_str())
+                .and_then(|image| image.split_once('@'))
+                .map(|(_, digest)| digest);
+            if let Some(digest) = digest {
+                assert!(
+                    container.image_id.ends_with(&format!("@{digest}")),
+                    "{name}: {} asked for {digest} but runs {}",
+                    container.name,
+                    container.image_id
+                );
+            }
+        }
+        let component = pod
+            .labels()
+            .get("app.kubernetes.io/component")
+            .cloned()
+            .unwrap_or_default();
+        if on_local_real_node() && matches!(component.as_str(), "app" | "worker") {
+            let image = &pod.spec.as_ref().expect("spec").containers[0].image;
+            assert!(
+                image
+                    .as_deref()
+                    .is_some_and(|image| image.contains("@sha256:")),
+                "{name}: the app image is not pinned by digest: {image:?}"
+            );
+        }
         if on_local_real_node() {
             let node = pod.spec.as_ref().and_then(|spec| spec.node_name.clone());
             assert_eq!(
