@@ -15,6 +15,12 @@
 //! namespace; `list` of an external metric). Discovery paths only need an authenticated caller
 //! (every authenticated user may discover APIs, `system:discovery`). Both reviews are cached for
 //! [`REVIEW_TTL`], allowed and denied alike, keyed by a hash of the token or the whole review.
+//!
+//! Unknown tokens cannot crowd known callers out: valid and refused tokens live in separate
+//! caches, a full cache evicts its least recently used answer (never all of them), and tokens
+//! reviewed for the first time are bounded to [`NEW_TOKEN_REVIEWS`] per second (429 beyond it),
+//! so a flood of bogus tokens costs the API server a bounded number of TokenReviews and the
+//! HPA controller's cached identity survives it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::Hash;
@@ -37,8 +43,11 @@ use super::error::ApiError;
 
 /// How long a review's answer is reused.
 pub const REVIEW_TTL: Duration = Duration::from_secs(10);
-/// Most answers kept per cache; a full cache drops expired answers, then everything.
+/// Most answers kept per cache; a full cache drops expired answers, then the least recently
+/// used one.
 const CACHE_CAPACITY: usize = 4096;
+/// TokenReviews per second for tokens not in either cache (bursts up to twice that).
+pub const NEW_TOKEN_REVIEWS: u32 = 20;
 
 /// Namespace and name of the ConfigMap holding the front proxy's settings.
 pub const AUTHENTICATION_CONFIG_MAP: (&str, &str) =
@@ -176,7 +185,9 @@ pub fn access(path: &str) -> Access {
 /// Authenticates and authorizes requests through the API server, with caches.
 pub struct Authenticator {
     client: kube::Client,
-    tokens: TtlCache<[u8; 32], Option<Identity>>,
+    tokens: TtlCache<[u8; 32], Identity>,
+    refused_tokens: TtlCache<[u8; 32], ()>,
+    new_token_reviews: Mutex<TokenBucket>,
     decisions: TtlCache<String, bool>,
 }
 
@@ -186,6 +197,8 @@ impl Authenticator {
         Authenticator {
             client,
             tokens: TtlCache::default(),
+            refused_tokens: TtlCache::default(),
+            new_token_reviews: Mutex::new(TokenBucket::new(NEW_TOKEN_REVIEWS)),
             decisions: TtlCache::default(),
         }
     }
@@ -208,15 +221,33 @@ impl Authenticator {
             ));
         };
         let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        let reviewed = match self.tokens.get(&hash) {
-            Some(known) => known,
-            None => {
-                let reviewed = self.review_token(token).await?;
-                self.tokens.insert(hash, reviewed.clone());
-                reviewed
+        let refused = || ApiError::Unauthorized("the bearer token is not valid".into());
+        if let Some(known) = self.tokens.get(&hash) {
+            return Ok(known);
+        }
+        if self.refused_tokens.get(&hash).is_some() {
+            return Err(refused());
+        }
+        let allowed = self
+            .new_token_reviews
+            .lock()
+            .expect("the bucket lock is never poisoned")
+            .take();
+        if !allowed {
+            return Err(ApiError::TooManyRequests(
+                "too many new bearer tokens to review; try again in a second".into(),
+            ));
+        }
+        match self.review_token(token).await? {
+            Some(identity) => {
+                self.tokens.insert(hash, identity.clone());
+                Ok(identity)
             }
-        };
-        reviewed.ok_or_else(|| ApiError::Unauthorized("the bearer token is not valid".into()))
+            None => {
+                self.refused_tokens.insert(hash, ());
+                Err(refused())
+            }
+        }
     }
 
     async fn review_token(&self, token: &str) -> Result<Option<Identity>, ApiError> {
@@ -402,29 +433,45 @@ fn bearer_token(headers: &HeaderMap) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
-/// A small map whose entries expire after [`REVIEW_TTL`].
+/// A bounded map whose entries expire after [`REVIEW_TTL`]; when full it drops what expired,
+/// then the least recently used entry.
 struct TtlCache<K, V> {
-    entries: Mutex<HashMap<K, (Instant, V)>>,
+    capacity: usize,
+    entries: Mutex<HashMap<K, Entry<V>>>,
+}
+
+struct Entry<V> {
+    stored: Instant,
+    used: Instant,
+    value: V,
 }
 
 impl<K, V> Default for TtlCache<K, V> {
     fn default() -> Self {
+        TtlCache::with_capacity(CACHE_CAPACITY)
+    }
+}
+
+impl<K, V> TtlCache<K, V> {
+    fn with_capacity(capacity: usize) -> Self {
         TtlCache {
+            capacity,
             entries: Mutex::new(HashMap::new()),
         }
     }
 }
 
-impl<K: Hash + Eq, V: Clone> TtlCache<K, V> {
+impl<K: Hash + Eq + Clone, V: Clone> TtlCache<K, V> {
     fn get(&self, key: &K) -> Option<V> {
-        let entries = self
+        let mut entries = self
             .entries
             .lock()
             .expect("the cache lock is never poisoned");
-        entries
-            .get(key)
-            .filter(|(at, _)| at.elapsed() < REVIEW_TTL)
-            .map(|(_, value)| value.clone())
+        let entry = entries
+            .get_mut(key)
+            .filter(|entry| entry.stored.elapsed() < REVIEW_TTL)?;
+        entry.used = Instant::now();
+        Some(entry.value.clone())
     }
 
     fn insert(&self, key: K, value: V) {
@@ -432,12 +479,94 @@ impl<K: Hash + Eq, V: Clone> TtlCache<K, V> {
             .entries
             .lock()
             .expect("the cache lock is never poisoned");
-        if entries.len() >= CACHE_CAPACITY {
-            entries.retain(|_, (at, _)| at.elapsed() < REVIEW_TTL);
-            if entries.len() >= CACHE_CAPACITY {
-                entries.clear();
+        if entries.len() >= self.capacity && !entries.contains_key(&key) {
+            entries.retain(|_, entry| entry.stored.elapsed() < REVIEW_TTL);
+            if entries.len() >= self.capacity {
+                let least_recent = entries
+                    .iter()
+                    .min_by_key(|(_, entry)| entry.used)
+                    .map(|(key, _)| key.clone());
+                if let Some(least_recent) = least_recent {
+                    entries.remove(&least_recent);
+                }
             }
         }
-        entries.insert(key, (Instant::now(), value));
+        let now = Instant::now();
+        entries.insert(
+            key,
+            Entry {
+                stored: now,
+                used: now,
+                value,
+            },
+        );
+    }
+}
+
+/// A token bucket: `rate` takes per second, up to `2 * rate` at once.
+struct TokenBucket {
+    rate: f64,
+    available: f64,
+    refilled: Instant,
+}
+
+impl TokenBucket {
+    fn new(rate: u32) -> Self {
+        TokenBucket {
+            rate: f64::from(rate),
+            available: 2.0 * f64::from(rate),
+            refilled: Instant::now(),
+        }
+    }
+
+    /// Takes one if there is one.
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        let burst = 2.0 * self.rate;
+        self.available = (self.available
+            + now.duration_since(self.refilled).as_secs_f64() * self.rate)
+            .min(burst);
+        self.refilled = now;
+        if self.available >= 1.0 {
+            self.available -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_cache_evicts_the_least_recently_used_answer_not_everything() {
+        let cache = TtlCache::with_capacity(3);
+        cache.insert("hpa", 1);
+        cache.insert("a", 2);
+        cache.insert("b", 3);
+        // The HPA controller asks again: now the others are older uses.
+        assert_eq!(cache.get(&"hpa"), Some(1));
+        for (index, bogus) in ["c", "d", "e", "f"].into_iter().enumerate() {
+            cache.insert(bogus, 10 + index);
+            assert_eq!(cache.get(&"hpa"), Some(1), "after {bogus}");
+        }
+        assert_eq!(cache.get(&"a"), None, "the least recently used went");
+        let entries = cache.entries.lock().expect("lock").len();
+        assert_eq!(entries, 3, "bounded");
+    }
+
+    #[test]
+    fn the_new_token_budget_allows_a_burst_then_refills_at_its_rate() {
+        let mut bucket = TokenBucket::new(20);
+        let taken = (0..100).filter(|_| bucket.take()).count();
+        assert_eq!(taken, 40, "a burst of twice the rate");
+        bucket.refilled -= Duration::from_millis(500);
+        let refilled = (0..100).filter(|_| bucket.take()).count();
+        assert!(
+            (9..=11).contains(&refilled),
+            "{refilled} after half a second"
+        );
     }
 }

@@ -28,6 +28,10 @@ pub enum ApiError {
     /// This server failed (for example an authentication review it could not make).
     #[error("{0}")]
     Internal(String),
+    /// Too many requests with bearer tokens this server has not reviewed yet: each costs a
+    /// TokenReview, so their rate is bounded (cached callers are not affected).
+    #[error("{0}")]
+    TooManyRequests(String),
     /// A source of the metric is down (Redis, the API server): try again later. Never turned
     /// into a zero, which would scale a pool down.
     #[error("{0}")]
@@ -44,6 +48,7 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -57,6 +62,7 @@ impl ApiError {
             ApiError::NotFound(_) => "NotFound",
             ApiError::MethodNotAllowed(_) => "MethodNotAllowed",
             ApiError::Internal(_) => "InternalError",
+            ApiError::TooManyRequests(_) => "TooManyRequests",
             ApiError::Unavailable(_) => "ServiceUnavailable",
         }
     }

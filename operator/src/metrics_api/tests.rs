@@ -750,6 +750,44 @@ async fn a_request_without_credentials_gets_a_401_status_and_no_data() {
 }
 
 #[tokio::test]
+async fn a_flood_of_bogus_tokens_costs_bounded_reviews_and_leaves_the_known_caller_cached() {
+    let cluster = FakeCluster::default();
+    let state = state(shop_source(), &cluster);
+    let (code, _) = send(&state, Method::GET, "/apis", Some(HPA_TOKEN), None).await;
+    assert_eq!(code, StatusCode::OK);
+    let mut refused = 0;
+    let mut throttled = 0;
+    for index in 0..500 {
+        let token = format!("bogus-{index}");
+        let (code, body) = send(&state, Method::GET, "/apis", Some(&token), None).await;
+        match code {
+            StatusCode::UNAUTHORIZED => refused += 1,
+            StatusCode::TOO_MANY_REQUESTS => {
+                assert_status(&body, 429, "TooManyRequests");
+                throttled += 1;
+            }
+            other => panic!("a bogus token got {other}: {body}"),
+        }
+    }
+    let reviews = cluster.lock().token_reviews;
+    // One for the HPA token, then the burst (a little refill while the loop runs).
+    assert!(
+        reviews <= 1 + 2 * super::auth::NEW_TOKEN_REVIEWS as usize + 5,
+        "{reviews} TokenReviews for 500 bogus tokens"
+    );
+    assert_eq!(refused + 1, reviews, "every reviewed bogus token refused");
+    assert!(throttled > 400, "{throttled} throttled");
+    // The known caller is still answered from the cache, without a review, at once.
+    let (code, _) = send(&state, Method::GET, "/apis", Some(HPA_TOKEN), None).await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(cluster.lock().token_reviews, reviews, "no new review");
+    // A refused token asked again is refused from the cache, not throttled or reviewed.
+    let (code, _) = send(&state, Method::GET, "/apis", Some("bogus-0"), None).await;
+    assert_eq!(code, StatusCode::UNAUTHORIZED);
+    assert_eq!(cluster.lock().token_reviews, reviews);
+}
+
+#[tokio::test]
 async fn front_proxy_headers_are_ignored_without_the_front_proxys_certificate() {
     let cluster = FakeCluster::default();
     let state = state(shop_source(), &cluster);
