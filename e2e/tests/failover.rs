@@ -71,7 +71,8 @@ async fn an_operator_killed_mid_reconcile_and_restarted_converges_without_duplic
     assert_eq!(deployment_names.len(), 3, "{deployment_names:?}");
     // Redis and one per shard (2).
     assert_eq!(statefulsets.list(&all).await.expect("list").items.len(), 3);
-    // app, Redis, and per shard its peers, -primary and -replica Services.
+    // app, Redis's headless and -primary Services, and per shard its peers, -primary and
+    // -replica Services.
     assert_eq!(
         namespace
             .api::<Service>()
@@ -80,7 +81,7 @@ async fn an_operator_killed_mid_reconcile_and_restarted_converges_without_duplic
             .expect("list")
             .items
             .len(),
-        8
+        9
     );
     let secrets_after = namespace
         .api::<Secret>()
