@@ -51,25 +51,87 @@ pub enum ConfigError {
     ShardArgument(String),
 }
 
-/// How many failed sign-ins one account may have in a sliding window.
+/// How many failed sign-ins one account may have in a sliding window, counted twice: per account
+/// and client (what stops a guesser), and per account from every client together (a backstop
+/// against a guesser spread over many addresses). Someone else's failures fill only their own
+/// client's window, so they cannot lock the owner out; only the backstop can, and it needs
+/// `account_failures / failures` client identities failing together.
 #[derive(Clone, Copy, Debug)]
 pub struct AttemptPolicy {
-    /// Failures allowed per window; the next attempt waits until the oldest leaves the window.
+    /// Failures allowed per account and client (see [`crate::ratelimit::ClientKey`]) and window;
+    /// the next attempt from that client waits until the oldest leaves the window.
     pub failures: u32,
-    /// Window length.
+    /// Failures allowed per account and window from all clients together. Reaching it refuses
+    /// the owner too, so it sits far above `failures`.
+    pub account_failures: u32,
+    /// Window length (of both counts).
     pub window: Duration,
 }
 
 impl Default for AttemptPolicy {
-    /// 5 failures per 15 minutes: an online guesser gets 480 guesses a day per account, and an
-    /// owner who mistypes is never shut out for longer than 15 minutes after the fifth failure.
+    /// 5 failures per account and client per 15 minutes, 100 per account: one client gets 480
+    /// guesses a day at one account, all clients together 9,600, and an owner who mistypes is
+    /// never shut out for longer than 15 minutes after the fifth failure, whatever others do
+    /// unless 20 clients fail together.
     fn default() -> Self {
         AttemptPolicy {
             failures: 5,
+            account_failures: 100,
             window: Duration::from_secs(15 * 60),
         }
     }
 }
+
+/// Requests one client may send to one route in a sliding window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RoutePolicy {
+    /// Requests allowed per window.
+    pub requests: u32,
+    /// Window length.
+    pub window: Duration,
+}
+
+/// Per-client limits of the routes that cost the most or tell the most, apart from the
+/// configurable limit of `/api/data` (`rateLimit` in the runtime config). The client is the
+/// signed-in user, else the client address, as for `/api/data`. When Redis cannot decide, they
+/// follow `rateLimit.failureMode` like `/api/data` does.
+#[derive(Clone, Copy, Debug)]
+pub struct RequestLimits {
+    /// `POST /api/sessions`, right or wrong and for any account: 20 a minute. The failure count
+    /// sees one account at a time; this stops one client spraying guesses over many accounts,
+    /// while a household or office behind one address still signs in.
+    pub sign_in: RoutePolicy,
+    /// `POST /api/users`: 10 per 10 minutes. A new account costs a password hash, and a client
+    /// probing which addresses are registered learns little at this pace.
+    pub sign_up: RoutePolicy,
+    /// `POST /api/orders`, per signed-in user: 120 a minute, far above any shopper, and a bound
+    /// on the outbox rows and emails one account can cause.
+    pub orders: RoutePolicy,
+}
+
+impl Default for RequestLimits {
+    fn default() -> Self {
+        RequestLimits {
+            sign_in: RoutePolicy {
+                requests: 20,
+                window: Duration::from_secs(60),
+            },
+            sign_up: RoutePolicy {
+                requests: 10,
+                window: Duration::from_secs(10 * 60),
+            },
+            orders: RoutePolicy {
+                requests: 120,
+                window: Duration::from_secs(60),
+            },
+        }
+    }
+}
+
+/// Longest a session lives after its sign-in, however active it is (the sliding
+/// `sessions.ttlSeconds` ends idle ones sooner): a stolen cookie cannot be kept alive for good,
+/// and a signed-in user proves the password again at least once a day.
+pub const DEFAULT_SESSION_LIFETIME: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// Everything one process needs to start.
 #[derive(Clone, Debug)]
@@ -90,6 +152,10 @@ pub struct Settings {
     pub bind_address: IpAddr,
     /// Failed sign-ins allowed per account and window (the default; tests shorten the window).
     pub sign_in: AttemptPolicy,
+    /// Per-client limits of sign-in, sign-up and orders (the defaults; tests change them).
+    pub limits: RequestLimits,
+    /// Absolute session lifetime since sign-in ([`DEFAULT_SESSION_LIFETIME`]; tests shorten it).
+    pub session_lifetime: Duration,
 }
 
 impl Settings {
@@ -116,6 +182,8 @@ impl Settings {
             pod_name: pod_name_from_env(),
             bind_address: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             sign_in: AttemptPolicy::default(),
+            limits: RequestLimits::default(),
+            session_lifetime: DEFAULT_SESSION_LIFETIME,
         })
     }
 
@@ -130,6 +198,8 @@ impl Settings {
             pod_name: pod_name_from_env(),
             bind_address: IpAddr::V4(Ipv4Addr::LOCALHOST),
             sign_in: AttemptPolicy::default(),
+            limits: RequestLimits::default(),
+            session_lifetime: DEFAULT_SESSION_LIFETIME,
         }
     }
 }

@@ -1,4 +1,9 @@
-//! Sessions kept in Redis with a sliding TTL, so any pod can serve any request.
+//! Sessions kept in Redis with a sliding TTL, so any pod can serve any request, and an absolute
+//! lifetime: a session is refused once that long has passed since its sign-in, however often it
+//! was used (the sliding TTL alone would let a stolen cookie live for good). The sign-in time is
+//! the `created_at` of the session's data, written by the pod that opened it and compared with
+//! the clock of the pod that reads it, so clock skew between pods moves the deadline by the skew
+//! (seconds, against a lifetime of hours). Data without a readable sign-in time is refused too.
 //!
 //! Ids are 256 random bits from a CSPRNG, new on every sign-in (no fixation). Redis stores only a
 //! keyed hash of the id (`SHA-256(secret || id)`), so a dump of Redis yields no usable cookie.
@@ -15,6 +20,7 @@
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use redis::AsyncCommands;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -41,23 +47,44 @@ pub struct SessionStore {
     redis: RedisClient,
     secret: Secret,
     ttl: Duration,
+    lifetime: Duration,
     budget: Duration,
 }
 
 impl SessionStore {
-    /// A store whose sessions live `ttl` since their last use.
-    pub fn new(redis: RedisClient, secret: Secret, ttl: Duration, budget: Duration) -> Self {
+    /// A store whose sessions live `ttl` since their last use and at most `lifetime` since their
+    /// sign-in.
+    pub fn new(
+        redis: RedisClient,
+        secret: Secret,
+        ttl: Duration,
+        lifetime: Duration,
+        budget: Duration,
+    ) -> Self {
         SessionStore {
             redis,
             secret,
             ttl,
+            lifetime,
             budget,
         }
     }
 
-    /// Session lifetime.
+    /// Sliding lifetime: how long an unused session lives.
     pub fn ttl(&self) -> Duration {
         self.ttl
+    }
+
+    /// Absolute lifetime since sign-in.
+    pub fn lifetime(&self) -> Duration {
+        self.lifetime
+    }
+
+    /// Seconds until the session of `data` ends if it is not used again: the sliding TTL, or
+    /// what is left of its absolute lifetime if that is less.
+    pub fn expires_in(&self, data: &Value) -> u64 {
+        let left = lifetime_left(data, self.lifetime, Utc::now()).unwrap_or(Duration::ZERO);
+        self.ttl.min(left).as_secs()
     }
 
     /// Stores `data` under a fresh id and returns the id; `replaces` (the caller's previous
@@ -69,8 +96,9 @@ impl SessionStore {
     ) -> Result<String, SessionError> {
         let id = hex::encode(rand::random::<[u8; 32]>());
         let mut pipeline = redis::pipe();
+        let expiry = self.expires_in(data).max(1);
         pipeline
-            .set_ex(self.key(&id), data.to_string(), self.ttl.as_secs())
+            .set_ex(self.key(&id), data.to_string(), expiry)
             .ignore();
         if let Some(old) = replaces {
             pipeline.del(self.key(old)).ignore();
@@ -95,7 +123,7 @@ impl SessionStore {
         replaces: Option<&str>,
     ) -> Result<(String, Value), SessionError> {
         let generation = self.generation(user_id).await?;
-        let data = new_data(user_id, generation);
+        let data = new_data(user_id, generation, Utc::now());
         let id = self.create(&data, replaces).await?;
         Ok((id, data))
     }
@@ -129,7 +157,8 @@ impl SessionStore {
             .await?)
     }
 
-    /// The session's data, extending its lifetime; `None` if unknown or expired.
+    /// The session's data, extending its sliding lifetime; `None` if unknown, idle too long, or
+    /// past its absolute lifetime (then it is deleted, too).
     pub async fn load(&self, id: &str) -> Result<Option<Value>, SessionError> {
         let mut connection = self.redis.connection();
         let raw: Option<String> = self
@@ -140,8 +169,18 @@ impl SessionStore {
                 connection.get_ex(self.key(id), redis::Expiry::EX(self.ttl.as_secs())),
             )
             .await?;
-        raw.map(|raw| serde_json::from_str(&raw).map_err(SessionError::Corrupt))
-            .transpose()
+        let Some(raw) = raw else {
+            return Ok(None);
+        };
+        let data: Value = serde_json::from_str(&raw).map_err(SessionError::Corrupt)?;
+        if lifetime_left(&data, self.lifetime, Utc::now()).is_some() {
+            return Ok(Some(data));
+        }
+        // Refused either way; deleting it only saves the memory until its TTL would have.
+        if let Err(error) = self.delete(id).await {
+            tracing::warn!(%error, "a session past its lifetime stays stored until its TTL");
+        }
+        Ok(None)
     }
 
     /// Deletes the session; true if it existed.
@@ -166,13 +205,40 @@ fn generation_key(user_id: i64) -> String {
     format!("session-generation:{user_id}")
 }
 
-/// The data of a new session of `user_id`, opened under `generation`.
-pub fn new_data(user_id: i64, generation: u64) -> Value {
+/// The data of a new session of `user_id`, opened under `generation`, whose absolute lifetime
+/// counts from `signed_in_at` (now for a sign-in; the replaced session's for a rotation, so a
+/// new id never means a longer life).
+pub fn new_data(user_id: i64, generation: u64, signed_in_at: DateTime<Utc>) -> Value {
     serde_json::json!({
         "user_id": user_id,
         "generation": generation,
-        "created_at": chrono::Utc::now(),
+        "created_at": signed_in_at,
     })
+}
+
+/// What is left at `now` of the absolute `lifetime` of the session of `data`; `None` once it is
+/// over, or if the data has no readable sign-in time.
+fn lifetime_left(data: &Value, lifetime: Duration, now: DateTime<Utc>) -> Option<Duration> {
+    let signed_in_at = signed_in_at(data)?;
+    let Some(deadline) = chrono::TimeDelta::from_std(lifetime)
+        .ok()
+        .and_then(|lifetime| signed_in_at.checked_add_signed(lifetime))
+    else {
+        // A lifetime beyond the calendar: none.
+        return Some(lifetime);
+    };
+    (deadline - now)
+        .to_std()
+        .ok()
+        .filter(|left| !left.is_zero())
+}
+
+/// When the session of `data` was signed in (its `created_at`).
+pub fn signed_in_at(data: &Value) -> Option<DateTime<Utc>> {
+    data.get("created_at")
+        .and_then(Value::as_str)
+        .and_then(|text| DateTime::parse_from_rfc3339(text).ok())
+        .map(|at| at.with_timezone(&Utc))
 }
 
 /// The generation a session's data was opened under.
@@ -196,4 +262,51 @@ pub fn cookie_pair(cookie_name: &str, id: &str) -> String {
 /// Whether `id` has the shape of an id this store issues (so junk never reaches Redis).
 pub fn is_well_formed(id: &str) -> bool {
     id.len() == 64 && id.bytes().all(|byte| byte.is_ascii_hexdigit())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_session_is_over_once_its_lifetime_since_sign_in_has_passed() {
+        let signed_in = Utc::now() - chrono::TimeDelta::hours(2);
+        let data = new_data(7, 0, signed_in);
+        let hour = Duration::from_secs(3600);
+        let day = Duration::from_secs(24 * 3600);
+        assert_eq!(lifetime_left(&data, hour, Utc::now()), None);
+        let left = lifetime_left(&data, day, Utc::now()).expect("still live");
+        assert!(left <= day - 2 * hour && left > day - 3 * hour, "{left:?}");
+        assert_eq!(
+            lifetime_left(
+                &data,
+                Duration::from_secs(2 * 3600),
+                signed_in + chrono::TimeDelta::hours(2)
+            ),
+            None,
+            "the deadline itself is over"
+        );
+    }
+
+    #[test]
+    fn data_without_a_readable_sign_in_time_has_no_lifetime_left() {
+        let day = Duration::from_secs(24 * 3600);
+        for data in [
+            serde_json::json!({ "user_id": 7, "generation": 0 }),
+            serde_json::json!({ "user_id": 7, "created_at": "yesterday" }),
+            serde_json::json!({ "user_id": 7, "created_at": 1_700_000_000 }),
+        ] {
+            assert_eq!(lifetime_left(&data, day, Utc::now()), None, "{data}");
+        }
+    }
+
+    #[test]
+    fn the_sign_in_time_survives_the_round_trip_through_the_stored_json() {
+        let signed_in = Utc::now();
+        let stored = new_data(7, 3, signed_in).to_string();
+        let data: Value = serde_json::from_str(&stored).expect("json");
+        assert_eq!(signed_in_at(&data), Some(signed_in));
+        assert_eq!(generation_of(&data), 3);
+        assert_eq!(user_of(&data), Some(7));
+    }
 }

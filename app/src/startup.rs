@@ -108,12 +108,13 @@ fn decision_budget(settings: &Settings) -> Duration {
 }
 
 /// The session store `serve` uses; `open-sessions` uses the same, so its sessions are the ones a
-/// sign-in opens (same key, same lifetime).
+/// sign-in opens (same key, same sliding and absolute lifetimes).
 fn session_store(settings: &Settings, redis: RedisClient) -> SessionStore {
     SessionStore::new(
         redis,
         settings.session_secret.clone(),
         Duration::from_secs(settings.runtime.sessions.ttl_seconds),
+        settings.session_lifetime,
         decision_budget(settings),
     )
 }
@@ -152,6 +153,7 @@ impl Application {
             limiter: RateLimiter::new(
                 core.redis.clone(),
                 runtime.rate_limit.clone(),
+                settings.limits,
                 decision_budget,
                 core.metrics.clone(),
             ),

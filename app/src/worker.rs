@@ -25,7 +25,8 @@ use prometheus::IntCounter;
 use crate::{
     db::{
         Cluster, DbError,
-        worker_effects::{self, Confirmation, Effect, Event},
+        outbox::SIGN_UP_NOTICE,
+        worker_effects::{self, Confirmation, Effect, Event, Notice},
     },
     metrics::Metrics,
     queue::{ANALYTICS_STREAM, Delivery, EMAIL_STREAM, QueueError, STREAMS, StreamConsumer},
@@ -246,8 +247,32 @@ struct EmailMessage {
     event_id: String,
     #[serde(rename = "type")]
     kind: String,
-    order_id: i64,
+    /// Only order confirmations name an order.
+    order_id: Option<i64>,
     user_id: i64,
+}
+
+/// An email message of a known type, with what that type needs.
+enum Email {
+    Confirmation(EmailMessage, i64),
+    Notice(EmailMessage),
+}
+
+impl Email {
+    fn parse(payload: &str) -> Result<Email, HandlerError> {
+        let message: EmailMessage = serde_json::from_str(payload)
+            .map_err(|error| HandlerError::Permanent(format!("malformed message: {error}")))?;
+        match (message.kind.as_str(), message.order_id) {
+            ("order_confirmation", Some(order_id)) => Ok(Email::Confirmation(message, order_id)),
+            ("order_confirmation", None) => Err(HandlerError::Permanent(
+                "malformed message: an order confirmation without order_id".into(),
+            )),
+            (SIGN_UP_NOTICE, _) => Ok(Email::Notice(message)),
+            (other, _) => Err(HandlerError::Permanent(format!(
+                "unknown email type {other:?}"
+            ))),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -267,31 +292,53 @@ async fn handle_messages(
         |error: serde_json::Error| HandlerError::Permanent(format!("malformed message: {error}"));
     match stream {
         EMAIL_STREAM => {
-            let parsed: Vec<Result<EmailMessage, HandlerError>> = deliveries
+            let parsed: Vec<Result<Email, HandlerError>> = deliveries
                 .iter()
-                .map(|delivery| {
-                    let message: EmailMessage =
-                        serde_json::from_str(&delivery.payload).map_err(malformed)?;
-                    if message.kind != "order_confirmation" {
-                        return Err(HandlerError::Permanent(format!(
-                            "unknown email type {:?}",
-                            message.kind
-                        )));
-                    }
-                    Ok(message)
-                })
+                .map(|delivery| Email::parse(&delivery.payload))
                 .collect();
-            let batch: Vec<Confirmation> = parsed
+            let confirmations: Vec<Confirmation> = parsed
                 .iter()
                 .flatten()
-                .map(|message| Confirmation {
-                    event_id: &message.event_id,
-                    order_id: message.order_id,
-                    user_id: message.user_id,
+                .filter_map(|email| match email {
+                    Email::Confirmation(message, order_id) => Some(Confirmation {
+                        event_id: &message.event_id,
+                        order_id: *order_id,
+                        user_id: message.user_id,
+                    }),
+                    Email::Notice(_) => None,
                 })
                 .collect();
-            let effects = worker_effects::send_order_confirmations(cluster, stream, &batch).await;
-            merge(parsed, effects)
+            let notices: Vec<Notice> = parsed
+                .iter()
+                .flatten()
+                .filter_map(|email| match email {
+                    Email::Notice(message) => Some(Notice {
+                        event_id: &message.event_id,
+                        user_id: message.user_id,
+                    }),
+                    Email::Confirmation(..) => None,
+                })
+                .collect();
+            let mut confirmed =
+                worker_effects::send_order_confirmations(cluster, stream, &confirmations)
+                    .await
+                    .into_iter();
+            let mut noticed = worker_effects::send_sign_up_notices(cluster, stream, &notices)
+                .await
+                .into_iter();
+            parsed
+                .into_iter()
+                .map(|email| {
+                    let effects = match email? {
+                        Email::Confirmation(..) => &mut confirmed,
+                        Email::Notice(_) => &mut noticed,
+                    };
+                    effects
+                        .next()
+                        .expect("one effect per parsed message of its kind")
+                        .map_err(HandlerError::Transient)
+                })
+                .collect()
         }
         ANALYTICS_STREAM => {
             let parsed: Vec<Result<AnalyticsMessage, HandlerError>> = deliveries

@@ -5,7 +5,7 @@ use serde::Serialize;
 use serde_json::Value;
 use sqlx::types::Json;
 
-use super::{Cluster, DbError, ids, is_unique_violation};
+use super::{Cluster, DbError, ids, is_unique_violation, outbox::new_event_id};
 
 /// Queue names the order messages go to.
 #[derive(Clone, Copy, Debug)]
@@ -89,9 +89,4 @@ pub async fn place(
             Err(error) => Err(shard.primary_error(OPERATION, error)),
         };
     }
-}
-
-/// A random 128-bit event id.
-fn new_event_id() -> String {
-    hex::encode(rand::random::<[u8; 16]>())
 }

@@ -7,6 +7,15 @@ use sqlx::PgConnection;
 /// every user change so a change made while Redis is unreachable still reaches the cache later.
 pub const CACHE_INVALIDATION: &str = "cache:invalidate";
 
+/// `type` of the email message telling an account's owner that someone tried to sign up with its
+/// address (written here, rendered by the email worker).
+pub const SIGN_UP_NOTICE: &str = "sign_up_notice";
+
+/// A random 128-bit event id, by which the message's handler deduplicates.
+pub fn new_event_id() -> String {
+    hex::encode(rand::random::<[u8; 16]>())
+}
+
 /// One outbox row.
 #[derive(Debug, sqlx::FromRow)]
 pub struct OutboxRow {
@@ -29,6 +38,25 @@ pub async fn enqueue_invalidation(
         .execute(connection)
         .await
         .map(|_| ())
+}
+
+/// Adds a [`SIGN_UP_NOTICE`] for `user_id` to `stream` (the email queue), on the user's shard.
+pub async fn enqueue_sign_up_notice(
+    connection: &mut PgConnection,
+    stream: &str,
+    user_id: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO outbox (stream, payload) VALUES ($1, jsonb_build_object('event_id', $2::text, \
+         'type', $3::text, 'user_id', $4::bigint))",
+    )
+    .bind(stream)
+    .bind(new_event_id())
+    .bind(SIGN_UP_NOTICE)
+    .bind(user_id)
+    .execute(connection)
+    .await
+    .map(|_| ())
 }
 
 /// Locks up to `limit` rows no other relay holds (`SKIP LOCKED`), oldest first. The relay takes

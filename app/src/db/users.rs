@@ -151,6 +151,34 @@ pub async fn create(
     }
 }
 
+/// The user holding `email`'s claim, from the claim's primary: what [`create`] would find taken.
+/// Sign-up asks before hashing the password, so a registered address costs no hash.
+pub async fn email_owner(cluster: &Cluster, email: &str) -> Result<Option<i64>, DbError> {
+    const OPERATION: &str = "look up an email's owner";
+    let email = normalize_email(email);
+    let shard = cluster.topology().shard_for_key(&email);
+    sqlx::query_scalar("SELECT user_id FROM email_claims WHERE email = $1")
+        .bind(&email)
+        .fetch_optional(&shard.primary)
+        .await
+        .map_err(|error| shard.primary_error(OPERATION, error))
+}
+
+/// Queues a notice to `user_id` that someone tried to sign up with its address (through the
+/// outbox on the user's shard, to `stream`, the email queue).
+pub async fn queue_sign_up_notice(
+    cluster: &Cluster,
+    user_id: i64,
+    stream: &str,
+) -> Result<(), DbError> {
+    const OPERATION: &str = "queue a sign-up notice";
+    let shard = cluster.shard_for_user(user_id);
+    let mut connection = shard.acquire_primary(OPERATION).await?;
+    outbox::enqueue_sign_up_notice(&mut connection, stream, user_id)
+        .await
+        .map_err(|error| shard.primary_error(OPERATION, error))
+}
+
 /// What sign-in and password changes need to know about an account. Never served.
 #[derive(Clone)]
 pub struct Credentials {

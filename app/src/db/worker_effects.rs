@@ -141,6 +141,73 @@ pub struct Confirmation<'a> {
     pub user_id: i64,
 }
 
+/// One sign-up notice to send.
+#[derive(Clone, Copy, Debug)]
+pub struct Notice<'a> {
+    /// Deduplication key.
+    pub event_id: &'a str,
+    /// The account whose address someone tried to sign up with (decides the shard).
+    pub user_id: i64,
+}
+
+/// Renders the notices that someone tried to sign up with an account's address and stores them
+/// as sent (without an order), each once. Notices are rare (one per account and hour at most),
+/// so each is its own transaction. The results are in the order of `batch`.
+pub async fn send_sign_up_notices(
+    cluster: &Cluster,
+    stream: &str,
+    batch: &[Notice<'_>],
+) -> Vec<Result<Effect, DbError>> {
+    let mut outcomes = Vec::with_capacity(batch.len());
+    for notice in batch {
+        outcomes.push(send_sign_up_notice(cluster, stream, notice).await);
+    }
+    outcomes
+}
+
+async fn send_sign_up_notice(
+    cluster: &Cluster,
+    stream: &str,
+    notice: &Notice<'_>,
+) -> Result<Effect, DbError> {
+    const OPERATION: &str = "record a sign-up notice";
+    let shard = cluster.shard_for_user(notice.user_id);
+    let failed = |error| shard.primary_error(OPERATION, error);
+    let mut connection = shard.acquire_primary(OPERATION).await?;
+    let mut transaction = connection.begin().await.map_err(failed)?;
+    if !claim_event(&mut transaction, stream, notice.event_id)
+        .await
+        .map_err(failed)?
+    {
+        return Ok(Effect::Duplicate);
+    }
+    let account: Option<(String, String)> =
+        sqlx::query_as("SELECT email, name FROM users WHERE id = $1")
+            .bind(notice.user_id)
+            .fetch_optional(&mut *transaction)
+            .await
+            .map_err(failed)?;
+    // Dropped without a commit: the claim goes too.
+    let Some((recipient, name)) = account else {
+        return Ok(Effect::Missing);
+    };
+    let (subject, body) = render_sign_up_notice(&name);
+    sqlx::query(
+        "INSERT INTO sent_emails (event_id, order_id, user_id, recipient, subject, body) \
+         VALUES ($1, NULL, $2, $3, $4, $5)",
+    )
+    .bind(notice.event_id)
+    .bind(notice.user_id)
+    .bind(&recipient)
+    .bind(&subject)
+    .bind(&body)
+    .execute(&mut *transaction)
+    .await
+    .map_err(failed)?;
+    transaction.commit().await.map_err(failed)?;
+    Ok(Effect::Applied)
+}
+
 /// One analytics event to count.
 #[derive(Clone, Copy, Debug)]
 pub struct Event<'a> {
@@ -449,6 +516,17 @@ async fn count_on_shard(
             })
         })
         .collect())
+}
+
+/// Subject and body of a sign-up notice.
+fn render_sign_up_notice(name: &str) -> (String, String) {
+    let subject = "Someone tried to sign up with your address".to_string();
+    let body = format!(
+        "Hi {name},\n\nsomeone tried to create an account with this address, which already has \
+         one: yours. Nothing was changed. If it was you, sign in instead; if you forgot your \
+         password, ask for a password-set token.\n"
+    );
+    (subject, body)
 }
 
 /// Subject and body of an order confirmation.

@@ -2,9 +2,10 @@
 //! handlers acting on one user's data make with it.
 
 use axum::{extract::FromRequestParts, http::request::Parts};
+use chrono::{DateTime, Utc};
 
 use super::{AppState, error::AppError, extract::cookie};
-use crate::sessions::{generation_of, is_well_formed, user_of};
+use crate::sessions::{generation_of, is_well_formed, signed_in_at, user_of};
 
 /// The signed-in user. As an extractor it answers 401 when the request has no live session;
 /// `Option<SignedIn>` makes the session optional.
@@ -14,6 +15,8 @@ pub struct SignedIn {
     pub user_id: i64,
     /// The session id (from the cookie).
     pub session_id: String,
+    /// When the session was signed in (its absolute lifetime counts from here).
+    pub signed_in_at: DateTime<Utc>,
 }
 
 impl SignedIn {
@@ -35,8 +38,9 @@ pub fn session_id(state: &AppState, parts: &Parts) -> Option<String> {
     cookie(&parts.headers, &state.config.sessions.cookie_name).filter(|id| is_well_formed(id))
 }
 
-/// The signed-in user of `parts`, if its session is live and was opened under the user's
-/// current generation (no password change since). A Redis failure is an error, not "no
+/// The signed-in user of `parts`, if its session is live (used recently enough, and within its
+/// absolute lifetime) and was opened under the user's current generation (no password change
+/// since). A Redis failure is an error, not "no
 /// session": a request must not act anonymously because the store was briefly unreachable.
 pub async fn signed_in(state: &AppState, parts: &Parts) -> Result<Option<SignedIn>, AppError> {
     let Some(session_id) = session_id(state, parts) else {
@@ -45,7 +49,7 @@ pub async fn signed_in(state: &AppState, parts: &Parts) -> Result<Option<SignedI
     let Some(data) = state.sessions.load(&session_id).await? else {
         return Ok(None);
     };
-    let Some(user_id) = user_of(&data) else {
+    let (Some(user_id), Some(signed_in_at)) = (user_of(&data), signed_in_at(&data)) else {
         return Ok(None);
     };
     if state.sessions.generation(user_id).await? != generation_of(&data) {
@@ -54,6 +58,7 @@ pub async fn signed_in(state: &AppState, parts: &Parts) -> Result<Option<SignedI
     Ok(Some(SignedIn {
         user_id,
         session_id,
+        signed_in_at,
     }))
 }
 

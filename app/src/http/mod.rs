@@ -8,6 +8,7 @@ mod data;
 pub mod error;
 pub mod extract;
 mod health;
+mod limits;
 mod observe;
 mod orders;
 mod sessions;
@@ -65,7 +66,7 @@ pub struct Services {
     pub cluster: Arc<Cluster>,
     /// User cache.
     pub cache: Arc<UserCache>,
-    /// Rate limiter of `/api/data`.
+    /// Per-client rate limiter of `/api/data`, sign-in, sign-up and orders.
     pub limiter: RateLimiter,
     /// Session store.
     pub sessions: SessionStore,
@@ -73,7 +74,7 @@ pub struct Services {
     pub passwords: Passwords,
     /// One-time password-set tokens.
     pub password_tokens: PasswordTokens,
-    /// Failed sign-ins per account.
+    /// Failed sign-ins per account and client, and per account.
     pub sign_in: AttemptLimiter,
     /// Metrics.
     pub metrics: Metrics,

@@ -1,6 +1,8 @@
 //! `POST /api/orders`: the order and its two queue messages are committed together (outbox);
 //! the relay is woken to move the messages to Redis. An order is placed for the signed-in user:
-//! it needs a session (401), and a `user_id` in the body, if sent, must be that user (403).
+//! it needs a session (401), and a `user_id` in the body, if sent, must be that user (403). Each
+//! user's orders are rate-limited ([`super::limits`]): an order costs a commit and two messages,
+//! one of them an email.
 
 use axum::{
     Json, Router,
@@ -12,10 +14,11 @@ use axum::{
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{AppState, auth::SignedIn, error::AppError, extract::JsonBody};
+use super::{AppState, auth::SignedIn, error::AppError, extract::JsonBody, limits};
 use crate::{
     db::orders::{self, OrderStreams, Placed},
     queue::{ANALYTICS_STREAM, EMAIL_STREAM},
+    ratelimit::{ClientKey, LimitedRoute},
 };
 
 const MAX_ITEMS: usize = 100;
@@ -92,6 +95,9 @@ async fn create(
     signed_in: SignedIn,
     JsonBody(body): JsonBody<NewOrder>,
 ) -> Result<Response, AppError> {
+    // The session already names the client; invalid orders count too.
+    let client = ClientKey::User(signed_in.user_id);
+    let allowance = limits::check(&state, LimitedRoute::Orders, &client).await?;
     match body.user_id {
         Some(user_id) if user_id <= 0 => {
             return Err(AppError::invalid("user_id", "must be a positive integer"));
@@ -122,12 +128,14 @@ async fn create(
                 "total": order.total_cents as f64 / 100.0,
                 "created_at": order.created_at,
             });
-            Ok((
+            let mut response = (
                 StatusCode::CREATED,
                 [(header::CACHE_CONTROL, "private, no-store")],
                 Json(body),
             )
-                .into_response())
+                .into_response();
+            allowance.stamp(&mut response);
+            Ok(response)
         }
         Placed::UserNotFound => Err(AppError::invalid("user_id", "no user with this id")),
     }

@@ -3,8 +3,12 @@
 //! `SameSite=Lax`, and `Secure` unless configured off for plain-HTTP development.
 //!
 //! A failed sign-in says only "email or password is incorrect", and costs the same whether the
-//! account is unknown, has no password yet, or got a wrong one (see [`crate::passwords`]). Failures
-//! per account are limited ([`crate::ratelimit::AttemptLimiter`]).
+//! account is unknown, has no password yet, or got a wrong one (see [`crate::passwords`]). Each
+//! client's sign-ins are limited whatever the account ([`super::limits`]), and failures are
+//! limited per account and client, with a much larger per-account backstop
+//! ([`crate::ratelimit::AttemptLimiter`]): someone guessing at an account locks out their own
+//! client, not the owner's. A session ends when unused for `sessions.ttlSeconds`, and in any case
+//! once its absolute lifetime since sign-in has passed ([`crate::sessions`]).
 
 use axum::{
     Json, Router,
@@ -16,8 +20,13 @@ use axum::{
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{AppState, error::AppError, extract::JsonBody};
-use crate::{db::users, passwords::Password};
+use super::{
+    AppState,
+    error::AppError,
+    extract::JsonBody,
+    limits::{self, Client},
+};
+use crate::{db::users, passwords::Password, ratelimit::LimitedRoute};
 
 /// Session routes.
 pub fn router() -> Router<AppState> {
@@ -71,9 +80,11 @@ fn current_id(state: &AppState, headers: &HeaderMap) -> Option<String> {
 
 async fn create(
     State(state): State<AppState>,
+    Client(client): Client,
     headers: HeaderMap,
     JsonBody(body): JsonBody<SignIn>,
 ) -> Result<Response, AppError> {
+    let allowance = limits::check(&state, LimitedRoute::SignIn, &client).await?;
     let email = body.email.trim();
     if email.is_empty() || email.chars().count() > MAX_EMAIL_CHARS {
         return Err(AppError::invalid(
@@ -87,7 +98,7 @@ async fn create(
             format!("must be at most {} characters", crate::passwords::MAX_CHARS),
         ));
     }
-    let attempt = match state.sign_in.begin(email).await? {
+    let attempt = match state.sign_in.begin(email, &client).await? {
         Ok(attempt) => attempt,
         Err(retry_after_seconds) => {
             return Err(AppError::TooManyAttempts {
@@ -110,13 +121,15 @@ async fn create(
         .sessions
         .open(account.user_id, previous.as_deref())
         .await?;
-    let ttl = state.sessions.ttl().as_secs();
-    let body = json!({ "session": data, "expires_in": ttl });
-    Ok(private(
+    let expires_in = state.sessions.expires_in(&data);
+    let body = json!({ "session": data, "expires_in": expires_in });
+    let mut response = private(
         StatusCode::CREATED,
         body,
-        session_cookie(&state, &id, ttl),
-    ))
+        session_cookie(&state, &id, expires_in),
+    );
+    allowance.stamp(&mut response);
+    Ok(response)
 }
 
 async fn read(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, AppError> {
@@ -131,10 +144,10 @@ async fn read(State(state): State<AppState>, headers: HeaderMap) -> Result<Respo
     if state.sessions.generation(user_id).await? != crate::sessions::generation_of(&data) {
         return Err(AppError::NotFound("session"));
     }
-    let ttl = state.sessions.ttl().as_secs();
+    let expires_in = state.sessions.expires_in(&data);
     Ok(private(
         StatusCode::OK,
-        json!({ "session": data, "expires_in": ttl }),
+        json!({ "session": data, "expires_in": expires_in }),
         None,
     ))
 }

@@ -1,6 +1,13 @@
 //! `/api/users`: sign up, read (cached, CDN-cacheable), update, batch read and pages, set a
 //! password; `/api/me`: the signed-in user's own account.
 //!
+//! Sign-up answers 202 with the same body keys whether or not the address was free, and asks
+//! whether it is taken before hashing the password, so a registered address costs no hash. A
+//! new account's answer carries its private representation; for a registered address the same
+//! keys are `null`, and the address's owner is told through the email queue (at most once per
+//! [`crate::ratelimit::NOTICE_INTERVAL`]). Each client's sign-ups are rate-limited
+//! ([`super::limits`]).
+//!
 //! Two representations: the public one (id, name, created_at), which anyone may read and a CDN
 //! may cache, and the private one (with the email), which only the signed-in owner gets, always
 //! `private, no-store`. Changing a user (name, email, password) needs that user's session: 401
@@ -14,7 +21,8 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{get, put},
 };
-use serde::Deserialize;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::{
@@ -23,10 +31,13 @@ use super::{
     caching::{self, Audience},
     error::AppError,
     extract::{Consistency, JsonBody, parse_id},
+    limits::{self, Allowance, Client},
 };
 use crate::{
     db::users::{self, Created, Updated, User},
     passwords::Password,
+    queue::EMAIL_STREAM,
+    ratelimit::{ClientKey, LimitedRoute},
 };
 
 /// Most ids one batch read accepts.
@@ -39,6 +50,9 @@ const DEFAULT_PAGE: i64 = 20;
 const MAX_OFFSET: i64 = 1000;
 const MAX_NAME_CHARS: usize = 100;
 const MAX_EMAIL_CHARS: usize = 254;
+/// The message of every sign-up answer: true for a free address and for a registered one.
+const SIGN_UP_MESSAGE: &str = "sign-up received: a new address gets its account now, and the \
+     owner of an address that is already registered gets a notice instead";
 
 /// User routes.
 pub fn router() -> Router<AppState> {
@@ -47,6 +61,31 @@ pub fn router() -> Router<AppState> {
         .route("/api/users/{id}", get(read).put(update))
         .route("/api/users/{id}/password", put(set_password))
         .route("/api/me", get(me))
+}
+
+/// The body of every sign-up answer: the new account's private representation, or the same keys
+/// all `null` when the address was already registered.
+#[derive(Serialize)]
+struct SignUpAnswer<'a> {
+    id: Option<i64>,
+    name: Option<&'a str>,
+    email: Option<&'a str>,
+    created_at: Option<DateTime<Utc>>,
+    updated_at: Option<DateTime<Utc>>,
+    message: &'static str,
+}
+
+impl<'a> SignUpAnswer<'a> {
+    fn of(user: Option<&'a User>) -> Self {
+        SignUpAnswer {
+            id: user.map(|user| user.id),
+            name: user.map(|user| user.name.as_str()),
+            email: user.map(|user| user.email.as_str()),
+            created_at: user.map(|user| user.created_at),
+            updated_at: user.map(|user| user.updated_at),
+            message: SIGN_UP_MESSAGE,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -147,24 +186,62 @@ fn validate_password(password: &Password) -> Result<(), AppError> {
 
 async fn create(
     State(state): State<AppState>,
+    Client(client): Client,
     consistency: Consistency,
     JsonBody(body): JsonBody<NewUser>,
 ) -> Result<Response, AppError> {
+    let allowance = limits::check(&state, LimitedRoute::SignUp, &client).await?;
     let name = validate_name(&body.name)?;
     let email = validate_email(&body.email)?;
     validate_password(&body.password)?;
+    // Before the hash: a registered address must cost no argon2 work.
+    if let Some(owner) = users::email_owner(&state.cluster, email).await? {
+        tell_owner(&state, owner).await?;
+        return Ok(sign_up_answer(None, allowance));
+    }
     let password_hash = state.passwords.hash(&body.password).await?;
     match users::create(&state.cluster, name, email, Some(&password_hash)).await? {
         Created::User(user, token) => {
-            let mut response = user_response(StatusCode::CREATED, &user);
+            let mut response = sign_up_answer(Some(&user), allowance);
             if let Ok(location) = HeaderValue::from_str(&format!("/api/users/{}", user.id)) {
                 response.headers_mut().insert(header::LOCATION, location);
             }
             consistency.record(token, window_seconds(&state), &mut response);
             Ok(response)
         }
-        Created::EmailTaken => Err(AppError::Conflict("email is already registered".into())),
+        // Registered a moment ago by a concurrent sign-up.
+        Created::EmailTaken => {
+            if let Some(owner) = users::email_owner(&state.cluster, email).await? {
+                tell_owner(&state, owner).await?;
+            }
+            Ok(sign_up_answer(None, allowance))
+        }
     }
+}
+
+/// 202 with a [`SignUpAnswer`], never cacheable.
+fn sign_up_answer(user: Option<&User>, allowance: Allowance) -> Response {
+    let mut response = (
+        StatusCode::ACCEPTED,
+        [
+            (header::CACHE_CONTROL, "private, no-store"),
+            (header::VARY, "cookie"),
+        ],
+        Json(SignUpAnswer::of(user)),
+    )
+        .into_response();
+    allowance.stamp(&mut response);
+    response
+}
+
+/// Queues the notice that someone tried to sign up with `owner`'s address, unless one went out
+/// within the notice interval.
+async fn tell_owner(state: &AppState, owner: i64) -> Result<(), AppError> {
+    if state.limiter.notice_due(owner).await {
+        users::queue_sign_up_notice(&state.cluster, owner, EMAIL_STREAM).await?;
+        state.relay_wake.notify_one();
+    }
+    Ok(())
 }
 
 async fn read(
@@ -342,7 +419,9 @@ async fn set_password(
                 let current = body.current_password.as_ref().ok_or_else(|| {
                     AppError::invalid("current_password", "is required to change a password")
                 })?;
-                let attempt = match state.sign_in.begin(&account.email).await? {
+                // The owner's own session is the client: failures elsewhere do not block this.
+                let client = ClientKey::User(id);
+                let attempt = match state.sign_in.begin(&account.email, &client).await? {
                     Ok(attempt) => attempt,
                     Err(retry_after_seconds) => {
                         return Err(AppError::TooManyAttempts {
@@ -355,7 +434,7 @@ async fn set_password(
                 }
                 state.sign_in.succeeded(attempt).await;
             }
-            rotate = Some(signed_in.session_id);
+            rotate = Some((signed_in.session_id, signed_in.signed_in_at));
         }
     }
     let hash = state.passwords.hash(&body.password).await?;
@@ -371,11 +450,12 @@ async fn set_password(
     )
         .into_response();
     // The caller who changed it by session keeps working, under a new session id.
-    if let Some(old) = rotate {
-        let data = crate::sessions::new_data(id, generation);
+    // It keeps the old session's sign-in time: a new id does not extend its absolute lifetime.
+    if let Some((old, signed_in_at)) = rotate {
+        let data = crate::sessions::new_data(id, generation, signed_in_at);
         let new = state.sessions.create(&data, Some(&old)).await?;
         if let Some(cookie) =
-            super::sessions::session_cookie(&state, &new, state.sessions.ttl().as_secs())
+            super::sessions::session_cookie(&state, &new, state.sessions.expires_in(&data))
         {
             response.headers_mut().insert(header::SET_COOKIE, cookie);
         }

@@ -7,9 +7,15 @@
 //! `limit` requests pass per window.
 //!
 //! Two limiters use it: [`RateLimiter`] counts requests per client ([`ClientKey`]: the signed-in
-//! user, else the client's address), and [`AttemptLimiter`] counts failed sign-ins per account.
-//! Keys are built only from a user id, a parsed and normalised IP address, or a hash, so nothing a
-//! client sends becomes a Redis key as it is.
+//! user, else the client's address), on `/api/data` with the configured limit and on the routes of
+//! [`LimitedRoute`] with limits of their own, and [`AttemptLimiter`] counts failed sign-ins per
+//! account and client, and per account. Keys are built only from a user id, a parsed and
+//! normalised IP address, or a hash, so nothing a client sends becomes a Redis key as it is.
+//!
+//! Without Redis, request limits follow the configured `rateLimit.failureMode` (open: let the
+//! request through; closed: 503), on every route alike. Failed sign-ins are never counted
+//! without Redis: an attempt is refused with 503 (fail closed), which costs nothing, since a
+//! sign-in cannot open its session without Redis either.
 
 use std::{
     net::IpAddr,
@@ -22,7 +28,7 @@ use scaled_contract::{FailureMode, RateLimitSettings};
 use sha2::{Digest, Sha256};
 
 use crate::{
-    config::AttemptPolicy,
+    config::{AttemptPolicy, RequestLimits, RoutePolicy},
     metrics::Metrics,
     redis_client::{RedisCallError, RedisClient},
 };
@@ -93,33 +99,78 @@ impl ClientKey {
         }
     }
 
-    fn redis_key(&self) -> String {
+    /// `user:<id>` or `ip:<address>`: the client's part of every key counting it.
+    fn part(&self) -> String {
         match self {
-            ClientKey::User(id) => format!("ratelimit:user:{id}"),
-            ClientKey::Address(address) => format!("ratelimit:ip:{address}"),
+            ClientKey::User(id) => format!("user:{id}"),
+            ClientKey::Address(address) => format!("ip:{address}"),
         }
+    }
+
+    fn redis_key(&self) -> String {
+        format!("ratelimit:{}", self.part())
     }
 }
 
-/// The per-client request limiter. Its settings can be replaced while it runs (config reload).
+/// A route with a per-client limit of its own ([`RequestLimits`]), apart from `/api/data`'s.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LimitedRoute {
+    /// `POST /api/sessions`.
+    SignIn,
+    /// `POST /api/users`.
+    SignUp,
+    /// `POST /api/orders`.
+    Orders,
+}
+
+impl LimitedRoute {
+    fn policy(self, limits: &RequestLimits) -> RoutePolicy {
+        match self {
+            LimitedRoute::SignIn => limits.sign_in,
+            LimitedRoute::SignUp => limits.sign_up,
+            LimitedRoute::Orders => limits.orders,
+        }
+    }
+
+    fn redis_key(self, client: &ClientKey) -> String {
+        let route = match self {
+            LimitedRoute::SignIn => "signin",
+            LimitedRoute::SignUp => "signup",
+            LimitedRoute::Orders => "orders",
+        };
+        format!("ratelimit:{route}:{}", client.part())
+    }
+}
+
+/// At most one notice per account and this interval about sign-ups with its address, so that
+/// nobody can fill an inbox by signing up with someone else's address over and over.
+pub const NOTICE_INTERVAL: Duration = Duration::from_secs(60 * 60);
+
+/// The per-client request limiter. Its settings (the limit of `/api/data` and the failure mode
+/// of every route) can be replaced while it runs (config reload); the limits of the
+/// [`LimitedRoute`]s are fixed at start-up.
 #[derive(Clone)]
 pub struct RateLimiter {
     window: SlidingWindow,
     settings: Arc<RwLock<RateLimitSettings>>,
+    routes: RequestLimits,
     metrics: Metrics,
 }
 
 impl RateLimiter {
-    /// A limiter with `settings`, giving Redis `budget` per decision.
+    /// A limiter with `settings` and the route limits `routes`, giving Redis `budget` per
+    /// decision.
     pub fn new(
         redis: RedisClient,
         settings: RateLimitSettings,
+        routes: RequestLimits,
         budget: Duration,
         metrics: Metrics,
     ) -> Self {
         RateLimiter {
             window: SlidingWindow::new(redis, budget),
             settings: Arc::new(RwLock::new(settings)),
+            routes,
             metrics,
         }
     }
@@ -141,14 +192,53 @@ impl RateLimiter {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = settings;
     }
 
-    /// Counts one request of `client` if the window has room.
+    /// Counts one request of `client` to `/api/data` if the window has room.
     pub async fn check(&self, client: &ClientKey) -> Decision {
         let settings = self.settings();
-        let limit = settings.limit;
-        let window = Duration::from_secs(u64::from(settings.window_seconds));
+        let policy = RoutePolicy {
+            requests: settings.limit,
+            window: Duration::from_secs(u64::from(settings.window_seconds)),
+        };
+        self.decide(&client.redis_key(), policy, settings.failure_mode)
+            .await
+    }
+
+    /// Counts one request of `client` to `route` if that route's window has room. Without Redis
+    /// the configured failure mode decides, as on `/api/data`.
+    pub async fn check_route(&self, route: LimitedRoute, client: &ClientKey) -> Decision {
+        let failure_mode = self.settings().failure_mode;
+        self.decide(
+            &route.redis_key(client),
+            route.policy(&self.routes),
+            failure_mode,
+        )
+        .await
+    }
+
+    /// Whether a notice about a sign-up with `user_id`'s address may go out now: true at most
+    /// once per [`NOTICE_INTERVAL`]. Without Redis it says yes: the owner hearing twice is better
+    /// than not hearing at all.
+    pub async fn notice_due(&self, user_id: i64) -> bool {
+        let key = format!("notice:signup:user:{user_id}");
         match self
             .window
-            .take(&client.redis_key(), limit, window, &new_member())
+            .take(&key, 1, NOTICE_INTERVAL, &new_member())
+            .await
+        {
+            Ok(Taken::Yes { .. }) => true,
+            Ok(Taken::No { .. }) => false,
+            Err(error) => {
+                tracing::warn!(%error, "sign-up notice sent without checking its interval");
+                true
+            }
+        }
+    }
+
+    async fn decide(&self, key: &str, policy: RoutePolicy, failure_mode: FailureMode) -> Decision {
+        let limit = policy.requests;
+        match self
+            .window
+            .take(key, limit, policy.window, &new_member())
             .await
         {
             Ok(Taken::Yes {
@@ -169,7 +259,7 @@ impl RateLimiter {
                 }
             }
             Err(error) => {
-                let allowed = settings.failure_mode == FailureMode::FailOpen;
+                let allowed = failure_mode == FailureMode::FailOpen;
                 tracing::warn!(%error, allowed, "rate limiter without Redis; applying the failure mode");
                 let mode = if allowed { "fail_open" } else { "fail_closed" };
                 self.metrics
@@ -182,19 +272,22 @@ impl RateLimiter {
     }
 }
 
-/// One sign-in attempt holding a place in its account's window until it is known to succeed.
+/// One sign-in attempt holding a place in its account's windows until it is known to succeed.
 #[derive(Debug)]
 pub struct Attempt {
-    key: String,
+    keys: [String; 2],
     member: String,
 }
 
-/// Counts failed sign-ins per account. An attempt takes a place in the account's window before
-/// the password is checked (so concurrent guesses cannot all slip in before any failure is
-/// counted) and gives it back on success, so only failures (and attempts in flight) count. The
-/// window slides: nobody is locked out for longer than the window after the last failure that
-/// filled it. Accounts are keyed by a hash of the normalised email, known or not, so the limiter
-/// answers alike for accounts that do not exist.
+/// Counts failed sign-ins per account and client, and per account from all clients (see
+/// [`AttemptPolicy`]). An attempt takes a place in both windows before the password is checked
+/// (so concurrent guesses cannot all slip in before any failure is counted) and gives them back
+/// on success, so only failures (and attempts in flight) count. A client refused by its own
+/// window takes no place in the account's, so a guesser hammering one account does not use up
+/// the backstop that the owner's clients share. The windows slide: nobody is locked out for
+/// longer than the window after the last failure that filled it. Accounts are keyed by a hash of
+/// the normalised email, known or not, so the limiter answers alike for accounts that do not
+/// exist.
 #[derive(Clone)]
 pub struct AttemptLimiter {
     window: SlidingWindow,
@@ -210,32 +303,58 @@ impl AttemptLimiter {
         }
     }
 
-    /// Takes a place for an attempt on `email`'s account, or says how long until one is free.
-    pub async fn begin(&self, email: &str) -> Result<Result<Attempt, u64>, RedisCallError> {
-        let key = format!(
+    /// Takes a place for an attempt by `client` on `email`'s account, or says how long until one
+    /// is free.
+    pub async fn begin(
+        &self,
+        email: &str,
+        client: &ClientKey,
+    ) -> Result<Result<Attempt, u64>, RedisCallError> {
+        let account = format!(
             "signin:{}",
             hex::encode(Sha256::digest(
                 crate::db::users::normalize_email(email).as_bytes()
             ))
         );
+        let per_client = format!("{account}:{}", client.part());
         let member = new_member();
-        let taken = self
+        let window = self.policy.window;
+        if let Taken::No {
+            retry_after_seconds,
+        } = self
             .window
-            .take(&key, self.policy.failures, self.policy.window, &member)
-            .await?;
-        Ok(match taken {
-            Taken::Yes { .. } => Ok(Attempt { key, member }),
-            Taken::No {
+            .take(&per_client, self.policy.failures, window, &member)
+            .await?
+        {
+            return Ok(Err(retry_after_seconds));
+        }
+        let keys = [per_client, account];
+        match self
+            .window
+            .take(&keys[1], self.policy.account_failures, window, &member)
+            .await
+        {
+            Ok(Taken::Yes { .. }) => Ok(Ok(Attempt { keys, member })),
+            Ok(Taken::No {
                 retry_after_seconds,
-            } => Err(retry_after_seconds),
-        })
+            }) => {
+                // Refused by the backstop: the client's own window does not count this one.
+                self.release(&keys[..1], &member).await;
+                Ok(Err(retry_after_seconds))
+            }
+            Err(error) => Err(error),
+        }
     }
 
     /// The attempt succeeded: it no longer counts. (A failed attempt is simply dropped.) If Redis
-    /// cannot be reached the place stays taken until it leaves the window.
+    /// cannot be reached the places stay taken until they leave the window.
     pub async fn succeeded(&self, attempt: Attempt) {
-        if let Err(error) = self.window.remove(&attempt.key, &attempt.member).await {
-            tracing::warn!(%error, "a successful sign-in still counts as an attempt");
+        self.release(&attempt.keys, &attempt.member).await;
+    }
+
+    async fn release(&self, keys: &[String], member: &str) {
+        if let Err(error) = self.window.remove(keys, member).await {
+            tracing::warn!(%error, "a sign-in attempt still counts");
         }
     }
 }
@@ -295,19 +414,20 @@ impl SlidingWindow {
         })
     }
 
-    async fn remove(&self, key: &str, member: &str) -> Result<(), RedisCallError> {
+    /// Removes `member` from every window of `keys`, in one round trip.
+    async fn remove(&self, keys: &[String], member: &str) -> Result<(), RedisCallError> {
+        let mut pipeline = redis::pipe();
+        for key in keys {
+            pipeline.zrem(key, member).ignore();
+        }
         let mut connection = self.redis.connection();
         self.redis
             .timed(
                 "rate_limit_release",
                 self.budget,
-                redis::cmd("ZREM")
-                    .arg(key)
-                    .arg(member)
-                    .query_async::<i64>(&mut connection),
+                pipeline.query_async::<()>(&mut connection),
             )
             .await
-            .map(|_| ())
     }
 }
 
@@ -335,5 +455,24 @@ mod tests {
         assert_eq!(key("2001:db8:1:2:ffff:1:2:3"), key("2001:db8:1:2::9"));
         assert_ne!(key("2001:db8:1:3::1"), key("2001:db8:1:2::1"));
         assert_eq!(ClientKey::User(42).redis_key(), "ratelimit:user:42");
+    }
+
+    #[test]
+    fn each_limited_route_counts_a_client_apart_from_the_others_and_from_api_data() {
+        let client = ClientKey::address("192.0.2.7".parse().expect("an address"));
+        let keys: std::collections::HashSet<String> = [
+            LimitedRoute::SignIn,
+            LimitedRoute::SignUp,
+            LimitedRoute::Orders,
+        ]
+        .into_iter()
+        .map(|route| route.redis_key(&client))
+        .chain([client.redis_key()])
+        .collect();
+        assert_eq!(keys.len(), 4);
+        assert_eq!(
+            LimitedRoute::SignUp.redis_key(&ClientKey::User(42)),
+            "ratelimit:signup:user:42"
+        );
     }
 }

@@ -1,9 +1,11 @@
-//! Orders: stored on the user's shard with their queue messages (outbox), relayed to Redis.
+//! Orders: stored on the user's shard with their queue messages (outbox), relayed to Redis;
+//! rate-limited per buyer.
 
 use std::time::Duration;
 
 use redis::AsyncCommands;
 use reqwest::StatusCode;
+use scaled_app::config::RoutePolicy;
 use serde_json::{Value, json};
 
 use crate::support::{TestApp, eventually};
@@ -162,4 +164,43 @@ async fn invalid_orders_are_422_and_say_which_field_and_why() {
                 .is_empty()
         );
     }
+}
+
+#[tokio::test]
+async fn each_buyers_orders_are_rate_limited_and_other_buyers_are_not() {
+    let app = TestApp::spawn_tuned(
+        |_| {},
+        |settings| {
+            settings.limits.orders = RoutePolicy {
+                requests: 2,
+                window: Duration::from_secs(60),
+            };
+        },
+    )
+    .await;
+    let buyer = app.create_user().await;
+    let other = app.create_user().await;
+    let order = json!({ "items": [{ "sku": "a", "quantity": 1 }], "total": 1 });
+    for _ in 0..2 {
+        let placed = app
+            .send_as(&buyer, reqwest::Method::POST, "/api/orders", &order)
+            .await;
+        assert_eq!(placed.status(), StatusCode::CREATED);
+        assert!(placed.headers().contains_key("x-ratelimit-remaining"));
+    }
+    let refused = app
+        .send_as(&buyer, reqwest::Method::POST, "/api/orders", &order)
+        .await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(refused.headers().contains_key("retry-after"));
+    let body: Value = refused.json().await.expect("a JSON error");
+    assert_eq!(body["error"]["code"], "rate_limited");
+    let buyer_id = buyer["id"].as_i64().expect("id");
+    let (count,): (i64,) = sqlx::query_as("SELECT count(*) FROM orders WHERE user_id = $1")
+        .bind(buyer_id)
+        .fetch_one(&app.primary(app.shard_of(buyer_id)).await)
+        .await
+        .expect("count");
+    assert_eq!(count, 2, "the refused order was not placed");
+    assert_eq!(app.create_order(&other).await["user_id"], other["id"]);
 }

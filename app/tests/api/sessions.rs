@@ -1,9 +1,11 @@
-//! Sign-in with a password, sessions in Redis, password changes and password-set tokens.
+//! Sign-in with a password (failure limits per client and account, a per-client limit), sessions
+//! in Redis (sliding and absolute lifetimes), password changes and password-set tokens.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::AsyncCommands;
 use reqwest::{StatusCode, header};
+use scaled_app::config::{AttemptPolicy, RoutePolicy};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
@@ -309,8 +311,9 @@ async fn repeated_failures_for_one_account_are_slowed_and_the_owner_gets_back_in
     let app = TestApp::spawn_tuned(
         |_| {},
         |settings| {
-            settings.sign_in = scaled_app::config::AttemptPolicy {
+            settings.sign_in = AttemptPolicy {
                 failures: 3,
+                account_failures: 100,
                 // Long enough that the failures are still in the window on a loaded machine.
                 window: Duration::from_secs(10),
             };
@@ -362,6 +365,193 @@ async fn repeated_failures_for_one_account_are_slowed_and_the_owner_gets_back_in
         },
     )
     .await;
+}
+
+/// A sign-in from `address` (behind one trusted proxy, the address it appended).
+async fn sign_in_from(
+    app: &TestApp,
+    address: &str,
+    email: &Value,
+    password: &str,
+) -> reqwest::Response {
+    app.client
+        .post(format!("{}/api/sessions", app.address))
+        .header("x-forwarded-for", address)
+        .json(&json!({ "email": email, "password": password }))
+        .send()
+        .await
+        .expect("sent")
+}
+
+#[tokio::test]
+async fn failures_from_an_attackers_client_lock_out_that_client_but_not_the_owner_on_another() {
+    // The production policy: 5 failures per account and client, 100 per account.
+    let app = TestApp::spawn_with(|config| config.rate_limit.trusted_proxy_hops = 1).await;
+    let victim = app.create_user().await;
+    let email = &victim["email"];
+    let attacker = "203.0.113.66";
+    let failures = AttemptPolicy::default().failures;
+    for _ in 0..failures {
+        assert_eq!(
+            sign_in_from(&app, attacker, email, "a wrong guess here")
+                .await
+                .status(),
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    // The attacker's client is refused now, even with the right password...
+    let refused = sign_in_from(&app, attacker, email, PASSWORD).await;
+    let retry_after: u64 = refused.headers()[header::RETRY_AFTER]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("seconds");
+    assert!(retry_after > 0);
+    let (status, body) = error_of(refused).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(body["error"]["code"], "too_many_attempts");
+    // ...while the owner, from another client, signs in...
+    let owner = sign_in_from(&app, "198.51.100.7", email, PASSWORD).await;
+    assert_eq!(owner.status(), StatusCode::CREATED);
+    let session = session_cookie(&owner).expect("a session");
+    // ...and can still change the password (the owner's session is the client there).
+    let changed = set_password(
+        &app,
+        &victim["id"],
+        Some(&session),
+        &json!({ "password": "a brand new passphrase", "current_password": PASSWORD }),
+    )
+    .await;
+    assert_eq!(changed.status(), StatusCode::NO_CONTENT);
+}
+
+#[tokio::test]
+async fn the_per_account_backstop_refuses_every_client_once_many_clients_failed_together() {
+    let app = TestApp::spawn_tuned(
+        |config| config.rate_limit.trusted_proxy_hops = 1,
+        |settings| {
+            settings.sign_in = AttemptPolicy {
+                failures: 2,
+                account_failures: 3,
+                window: Duration::from_secs(60),
+            };
+        },
+    )
+    .await;
+    let user = app.create_user().await;
+    let email = &user["email"];
+    for address in ["203.0.113.1", "203.0.113.1", "203.0.113.2"] {
+        assert_eq!(
+            sign_in_from(&app, address, email, "a wrong guess here")
+                .await
+                .status(),
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    // A client refused by its own window takes no place in the account's.
+    assert_eq!(
+        sign_in_from(&app, "203.0.113.1", email, "a wrong guess here")
+            .await
+            .status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    let (status, body) = error_of(sign_in_from(&app, "198.51.100.7", email, PASSWORD).await).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(body["error"]["code"], "too_many_attempts");
+}
+
+#[tokio::test]
+async fn one_client_signing_in_to_many_accounts_is_rate_limited_and_others_are_not() {
+    let app = TestApp::spawn_tuned(
+        |config| config.rate_limit.trusted_proxy_hops = 1,
+        |settings| {
+            settings.limits.sign_in = RoutePolicy {
+                requests: 3,
+                window: Duration::from_secs(60),
+            };
+        },
+    )
+    .await;
+    let user = app.create_user().await;
+    let sprayer = "203.0.113.66";
+    for _ in 0..3 {
+        let email = json!(format!("spray-{}@example.org", hex_token()));
+        assert_eq!(
+            sign_in_from(&app, sprayer, &email, "a common password")
+                .await
+                .status(),
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    let refused = sign_in_from(&app, sprayer, &user["email"], PASSWORD).await;
+    assert!(refused.headers().contains_key(header::RETRY_AFTER));
+    let (status, body) = error_of(refused).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(body["error"]["code"], "rate_limited");
+    assert_eq!(
+        sign_in_from(&app, "198.51.100.7", &user["email"], PASSWORD)
+            .await
+            .status(),
+        StatusCode::CREATED
+    );
+}
+
+#[tokio::test]
+async fn an_active_session_is_refused_once_its_absolute_lifetime_has_passed() {
+    let lifetime = Duration::from_secs(3);
+    let app = TestApp::spawn_tuned(|_| {}, |settings| settings.session_lifetime = lifetime).await;
+    assert_eq!(
+        app.config.sessions.ttl_seconds, 3600,
+        "the sliding TTL is long"
+    );
+    let user = app.create_user().await;
+    let before_sign_in = Instant::now();
+    let signed_in = sign_in(&app, &user["email"], PASSWORD).await;
+    let cookie = session_cookie(&signed_in).expect("a session");
+    let me = || {
+        let app = &app;
+        let cookie = &cookie;
+        async move {
+            app.client
+                .get(format!("{}/api/me", app.address))
+                .header(header::COOKIE, format!("sid={cookie}"))
+                .send()
+                .await
+                .expect("sent")
+                .status()
+        }
+    };
+    // Used every 100 ms, so its sliding TTL never runs out.
+    let mut uses = 0;
+    loop {
+        let status = me().await;
+        if status == StatusCode::UNAUTHORIZED {
+            break;
+        }
+        assert_eq!(status, StatusCode::OK);
+        uses += 1;
+        assert!(
+            before_sign_in.elapsed() < lifetime + Duration::from_secs(20),
+            "still accepted long after its lifetime"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        before_sign_in.elapsed() >= lifetime,
+        "refused before its lifetime was over"
+    );
+    assert!(uses >= 5, "it was used within its lifetime, {uses} times");
+    let mut redis = app.redis().await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("session:v2:*")
+        .query_async(&mut redis)
+        .await
+        .expect("keys");
+    assert!(keys.is_empty(), "the refused session is deleted: {keys:?}");
+    assert_eq!(
+        current(&app, reqwest::Method::GET, &cookie).await.status(),
+        StatusCode::NOT_FOUND
+    );
 }
 
 #[tokio::test]

@@ -28,7 +28,11 @@ use std::{
 
 use reqwest::StatusCode;
 use scaled_app::{
-    config::Settings, db::MIGRATOR, http::AppState, secret::Secret, startup::Application,
+    config::{RequestLimits, RoutePolicy, Settings},
+    db::MIGRATOR,
+    http::AppState,
+    secret::Secret,
+    startup::Application,
 };
 use scaled_contract::{RuntimeConfig, ShardEndpoints, slot_for_key};
 use serde_json::{Value, json};
@@ -686,6 +690,20 @@ pub fn test_config(stack: &Stack, database: &str, redis_database: u32) -> Runtim
     config
 }
 
+/// Route limits no test meets by accident: every test request comes from 127.0.0.1, and some
+/// tests create dozens of users. Tests of the limits set their own.
+pub fn unlimited_routes() -> RequestLimits {
+    let unlimited = RoutePolicy {
+        requests: 1_000_000,
+        window: Duration::from_secs(1),
+    };
+    RequestLimits {
+        sign_in: unlimited,
+        sign_up: unlimited,
+        orders: unlimited,
+    }
+}
+
 /// One running app (serve mode, in process) with its own database and Redis database.
 pub struct TestApp {
     /// `http://127.0.0.1:<port>`.
@@ -760,6 +778,7 @@ impl TestApp {
 
     async fn start_settings(config: RuntimeConfig, tweak: impl FnOnce(&mut Settings)) -> TestApp {
         let mut settings = Settings::from_runtime(config.clone(), Secret::new(SESSION_SECRET));
+        settings.limits = unlimited_routes();
         tweak(&mut settings);
         settings.database_password = Some(Secret::new(APP_PASSWORD));
         let application = Application::build(settings).await.expect("the app starts");
@@ -900,7 +919,7 @@ impl TestApp {
     }
 
     /// Creates a user with a unique email and [`PASSWORD`], and returns it (the private
-    /// representation, with the email).
+    /// representation, with the email, and the sign-up's `message`).
     pub async fn create_user(&self) -> Value {
         let email = format!("user-{}@example.org", hex_token());
         let response = self
@@ -909,8 +928,24 @@ impl TestApp {
                 &json!({ "name": "Test User", "email": email, "password": PASSWORD }),
             )
             .await;
-        assert_eq!(response.status(), StatusCode::CREATED);
-        response.json().await.expect("a JSON user")
+        assert_eq!(response.status(), StatusCode::ACCEPTED);
+        let user: Value = response.json().await.expect("a JSON user");
+        assert!(user["id"].is_i64(), "a new address gets an account: {user}");
+        user
+    }
+
+    /// Signs `email` up with [`PASSWORD`]: the new account's id, or `None` when the address was
+    /// already registered (sign-up answers 202 either way).
+    pub async fn sign_up(&self, name: &str, email: &str) -> Option<i64> {
+        let response = self
+            .post(
+                "/api/users",
+                &json!({ "name": name, "email": email, "password": PASSWORD }),
+            )
+            .await;
+        assert_eq!(response.status(), StatusCode::ACCEPTED);
+        let body: Value = response.json().await.expect("a JSON answer");
+        body["id"].as_i64()
     }
 
     /// Signs in as `user` (made by [`TestApp::create_user`]) and returns the session id; one

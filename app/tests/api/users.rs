@@ -1,14 +1,38 @@
-//! Users: creation, uniqueness across shards, reads with HTTP caching, updates, batches, pages.
+//! Users: sign-up (neutral answers, notices to the owner, rate limits), uniqueness across shards,
+//! reads with HTTP caching, updates, batches, pages.
 
-use std::collections::HashSet;
+use std::{collections::HashSet, time::Duration};
 
+use redis::AsyncCommands;
 use reqwest::{StatusCode, header};
+use scaled_app::{config::RoutePolicy, queue::EMAIL_STREAM};
 use serde_json::{Value, json};
 
-use crate::support::{PASSWORD, TestApp, hex_token, public};
+use crate::support::{PASSWORD, TestApp, eventually, hex_token, public};
+
+/// The sign-up answer: status, `Cache-Control`, and the body.
+async fn answer(response: reqwest::Response) -> (StatusCode, String, Value) {
+    let status = response.status();
+    let cache_control = response.headers()[header::CACHE_CONTROL]
+        .to_str()
+        .expect("ascii")
+        .to_string();
+    (status, cache_control, response.json().await.expect("json"))
+}
+
+fn keys(body: &Value) -> Vec<String> {
+    let mut keys: Vec<String> = body
+        .as_object()
+        .expect("an object")
+        .keys()
+        .cloned()
+        .collect();
+    keys.sort();
+    keys
+}
 
 #[tokio::test]
-async fn creating_a_user_returns_201_with_an_id_and_a_location() {
+async fn creating_a_user_answers_202_with_its_id_and_a_location() {
     let app = TestApp::spawn().await;
     let email = format!("new-{}@example.org", hex_token());
     let response = app
@@ -17,7 +41,7 @@ async fn creating_a_user_returns_201_with_an_id_and_a_location() {
             &json!({ "name": " Ada ", "email": email.to_uppercase(), "password": PASSWORD }),
         )
         .await;
-    assert_eq!(response.status(), StatusCode::CREATED);
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
     let location = response.headers()[header::LOCATION]
         .to_str()
         .expect("ascii")
@@ -28,61 +52,162 @@ async fn creating_a_user_returns_201_with_an_id_and_a_location() {
     assert_eq!(user["name"], "Ada");
     assert_eq!(user["email"], email, "emails are stored normalised");
     assert!(user["id"].as_i64().expect("id") > 0);
-}
-
-#[tokio::test]
-async fn a_duplicate_email_is_refused_with_409_whatever_its_case() {
-    let app = TestApp::spawn().await;
-    let email = format!("dup-{}@example.org", hex_token());
-    assert_eq!(
-        app.post(
-            "/api/users",
-            &json!({ "name": "A", "email": email, "password": PASSWORD })
-        )
-        .await
-        .status(),
-        StatusCode::CREATED
-    );
-    let response = app
-        .post(
-            "/api/users",
-            &json!({ "name": "B", "email": email.to_uppercase(), "password": PASSWORD }),
-        )
-        .await;
-    assert_eq!(response.status(), StatusCode::CONFLICT);
-    let body: Value = response.json().await.expect("json");
-    assert_eq!(body["error"]["code"], "conflict");
+    assert!(user["message"].is_string());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_signups_with_one_email_create_exactly_one_user() {
+async fn a_sign_up_with_a_registered_address_answers_like_a_new_one_costs_no_hash_and_tells_the_owner()
+ {
+    let app = TestApp::spawn().await;
+    let owner = app.create_user().await;
+    let owner_id = owner["id"].as_i64().expect("id");
+    let address = owner["email"].as_str().expect("email").to_string();
+    let sign_up = |name: &'static str, email: String| {
+        let app = &app;
+        async move {
+            app.post(
+                "/api/users",
+                &json!({ "name": name, "email": email, "password": PASSWORD }),
+            )
+            .await
+        }
+    };
+    let fresh = sign_up("Bob", format!("bob-{}@example.org", hex_token())).await;
+    let hashes = app.state.passwords.hashes();
+    // In any case: the address is normalised before the check.
+    let duplicate = sign_up("Mallory", address.to_uppercase()).await;
+    assert_eq!(
+        app.state.passwords.hashes(),
+        hashes,
+        "a registered address costs no password hash"
+    );
+    let (fresh_status, fresh_cache, fresh) = answer(fresh).await;
+    let (status, cache, body) = answer(duplicate).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(status, fresh_status);
+    assert_eq!(cache, fresh_cache);
+    assert_eq!(keys(&body), keys(&fresh), "{body} vs {fresh}");
+    assert_eq!(body["message"], fresh["message"]);
+    assert!(fresh["id"].is_i64());
+    assert!(body["id"].is_null() && body["email"].is_null(), "{body}");
+
+    // The owner hears of it through the email queue: the outbox row is relayed to the stream,
+    // and the email worker writes the notice to the owner's address.
+    let mut redis = app.redis().await;
+    eventually(
+        "the notice to reach the email stream",
+        Duration::from_secs(10),
+        || {
+            let mut redis = redis.clone();
+            async move {
+                let length: u64 = redis.xlen(EMAIL_STREAM).await.ok()?;
+                (length == 1).then_some(())
+            }
+        },
+    )
+    .await;
+    let mut worker = crate::worker::worker(&app, EMAIL_STREAM, "test-notices").await;
+    assert_eq!(crate::worker::step_until_idle(&mut worker).await, 1);
+    let pool = app.primary(app.shard_of(owner_id)).await;
+    let (recipient, order_id, subject): (String, Option<i64>, String) =
+        sqlx::query_as("SELECT recipient, order_id, subject FROM sent_emails WHERE user_id = $1")
+            .bind(owner_id)
+            .fetch_one(&pool)
+            .await
+            .expect("the notice was written");
+    assert_eq!(recipient, address);
+    assert_eq!(order_id, None);
+    assert!(subject.contains("sign up"), "{subject}");
+
+    // Within the notice interval a second attempt answers alike and sends nothing more: the
+    // notice would be in the outbox or the stream now (no worker runs).
+    assert_eq!(app.sign_up("Mallory", &address).await, None);
+    let queued: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE stream = $1")
+        .bind(EMAIL_STREAM)
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    let length: u64 = redis.xlen(EMAIL_STREAM).await.expect("xlen");
+    assert_eq!((queued, length), (0, 0));
+}
+
+#[tokio::test]
+async fn hammering_sign_up_from_one_client_gets_429_and_other_clients_still_sign_up() {
+    let app = TestApp::spawn_tuned(
+        |config| config.rate_limit.trusted_proxy_hops = 1,
+        |settings| {
+            settings.limits.sign_up = RoutePolicy {
+                requests: 3,
+                window: Duration::from_secs(60),
+            };
+        },
+    )
+    .await;
+    let sign_up = |address: &'static str| {
+        let app = &app;
+        async move {
+            app.client
+                .post(format!("{}/api/users", app.address))
+                .header("x-forwarded-for", address)
+                .json(&json!({
+                    "name": "Hammer",
+                    "email": format!("h-{}@example.org", hex_token()),
+                    "password": PASSWORD,
+                }))
+                .send()
+                .await
+                .expect("sent")
+        }
+    };
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        statuses.push(sign_up("203.0.113.66").await);
+    }
+    let refused = statuses.split_off(3);
+    assert!(
+        statuses
+            .iter()
+            .all(|response| response.status() == StatusCode::ACCEPTED)
+    );
+    for response in refused {
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert!(response.headers().contains_key(header::RETRY_AFTER));
+        let body: Value = response.json().await.expect("a JSON error");
+        assert_eq!(body["error"]["code"], "rate_limited");
+    }
+    assert_eq!(sign_up("198.51.100.7").await.status(), StatusCode::ACCEPTED);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_signups_with_one_email_create_exactly_one_user_and_answer_alike() {
     let app = TestApp::spawn().await;
     let email = format!("race-{}@example.org", hex_token());
     let attempts = (0..20).map(|index| {
         let app = &app;
         let email = email.clone();
         async move {
-            app.post(
-                "/api/users",
-                &json!({ "name": format!("racer {index}"), "email": email, "password": PASSWORD }),
-            )
-            .await
-            .status()
+            let response = app
+                .post(
+                    "/api/users",
+                    &json!({ "name": format!("racer {index}"), "email": email, "password": PASSWORD }),
+                )
+                .await;
+            let status = response.status();
+            let body: Value = response.json().await.expect("json");
+            (status, body["id"].as_i64())
         }
     });
-    let statuses = futures::future::join_all(attempts).await;
-    assert_eq!(
-        statuses
-            .iter()
-            .filter(|status| **status == StatusCode::CREATED)
-            .count(),
-        1,
-        "{statuses:?}"
-    );
+    let answers = futures::future::join_all(attempts).await;
     assert!(
-        statuses
+        answers
             .iter()
-            .all(|status| *status == StatusCode::CREATED || *status == StatusCode::CONFLICT)
+            .all(|(status, _)| *status == StatusCode::ACCEPTED),
+        "{answers:?}"
+    );
+    assert_eq!(
+        answers.iter().filter(|(_, id)| id.is_some()).count(),
+        1,
+        "{answers:?}"
     );
 }
 
@@ -342,24 +467,8 @@ async fn an_email_change_frees_the_old_address_and_claims_the_new_one() {
         (Some(new.as_str()), Some("Moved"))
     );
     // The old address is free again, the new one is taken.
-    assert_eq!(
-        app.post(
-            "/api/users",
-            &json!({ "name": "X", "email": old, "password": PASSWORD })
-        )
-        .await
-        .status(),
-        StatusCode::CREATED
-    );
-    assert_eq!(
-        app.post(
-            "/api/users",
-            &json!({ "name": "Y", "email": new, "password": PASSWORD })
-        )
-        .await
-        .status(),
-        StatusCode::CONFLICT
-    );
+    assert!(app.sign_up("X", &old).await.is_some());
+    assert_eq!(app.sign_up("Y", &new).await, None);
 }
 
 #[tokio::test]
@@ -437,15 +546,7 @@ async fn an_interrupted_email_change_is_finished_by_driving_its_intent() {
         },
     )
     .await;
-    assert_eq!(
-        app.post(
-            "/api/users",
-            &json!({ "name": "X", "email": old, "password": PASSWORD })
-        )
-        .await
-        .status(),
-        StatusCode::CREATED
-    );
+    assert!(app.sign_up("X", &old).await.is_some());
     // Driving again finds nothing to do.
     assert_eq!(
         scaled_app::db::users::drive_email_change(&topology, id)

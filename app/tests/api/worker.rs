@@ -11,7 +11,8 @@ use serde_json::json;
 
 use crate::support::{TestApp, eventually};
 
-async fn worker(app: &TestApp, stream: &str, consumer: &str) -> Worker {
+/// A worker of `stream` on `app`'s Redis and shards, driven by the test.
+pub(crate) async fn worker(app: &TestApp, stream: &str, consumer: &str) -> Worker {
     Worker::new(
         app.state.redis.clone(),
         app.state.cluster.clone(),
@@ -25,7 +26,8 @@ async fn worker(app: &TestApp, stream: &str, consumer: &str) -> Worker {
     .expect("a worker")
 }
 
-async fn step_until_idle(worker: &mut Worker) -> usize {
+/// Steps until nothing arrives; the deliveries handled.
+pub(crate) async fn step_until_idle(worker: &mut Worker) -> usize {
     let mut handled = 0;
     loop {
         match worker.step().await.expect("a step") {
