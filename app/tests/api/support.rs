@@ -152,12 +152,24 @@ fn prepare_directory(dir: &Path) {
     );
 }
 
-/// A free loopback port (the listener is closed again; a race with another process is unlikely).
+/// A free loopback port, never one handed out before in this process (the listener is closed
+/// again; a race with another process is unlikely).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
-        .expect("a free loopback port")
+    // The kernel may hand the same port to two binds in a row once the first is closed, and
+    // two servers of one test cluster then fight over it (a replica's postgres found its
+    // primary on "its" port). Never hand a port out twice in this process.
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut handed_out = HANDED_OUT.lock().expect("the port list is never poisoned");
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .map(|address| address.port())
+            .expect("a free loopback port");
+        if !handed_out.contains(&port) {
+            handed_out.push(port);
+            return port;
+        }
+    }
 }
 
 /// One Postgres server: a `scaled-instance run` process (and its postgres) in a process group
