@@ -128,11 +128,6 @@ impl Default for RequestLimits {
     }
 }
 
-/// Longest a session lives after its sign-in, however active it is (the sliding
-/// `sessions.ttlSeconds` ends idle ones sooner): a stolen cookie cannot be kept alive for good,
-/// and a signed-in user proves the password again at least once a day.
-pub const DEFAULT_SESSION_LIFETIME: Duration = Duration::from_secs(24 * 60 * 60);
-
 /// Everything one process needs to start.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -154,7 +149,8 @@ pub struct Settings {
     pub sign_in: AttemptPolicy,
     /// Per-client limits of sign-in, sign-up and orders (the defaults; tests change them).
     pub limits: RequestLimits,
-    /// Absolute session lifetime since sign-in ([`DEFAULT_SESSION_LIFETIME`]; tests shorten it).
+    /// Absolute session lifetime since sign-in (the document's `sessions.maxLifetimeSeconds`;
+    /// tests shorten it).
     pub session_lifetime: Duration,
 }
 
@@ -173,6 +169,7 @@ impl Settings {
         let session_secret = std::env::var(ENV_SESSION_SECRET)
             .map(Secret::new)
             .map_err(|_| ConfigError::MissingEnv(ENV_SESSION_SECRET))?;
+        let session_lifetime = Duration::from_secs(runtime.sessions.max_lifetime_seconds);
         Ok(Settings {
             runtime,
             config_path: Some(path),
@@ -183,12 +180,13 @@ impl Settings {
             bind_address: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             sign_in: AttemptPolicy::default(),
             limits: RequestLimits::default(),
-            session_lifetime: DEFAULT_SESSION_LIFETIME,
+            session_lifetime,
         })
     }
 
     /// Settings around an in-memory document (tests, local tools); no file is watched.
     pub fn from_runtime(runtime: RuntimeConfig, session_secret: Secret) -> Self {
+        let session_lifetime = Duration::from_secs(runtime.sessions.max_lifetime_seconds);
         Settings {
             runtime,
             config_path: None,
@@ -199,7 +197,7 @@ impl Settings {
             bind_address: IpAddr::V4(Ipv4Addr::LOCALHOST),
             sign_in: AttemptPolicy::default(),
             limits: RequestLimits::default(),
-            session_lifetime: DEFAULT_SESSION_LIFETIME,
+            session_lifetime,
         }
     }
 }

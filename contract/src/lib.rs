@@ -170,10 +170,21 @@ pub struct RateLimitSettings {
 pub struct SessionSettings {
     /// Session lifetime in seconds (sliding).
     pub ttl_seconds: u64,
+    /// Most seconds a session lives after its sign-in, however active (documents written before
+    /// the field existed get [`DEFAULT_SESSION_MAX_LIFETIME_SECONDS`]).
+    #[serde(default = "default_session_max_lifetime")]
+    pub max_lifetime_seconds: u64,
     /// Whether the session cookie carries `Secure` (false only for plain-HTTP development).
     pub cookie_secure: bool,
     /// Name of the session cookie.
     pub cookie_name: String,
+}
+
+/// Default absolute session lifetime: a day.
+pub const DEFAULT_SESSION_MAX_LIFETIME_SECONDS: u64 = 24 * 60 * 60;
+
+fn default_session_max_lifetime() -> u64 {
+    DEFAULT_SESSION_MAX_LIFETIME_SECONDS
 }
 
 /// HTTP caching for public responses.
@@ -317,6 +328,7 @@ impl RuntimeConfig {
             },
             sessions: SessionSettings {
                 ttl_seconds: 3_600,
+                max_lifetime_seconds: DEFAULT_SESSION_MAX_LIFETIME_SECONDS,
                 cookie_secure: false,
                 cookie_name: "sid".into(),
             },
@@ -336,6 +348,18 @@ impl RuntimeConfig {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_document_written_before_the_session_lifetime_existed_gets_a_day() {
+        let config =
+            RuntimeConfig::local(two_shards(), "redis://127.0.0.1:6379", 16).expect("valid");
+        let mut document: serde_json::Value =
+            serde_json::from_str(&config.to_json()).expect("json");
+        let sessions = document["sessions"].as_object_mut().expect("sessions");
+        assert!(sessions.remove("maxLifetimeSeconds").is_some());
+        let read: RuntimeConfig = serde_json::from_value(document).expect("an older document");
+        assert_eq!(read.sessions.max_lifetime_seconds, 86_400);
+    }
+
     use super::*;
 
     fn two_shards() -> Vec<ShardEndpoints> {

@@ -111,6 +111,13 @@ async fn the_api_server_refuses_each_invalid_spec_with_what_to_fix() {
             "synchronousReplication needs replicasPerShard >= 1",
         ),
         (
+            "a session lifetime shorter than its idle timeout",
+            shop_with(|v| {
+                v["spec"]["sessions"] = json!({"ttlSeconds": 7200, "maxLifetimeSeconds": 3600});
+            }),
+            "sessions.maxLifetimeSeconds must be at least sessions.ttlSeconds",
+        ),
+        (
             "CPU target out of range",
             shop_with(|v| v["spec"]["autoscaling"]["targetCpuUtilizationPercent"] = json!(5)),
             "should be greater than or equal to 10",

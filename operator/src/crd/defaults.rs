@@ -144,6 +144,7 @@ impl Default for SessionSpec {
     fn default() -> Self {
         SessionSpec {
             ttl_seconds: session_ttl(),
+            max_lifetime_seconds: session_max_lifetime(),
             cookie_secure: true,
         }
     }
@@ -289,6 +290,9 @@ pub(super) fn cdn_max_age() -> i32 {
 }
 pub(super) fn session_ttl() -> i32 {
     3600
+}
+pub(super) fn session_max_lifetime() -> i32 {
+    scaled_contract::DEFAULT_SESSION_MAX_LIFETIME_SECONDS as i32
 }
 pub(super) fn failover_delay() -> i32 {
     10

@@ -66,6 +66,7 @@ pub fn runtime_config(app: &ValidatedApp) -> RuntimeConfig {
         },
         sessions: SessionSettings {
             ttl_seconds: spec.sessions.ttl_seconds as u64,
+            max_lifetime_seconds: spec.sessions.max_lifetime_seconds as u64,
             cookie_secure: spec.sessions.cookie_secure,
             cookie_name: "sid".into(),
         },
