@@ -170,6 +170,7 @@ impl Application {
             config: Arc::new(runtime.clone()),
             redis: core.redis.clone(),
             readiness: Readiness::default(),
+            consistency_key: settings.session_secret.clone(),
         };
         let state = AppState::new(services);
         Ok(Application {

@@ -8,13 +8,16 @@ use axum::{
 };
 use serde::de::DeserializeOwned;
 
-use super::error::AppError;
-use crate::db::WriteToken;
+use super::{AppState, error::AppError};
+use crate::{db::WriteToken, secret::Secret};
 
-/// Request/response header carrying read-your-writes tokens (`<shard>.<lsn>` joined by `-`).
+/// Request/response header carrying read-your-writes tokens (`<shard>.<lsn>.<mac>` joined by
+/// `-`).
 pub const CONSISTENCY_HEADER: &str = "x-consistency-token";
 /// Cookie carrying the same tokens for browsers.
 pub const CONSISTENCY_COOKIE: &str = "ryw";
+/// Bytes of the HMAC kept in each token part: forging one takes 2^64 guesses.
+const TOKEN_MAC_BYTES: usize = 8;
 
 /// `axum::Json`, but rejected with an [`AppError`] (so 400/413/415/422 share the error body).
 pub struct JsonBody<T>(pub T);
@@ -32,45 +35,63 @@ where
     }
 }
 
-/// The caller's recent writes, from the header or the cookie. Malformed tokens are ignored: they
-/// can only make reads less fresh, never wrong for anyone else.
-#[derive(Clone, Debug, Default)]
-pub struct Consistency(pub Vec<WriteToken>);
+/// The caller's recent writes, from the header or the cookie. Each token part is signed with the
+/// app's key, so a client can only hand back positions the app gave it: a made-up, huge LSN
+/// would otherwise send every read of that client to the primary and past the caches. Parts
+/// that are malformed or whose signature does not match are ignored: they can only make reads
+/// less fresh, never wrong for anyone else.
+#[derive(Clone, Debug)]
+pub struct Consistency {
+    /// The positions, at most one per shard.
+    pub tokens: Vec<WriteToken>,
+    key: Secret,
+}
 
-impl<S: Send + Sync> FromRequestParts<S> for Consistency {
+impl FromRequestParts<AppState> for Consistency {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let header = parts
             .headers
             .get(CONSISTENCY_HEADER)
             .and_then(|value| value.to_str().ok())
             .map(str::to_string);
         let text = header.or_else(|| cookie(&parts.headers, CONSISTENCY_COOKIE));
-        Ok(Consistency(
-            text.map(|text| parse_tokens(&text)).unwrap_or_default(),
-        ))
+        let key = state.consistency_key.clone();
+        Ok(Consistency {
+            tokens: text
+                .map(|text| parse_tokens(&key, &text))
+                .unwrap_or_default(),
+            key,
+        })
     }
 }
 
 impl Consistency {
     /// The caller's last write position on `shard`, if it wrote there.
     pub fn read_after(&self, shard: u32) -> Option<u64> {
-        Some(crate::db::users::min_lsn(&self.0, shard)).filter(|lsn| *lsn > 0)
+        Some(crate::db::users::min_lsn(&self.tokens, shard)).filter(|lsn| *lsn > 0)
     }
 
     /// Adds a new write, keeping the highest position per shard, and sets header and cookie on
     /// `response` (the cookie lives as long as the read-your-writes window).
     pub fn record(mut self, token: WriteToken, window_seconds: u64, response: &mut Response) {
-        self.0
+        self.tokens
             .retain(|existing| existing.shard != token.shard || existing.lsn > token.lsn);
-        if !self.0.iter().any(|existing| existing.shard == token.shard) {
-            self.0.push(token);
+        if !self
+            .tokens
+            .iter()
+            .any(|existing| existing.shard == token.shard)
+        {
+            self.tokens.push(token);
         }
         let text = self
-            .0
+            .tokens
             .iter()
-            .map(|token| format!("{}.{}", token.shard, token.lsn))
+            .map(|token| signed_part(&self.key, token))
             .collect::<Vec<_>>()
             .join("-");
         let headers = response.headers_mut();
@@ -86,14 +107,32 @@ impl Consistency {
     }
 }
 
-fn parse_tokens(text: &str) -> Vec<WriteToken> {
+/// The signature of one position, as hex.
+fn token_mac(key: &Secret, shard: u32, lsn: u64) -> String {
+    let mac = key.mac(format!("ryw:{shard}.{lsn}").as_bytes());
+    hex::encode(&mac[..TOKEN_MAC_BYTES])
+}
+
+/// `<shard>.<lsn>.<mac>`.
+pub fn signed_part(key: &Secret, token: &WriteToken) -> String {
+    format!(
+        "{}.{}.{}",
+        token.shard,
+        token.lsn,
+        token_mac(key, token.shard, token.lsn)
+    )
+}
+
+fn parse_tokens(key: &Secret, text: &str) -> Vec<WriteToken> {
     text.split('-')
         .filter_map(|part| {
-            let (shard, lsn) = part.split_once('.')?;
-            Some(WriteToken {
-                shard: shard.parse().ok()?,
-                lsn: lsn.parse().ok()?,
-            })
+            let mut fields = part.splitn(3, '.');
+            let shard = fields.next()?.parse().ok()?;
+            let lsn = fields.next()?.parse().ok()?;
+            let mac = fields.next()?;
+            // Constant-time comparison is not needed: the MAC is not secret once issued, and a
+            // mismatch only drops the part.
+            (mac == token_mac(key, shard, lsn)).then_some(WriteToken { shard, lsn })
         })
         .take(64)
         .collect()
@@ -127,15 +166,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn tokens_round_trip_and_junk_is_ignored() {
-        assert_eq!(
-            parse_tokens("0.100-1.7"),
-            vec![
-                WriteToken { shard: 0, lsn: 100 },
-                WriteToken { shard: 1, lsn: 7 }
-            ]
-        );
-        assert!(parse_tokens("garbage").is_empty());
+    fn signed_tokens_round_trip_and_forged_or_junk_parts_are_ignored() {
+        let key = Secret::new("the app's key");
+        let tokens = [
+            WriteToken { shard: 0, lsn: 100 },
+            WriteToken { shard: 1, lsn: 7 },
+        ];
+        let text = tokens
+            .iter()
+            .map(|token| signed_part(&key, token))
+            .collect::<Vec<_>>()
+            .join("-");
+        assert_eq!(parse_tokens(&key, &text), tokens.to_vec());
+        // Unsigned (the old format), a huge LSN with a made-up or copied signature, another
+        // key's signature: all dropped.
+        let genuine = signed_part(&key, &tokens[0]);
+        let copied_mac = genuine.rsplit('.').next().expect("a mac");
+        for forged in [
+            "0.100".to_string(),
+            format!("0.{}.0123456789abcdef", u64::MAX),
+            format!("0.{}.{copied_mac}", u64::MAX),
+            signed_part(&Secret::new("another key"), &tokens[0]),
+            "garbage".to_string(),
+        ] {
+            assert!(parse_tokens(&key, &forged).is_empty(), "{forged}");
+        }
+        // A forged part does not spoil a genuine one beside it.
+        let mixed = format!("{genuine}-1.{}.0123456789abcdef", u64::MAX);
+        assert_eq!(parse_tokens(&key, &mixed), vec![tokens[0]]);
     }
 
     #[test]

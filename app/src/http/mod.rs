@@ -87,6 +87,8 @@ pub struct Services {
     pub redis: RedisClient,
     /// Whether Redis and every shard primary have answered once (see `/ready`).
     pub readiness: Readiness,
+    /// Signs the read-your-writes tokens handed to clients (the session secret).
+    pub consistency_key: crate::secret::Secret,
 }
 
 /// The public API router.

@@ -313,7 +313,7 @@ async fn list(
 ) -> Result<Response, AppError> {
     let body = if let Some(ids) = &query.ids {
         let ids = parse_ids(ids)?;
-        let found = users::find_many(&state.cluster, &ids, &consistency.0).await?;
+        let found = users::find_many(&state.cluster, &ids, &consistency.tokens).await?;
         let missing: Vec<i64> = ids
             .iter()
             .filter(|id| !found.iter().any(|user| user.id == **id))
@@ -337,13 +337,14 @@ async fn list(
                 format!("offset paging stops at {MAX_OFFSET} rows; use after=<last id> instead"),
             ));
         }
-        let found = users::page_offset(&state.cluster, offset, page_size, &consistency.0).await?;
+        let found =
+            users::page_offset(&state.cluster, offset, page_size, &consistency.tokens).await?;
         json!({ "users": public(&found), "page": page, "page_size": page_size })
     } else {
         let after = parse_number("after", query.after.as_deref(), 0, 0, i64::MAX)?;
         let limit =
             parse_number("limit", query.limit.as_deref(), DEFAULT_PAGE, 1, i64::MAX)?.min(MAX_PAGE);
-        let found = users::page_after(&state.cluster, after, limit, &consistency.0).await?;
+        let found = users::page_after(&state.cluster, after, limit, &consistency.tokens).await?;
         let next = (found.len() as i64 == limit)
             .then(|| found.last().map(|user| user.id))
             .flatten();
@@ -351,7 +352,7 @@ async fn list(
     };
     let body = Bytes::from(body.to_string());
     let etag = caching::etag_of(&body);
-    let audience = if consistency.0.is_empty() {
+    let audience = if consistency.tokens.is_empty() {
         Audience::Public {
             max_age: state.config.cdn.max_age_seconds,
         }

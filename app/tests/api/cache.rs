@@ -173,3 +173,55 @@ async fn the_writer_reads_its_own_write_through_the_consistency_token() {
     let body: Value = read.json().await.expect("json");
     assert_eq!(body["name"], "Mine");
 }
+
+#[tokio::test]
+async fn a_made_up_consistency_token_is_ignored_so_it_cannot_force_reads_past_the_caches() {
+    let app = TestApp::spawn().await;
+    let user = app.create_user().await;
+    let path = format!("/api/users/{}", user["id"]);
+    let response = app.put_as(&user, &path, &json!({ "name": "Mine" })).await;
+    let genuine = response.headers()["x-consistency-token"]
+        .to_str()
+        .expect("token")
+        .to_string();
+    let (shard, rest) = genuine.split_once('.').expect("<shard>.<lsn>.<mac>");
+    let mac = rest.rsplit('.').next().expect("a mac");
+    // The largest LSN, unsigned, with a made-up signature, or with the genuine token's: a
+    // client cannot name a position the app did not give it.
+    for forged in [
+        format!("{shard}.{}", u64::MAX),
+        format!("{shard}.{}.0123456789abcdef", u64::MAX),
+        format!("{shard}.{}.{mac}", u64::MAX),
+    ] {
+        for (header, value) in [
+            ("x-consistency-token", forged.clone()),
+            ("cookie", format!("ryw={forged}")),
+        ] {
+            let read = app
+                .client
+                .get(format!("{}{path}", app.address))
+                .header(header, &value)
+                .send()
+                .await
+                .expect("sent");
+            assert_eq!(read.status(), reqwest::StatusCode::OK, "{header}: {value}");
+            let cache_control = read.headers()["cache-control"]
+                .to_str()
+                .expect("ascii")
+                .to_string();
+            assert!(
+                cache_control.starts_with("public"),
+                "{header}: {value} was honoured: {cache_control}"
+            );
+        }
+    }
+    // The genuine one still is.
+    let read = app
+        .client
+        .get(format!("{}{path}", app.address))
+        .header("x-consistency-token", &genuine)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(read.headers()["cache-control"], "private, no-cache");
+}

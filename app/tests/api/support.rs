@@ -732,7 +732,7 @@ pub struct TestApp {
     shutdown: CancellationToken,
     /// Read-your-writes tokens of every write made through this app's helpers, merged per shard
     /// (what a browser's cookie jar would hold).
-    tokens: Mutex<std::collections::BTreeMap<u32, u64>>,
+    tokens: Mutex<std::collections::BTreeMap<u32, (u64, String)>>,
     /// Session ids by user id (see [`TestApp::session_of`]).
     sessions: Mutex<std::collections::HashMap<i64, String>>,
 }
@@ -892,13 +892,18 @@ impl TestApp {
         else {
             return;
         };
+        // Parts are signed (`<shard>.<lsn>.<mac>`): keep each one whole, the newest per shard.
         let mut tokens = self.tokens.lock().expect("token lock");
         for part in text.split('-') {
-            if let Some((shard, lsn)) = part.split_once('.')
-                && let (Ok(shard), Ok(lsn)) = (shard.parse::<u32>(), lsn.parse::<u64>())
-            {
-                let entry = tokens.entry(shard).or_insert(0);
-                *entry = (*entry).max(lsn);
+            let mut fields = part.split('.');
+            if let (Some(Ok(shard)), Some(Ok(lsn))) = (
+                fields.next().map(str::parse::<u32>),
+                fields.next().map(str::parse::<u64>),
+            ) {
+                let entry = tokens.entry(shard).or_insert((0, String::new()));
+                if lsn >= entry.0 {
+                    *entry = (lsn, part.to_string());
+                }
             }
         }
     }
@@ -909,8 +914,8 @@ impl TestApp {
             .tokens
             .lock()
             .expect("token lock")
-            .iter()
-            .map(|(shard, lsn)| format!("{shard}.{lsn}"))
+            .values()
+            .map(|(_, part)| part.clone())
             .collect::<Vec<_>>()
             .join("-");
         self.client
