@@ -380,6 +380,7 @@ pub struct Writer {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     acknowledged: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     last_ack: std::sync::Arc<std::sync::Mutex<Option<std::time::Instant>>>,
+    last_failure: std::sync::Arc<std::sync::Mutex<Option<std::time::Instant>>>,
     task: tokio::task::JoinHandle<Written>,
 }
 
@@ -393,6 +394,8 @@ impl Writer {
         let seen = last_ack.clone();
         let acknowledged = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let counted = acknowledged.clone();
+        let last_failure = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let failed = last_failure.clone();
         let config = format!(
             "host={host} port={port} user=app dbname=app password={password} connect_timeout=2"
         );
@@ -415,6 +418,7 @@ impl Writer {
                         Err(error) => {
                             let now = std::time::Instant::now();
                             written.failures.push(now);
+                            *failed.lock().expect("not poisoned") = Some(now);
                             if answered(&error) {
                                 written.refusals.push(now);
                             }
@@ -442,6 +446,7 @@ impl Writer {
                         // insert is idempotent); only acknowledged ids count.
                         let now = std::time::Instant::now();
                         written.failures.push(now);
+                        *failed.lock().expect("not poisoned") = Some(now);
                         if matches!(&outcome, Ok(Err(error)) if answered(error)) {
                             written.refusals.push(now);
                         }
@@ -457,6 +462,7 @@ impl Writer {
             stop,
             acknowledged,
             last_ack,
+            last_failure,
             task,
         }
     }
@@ -476,6 +482,22 @@ impl Writer {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         panic!("no write was acknowledged within {timeout:?}");
+    }
+
+    /// Waits until the writer has recovered: a commit acknowledged after its last failure (an
+    /// insert can still be waiting out its 5 s timeout when the fault is over; stopping before
+    /// its retry is acknowledged leaves a failure with no commit after it).
+    pub async fn wait_for_recovery(&self, timeout: Duration) {
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            let ack = *self.last_ack.lock().expect("not poisoned");
+            let failure = *self.last_failure.lock().expect("not poisoned");
+            if ack.is_some_and(|ack| failure.is_none_or(|failure| ack > failure)) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("no write was acknowledged after the last failure within {timeout:?}");
     }
 
     /// Waits until at least `count` commits have been acknowledged since the writer started.

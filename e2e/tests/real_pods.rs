@@ -567,8 +567,43 @@ async fn a_small_scaledapp_runs_for_real_and_keeps_its_data() {
     delete_pod_and_wait_ready(&namespace, &replica).await;
     let (primary, _) = roles(&namespace, shard).await;
     eprintln!("deleting shard {shard}'s primary {primary}");
+    let deleted = namespace
+        .api::<Pod>()
+        .get(&primary)
+        .await
+        .expect("pod")
+        .uid();
     delete_pod_and_wait_ready(&namespace, &primary).await;
-    let (primary, _) = roles(&namespace, shard).await;
+    // A Ready read right after the deletion can be the status from before it: wait until the
+    // recorded primary is a pod object other than the deleted one, running and ready (after
+    // the failover to the replica, or the operator's confirmation of the recreated pod).
+    let primary = eventually(
+        &format!("a ready primary of shard {shard} other than the deleted pod"),
+        REAL_READY_TIMEOUT,
+        || async {
+            let app = namespace.apps().get(APP).await?;
+            let recorded = app
+                .status
+                .and_then(|status| status.shards.get(shard).cloned())
+                .and_then(|shard| shard.primary_pod);
+            let Some(primary) = recorded else {
+                return Ok(None);
+            };
+            let Some(pod) = namespace.api::<Pod>().get_opt(&primary).await? else {
+                return Ok(None);
+            };
+            let ready = pod
+                .status
+                .as_ref()
+                .and_then(|status| status.container_statuses.as_ref())
+                .is_some_and(|containers| {
+                    !containers.is_empty() && containers.iter().all(|container| container.ready)
+                });
+            Ok((ready && pod.uid() != deleted).then_some(primary))
+        },
+    )
+    .await;
+    eprintln!("shard {shard}'s primary is now {primary}");
     let stored = psql(
         &namespace.name,
         &primary,
