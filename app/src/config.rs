@@ -17,7 +17,7 @@ use scaled_contract::{
     ENV_POD_NAME, ENV_REDIS_PASSWORD, ENV_SESSION_SECRET, RuntimeConfig, ShardEndpoints,
 };
 
-use crate::secret::Secret;
+use scaled_contract::Secret;
 
 /// Errors while assembling [`Settings`].
 #[derive(Debug, thiserror::Error)]

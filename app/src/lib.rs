@@ -17,7 +17,6 @@ pub mod queue;
 pub mod ratelimit;
 pub mod redis_client;
 pub mod relay;
-pub mod secret;
 pub mod sessions;
 pub mod startup;
 pub mod telemetry;

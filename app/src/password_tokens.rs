@@ -10,12 +10,10 @@
 use std::time::Duration;
 
 use redis::AsyncCommands;
+use scaled_contract::Secret;
 use sha2::{Digest, Sha256};
 
-use crate::{
-    redis_client::{RedisCallError, RedisClient},
-    secret::Secret,
-};
+use crate::redis_client::{RedisCallError, RedisClient};
 
 /// How long an issued token can be redeemed.
 pub const TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);

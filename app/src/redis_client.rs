@@ -9,7 +9,8 @@ use redis::{
 };
 use scaled_contract::RedisSettings;
 
-use crate::{metrics::Metrics, secret::Secret};
+use crate::metrics::Metrics;
+use scaled_contract::Secret;
 
 /// How often the shared connection is checked (see [`RedisClient::keep_connected`]).
 const HEARTBEAT: Duration = Duration::from_secs(1);

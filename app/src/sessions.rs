@@ -22,13 +22,11 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use redis::AsyncCommands;
+use scaled_contract::Secret;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::{
-    redis_client::{RedisCallError, RedisClient},
-    secret::Secret,
-};
+use crate::redis_client::{RedisCallError, RedisClient};
 
 /// Failures of the session store.
 #[derive(Debug, thiserror::Error)]

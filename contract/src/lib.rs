@@ -14,8 +14,10 @@
 
 pub mod instance;
 pub mod metrics;
+pub mod secret;
 mod shard_map;
 
+pub use secret::Secret;
 pub use shard_map::{
     ShardEndpoints, ShardMap, ShardMapError, SlotRange, balanced_assignment, rebalance,
     slot_for_key,

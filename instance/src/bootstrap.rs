@@ -14,14 +14,14 @@ use std::{
 };
 
 use postgres_protocol::password::scram_sha_256;
-use scaled_contract::instance::InstanceConfig;
+use scaled_contract::{Secret, instance::InstanceConfig};
 
 use crate::{
     binaries::Binaries,
     datadir::{DataDir, DataDirError, Scratch},
     db::{Connector, DbError, quote_ident, quote_literal},
     process,
-    settings::{Passwords, SUPERUSER, Secret},
+    settings::{Passwords, SUPERUSER},
 };
 
 /// Functions pg_rewind calls on its source; granted to the replication role so pg_rewind needs

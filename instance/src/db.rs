@@ -6,7 +6,9 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use tokio_postgres::{Client, Config, NoTls, Row, types::ToSql};
 
-use crate::settings::{PeerAddress, SUPERUSER, Secret};
+use scaled_contract::Secret;
+
+use crate::settings::{PeerAddress, SUPERUSER};
 
 /// How long connecting and any one query may take.
 pub const QUERY_TIMEOUT: Duration = Duration::from_secs(10);

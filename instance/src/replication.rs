@@ -10,7 +10,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use scaled_contract::instance::{parse_lsn, slot_name};
+use scaled_contract::{
+    Secret,
+    instance::{parse_lsn, slot_name},
+};
 
 use crate::{
     binaries::Binaries,
@@ -18,7 +21,7 @@ use crate::{
     datadir::{DataDir, DataDirError, Scratch},
     db::{Connector, DbError},
     process,
-    settings::{PeerAddress, Secret},
+    settings::PeerAddress,
 };
 
 /// Errors while cloning or rewinding.

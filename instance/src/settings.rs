@@ -22,27 +22,7 @@ use scaled_contract::instance::{
 /// The superuser every data directory has (initdb `-U`); only local connections may use it.
 pub const SUPERUSER: &str = "postgres";
 
-/// A value that must not be logged.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret value.
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
-    }
-
-    /// The value itself, for the one call that needs it (a connect, a verifier, a child's env).
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        formatter.write_str("Secret([redacted])")
-    }
-}
+use scaled_contract::Secret;
 
 /// The three passwords of a shard, from the generated Secret.
 #[derive(Clone, Debug)]

@@ -23,7 +23,8 @@ use sqlx::{
 use tokio_util::sync::CancellationToken;
 
 use super::DbError;
-use crate::{metrics::Metrics, secret::Secret};
+use crate::metrics::Metrics;
+use scaled_contract::Secret;
 
 /// How often replicas are probed for health and replay position.
 const REPLICA_PROBE_INTERVAL: Duration = Duration::from_millis(250);

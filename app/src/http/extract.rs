@@ -9,7 +9,8 @@ use axum::{
 use serde::de::DeserializeOwned;
 
 use super::{AppState, error::AppError};
-use crate::{db::WriteToken, secret::Secret};
+use crate::db::WriteToken;
+use scaled_contract::Secret;
 
 /// Request/response header carrying read-your-writes tokens (`<shard>.<lsn>.<mac>` joined by
 /// `-`).

@@ -88,7 +88,7 @@ pub struct Services {
     /// Whether Redis and every shard primary have answered once (see `/ready`).
     pub readiness: Readiness,
     /// Signs the read-your-writes tokens handed to clients (the session secret).
-    pub consistency_key: crate::secret::Secret,
+    pub consistency_key: scaled_contract::Secret,
 }
 
 /// The public API router.

@@ -426,14 +426,10 @@ async fn the_shard_map_is_reloaded_from_the_config_file_without_a_restart() {
     all_on_zero.shard_map =
         scaled_contract::ShardMap::from_assignment(&vec![0; 1024], stack.endpoints()).expect("map");
     std::fs::write(&path, all_on_zero.to_json()).expect("write");
-    let mut settings = scaled_app::config::Settings::from_runtime(
-        all_on_zero,
-        scaled_app::secret::Secret::new("s"),
-    );
+    let mut settings =
+        scaled_app::config::Settings::from_runtime(all_on_zero, scaled_contract::Secret::new("s"));
     settings.config_path = Some(path.clone());
-    settings.database_password = Some(scaled_app::secret::Secret::new(
-        crate::support::APP_PASSWORD,
-    ));
+    settings.database_password = Some(scaled_contract::Secret::new(crate::support::APP_PASSWORD));
     let application = scaled_app::startup::Application::build(settings)
         .await
         .expect("starts");

@@ -170,7 +170,7 @@ async fn rate_limit_settings_are_reloaded_from_the_config_file_without_a_restart
     std::fs::write(&path, config.to_json()).expect("write");
     let mut settings = scaled_app::config::Settings::from_runtime(
         config.clone(),
-        scaled_app::secret::Secret::new(crate::support::SESSION_SECRET),
+        scaled_contract::Secret::new(crate::support::SESSION_SECRET),
     );
     settings.config_path = Some(path.clone());
     let application = scaled_app::startup::Application::build(settings)

@@ -31,10 +31,9 @@ use scaled_app::{
     config::{RequestLimits, RoutePolicy, Settings},
     db::MIGRATOR,
     http::AppState,
-    secret::Secret,
     startup::Application,
 };
-use scaled_contract::{RuntimeConfig, ShardEndpoints, slot_for_key};
+use scaled_contract::{RuntimeConfig, Secret, ShardEndpoints, slot_for_key};
 use serde_json::{Value, json};
 use sqlx::{Connection, PgConnection, PgPool, postgres::PgConnectOptions};
 use tokio_util::sync::CancellationToken;

@@ -1,7 +1,6 @@
-//! The wrapper that keeps a password or key out of logs: [`Secret`].
-//!
-//! It is a leaf, importing nothing of the crate, so that the low-level clients (Postgres, Redis)
-//! and the settings can all hold secrets without the clients depending on the settings.
+//! The wrapper that keeps a password or key out of logs: [`Secret`]. Defined here because every
+//! process holds secrets (the app, its workers, the instance manager), and one wrapper means one
+//! rule for what a `{:?}` of one prints.
 
 use std::fmt;
 
@@ -9,7 +8,7 @@ use sha2::{Digest, Sha256};
 
 /// A value that must not be logged: a `{:?}` of it (in a log line or a panic message) prints
 /// `Secret([redacted])`.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
 
 impl Secret {
