@@ -36,8 +36,9 @@ if [[ "${KIND:-0}" == 1 ]]; then
   STOP_HINT="KIND=1 make demo-down"
 else
   say "Starting the local cluster (etcd + kube-apiserver + controller-manager + scheduler, kwok nodes and, where it can run, one real node)"
-  echo "    A first run builds Kubernetes v1.34, etcd, kwok and helm from Go modules: about 12 minutes" >&2
-  echo "    on 2 cores, with progress below. Later runs start in seconds." >&2
+  echo "    A first run builds Kubernetes v1.34, etcd, kwok and helm from Go modules (about 15 minutes" >&2
+  echo "    on 2 cores), then the real node's components and images (about 10 more), with progress" >&2
+  echo "    below. Later runs start in seconds." >&2
   start_local_cluster "${ROOT}" || exit 1
   STATE="${ROOT}/e2e/cluster/.state"
 
