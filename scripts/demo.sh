@@ -23,11 +23,14 @@ say() { printf '\n\033[1m==> %s\033[0m\n' "$*" >&2; }
 say "Building the operator and the app"
 echo "    (a first build compiles about 300 crates: a few minutes on 2 cores)" >&2
 # The same package set as scripts/build-images.sh, so the images reuse this build.
-cargo build --release --locked -p scaledapp-operator -p scaled-app 2>&1 |
+# A failed build stops the demo: a binary left from an earlier build must not stand in for it.
+if ! cargo build --release --locked -p scaledapp-operator -p scaled-app 2>&1 |
   awk '/Compiling/ { n++; if (n % 25 == 0) { printf "    compiled %d crates...\n", n; fflush() } }
-       /Finished|^error/ { print "    " $0; fflush() }' >&2 || true
+       /Finished|^error|^ *-->/ { print "    " $0; fflush() }' >&2; then
+  echo "the operator and the app did not build (the errors are above; cargo build --release -p scaledapp-operator shows them all)" >&2
+  exit 1
+fi
 BIN="${ROOT}/target/release/scaledapp-operator"
-[[ -x "${BIN}" ]] || { echo "the operator did not build" >&2; exit 1; }
 
 if [[ "${KIND:-0}" == 1 ]]; then
   say "KIND=1: a kind cluster with the operator running in it and real pods (needs Docker)"
