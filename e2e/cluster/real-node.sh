@@ -54,6 +54,8 @@ KUBELET_SYSCTLS=(vm/overcommit_memory vm/panic_on_oom kernel/panic kernel/panic_
 # socket is always in /var/lib/kubelet/device-plugins, containerd's shim sockets in
 # /run/containerd/s, ...); down.sh removes what it made.
 HOST_PATHS=(/var/log/containers /var/lib/cni /run/containerd /run/netns /var/lib/kubelet)
+# The node's configuration files, with ${VAR} placeholders (see render_template).
+NODE_TEMPLATES=${CLUSTER_DIR}/real-node
 
 cgroup2_root() {
   awk '$3 == "cgroup2" { print $2; exit }' /proc/mounts
@@ -66,6 +68,30 @@ guard_cgroup() {
 }
 
 node_kubectl() { "${KUBECTL_BIN}" --kubeconfig "${KUBECONFIG_PATH}" "$@"; }
+
+# render_template TEMPLATE OUTPUT NAME...: real-node/TEMPLATE with each ${NAME} replaced by the
+# value of that shell variable, written to OUTPUT. Only the listed names are replaced; any other
+# ${...} in the template, or a listed variable that is unset, stops here, so that a typo never
+# reaches a component's configuration. Everything else ($VAR without braces, backslashes, quotes)
+# is copied as it is, and a value is inserted as it is (never expanded again).
+render_template() {
+  local template=${NODE_TEMPLATES}/$1 output=$2 text rendered='' name
+  shift 2
+  [[ -f "${template}" ]] || die "no template ${template}"
+  IFS= read -r -d '' text <"${template}" || true
+  while [[ "${text}" == *\$\{* ]]; do
+    rendered+=${text%%\$\{*}
+    text=${text#*\$\{}
+    name=${text%%\}*}
+    if [[ "${text}" != *\}* || ! "${name}" =~ ^[A-Za-z_][A-Za-z0-9_]*$ || " $* " != *" ${name} "* ]]; then
+      die "${template}: \${${name:0:40}} is not one of the names it is rendered with ($*)"
+    fi
+    [[ -v "${name}" ]] || die "${template}: ${name} is not set"
+    rendered+=${!name}
+    text=${text#*\}}
+  done
+  printf '%s' "${rendered}${text}" >"${output}"
+}
 
 # ---------------------------------------------------------------------------------------------
 # checks before anything is changed
@@ -215,22 +241,9 @@ new_cert() { # NAME SUBJECT CA_CRT CA_KEY EXT
 }
 
 write_kubeconfig() { # PATH CERT KEY
-  local server
-  server=$(awk '/server:/ { print $2; exit }' "${KUBECONFIG_PATH}")
-  cat >"$1" <<EOF
-apiVersion: v1
-kind: Config
-clusters:
-- name: ${CLUSTER_NAME}
-  cluster: {server: "${server}", certificate-authority: "${CLUSTER_PKI}/ca.crt"}
-users:
-- name: component
-  user: {client-certificate: "$2", client-key: "$3"}
-contexts:
-- name: ${CLUSTER_NAME}
-  context: {cluster: ${CLUSTER_NAME}, user: component}
-current-context: ${CLUSTER_NAME}
-EOF
+  local API_SERVER CLIENT_CERT=$2 CLIENT_KEY=$3
+  API_SERVER=$(awk '/server:/ { print $2; exit }' "${KUBECONFIG_PATH}")
+  render_template kubeconfig.yaml "$1" CLUSTER_NAME API_SERVER CLUSTER_PKI CLIENT_CERT CLIENT_KEY
 }
 
 # After the control plane started (its CA exists): one identity per component.
@@ -252,19 +265,7 @@ node_component_pki() {
 
 node_registry_up() {
   mkdir -p "${REGISTRY_STORAGE}" "${NODE_STATE}/registry"
-  cat >"${NODE_STATE}/registry/config.yml" <<EOF
-version: 0.1
-log:
-  level: warn
-  accesslog: {disabled: true}
-storage:
-  filesystem: {rootdirectory: ${REGISTRY_STORAGE}}
-  delete: {enabled: true}
-http:
-  addr: ${REGISTRY_ADDRESS}
-  headers:
-    X-Content-Type-Options: [nosniff]
-EOF
+  render_template registry-config.yml "${NODE_STATE}/registry/config.yml" REGISTRY_STORAGE REGISTRY_ADDRESS
   # Debian's docker-registry is the CNCF distribution registry (v2.8).
   start_daemon registry docker-registry serve "${NODE_STATE}/registry/config.yml"
 }
@@ -380,71 +381,13 @@ wait_component() { # NAME TIMEOUT COMMAND...
 node_containerd_up() {
   local dir=${NODE_STATE}/containerd
   mkdir -p "${dir}/certs.d/localhost" "${NODE_STATE}/cni/net.d" "${NODE_STATE}/cni/ipam"
-  cat >"${dir}/config.toml" <<EOF
-# containerd for the real node: everything under ${NODE_STATE}.
-version = 2
-root = "${dir}/root"
-state = "${dir}/state"
-disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs",
-  "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper",
-  "io.containerd.tracing.processor.v1.otlp", "io.containerd.internal.v1.tracing"]
-[grpc]
-  address = "${dir}/containerd.sock"
-[ttrpc]
-  address = "${dir}/containerd.sock.ttrpc"
-[plugins."io.containerd.internal.v1.opt"]
-  path = "${dir}/opt"
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "${PAUSE_IMAGE}"
-  # This VM refuses negative oom_score_adj even to root (no CAP_SYS_RESOURCE).
-  restrict_oom_score_adj = true
-  disable_apparmor = true
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlayfs"
-    default_runtime_name = "runc"
-    discard_unpacked_layers = true
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
-        BinaryName = "$(command -v runc)"
-        SystemdCgroup = false
-        Root = "${NODE_STATE}/runc"
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "/usr/lib/cni"
-    conf_dir = "${NODE_STATE}/cni/net.d"
-    max_conf_num = 1
-  [plugins."io.containerd.grpc.v1.cri".registry]
-    config_path = "${dir}/certs.d"
-EOF
+  local RUNC_BIN
+  RUNC_BIN=$(command -v runc) || true # (node_preflight checked it is there)
+  render_template containerd-config.toml "${dir}/config.toml" NODE_STATE PAUSE_IMAGE RUNC_BIN
   # localhost/<repo> is the local registry, over http on loopback.
-  cat >"${dir}/certs.d/localhost/hosts.toml" <<EOF
-server = "http://${REGISTRY_ADDRESS}"
-[host."http://${REGISTRY_ADDRESS}"]
-  capabilities = ["pull", "resolve"]
-EOF
-  cat >"${NODE_STATE}/cni/net.d/10-scaledapp.conflist" <<EOF
-{
-  "cniVersion": "0.4.0",
-  "name": "scaledapp",
-  "plugins": [
-    {
-      "type": "bridge",
-      "bridge": "${BRIDGE}",
-      "isGateway": false,
-      "isDefaultGateway": false,
-      "ipMasq": false,
-      "hairpinMode": true,
-      "ipam": {
-        "type": "host-local",
-        "dataDir": "${NODE_STATE}/cni/ipam",
-        "ranges": [[{"subnet": "${POD_SUBNET}", "gateway": "${NODE_IP}"}]],
-        "routes": [{"dst": "0.0.0.0/0", "gw": "${NODE_IP}"}]
-      }
-    },
-    {"type": "portmap", "capabilities": {"portMappings": true}}
-  ]
-}
-EOF
+  render_template containerd-hosts.toml "${dir}/certs.d/localhost/hosts.toml" REGISTRY_ADDRESS
+  render_template cni-10-scaledapp.conflist "${NODE_STATE}/cni/net.d/10-scaledapp.conflist" \
+    BRIDGE NODE_STATE POD_SUBNET NODE_IP
   # An unreachable proxy for every registry but the loopback one: an image from outside the
   # machine fails at once ("proxyconnect ... connection refused") instead of being resolved.
   HTTP_PROXY=http://127.0.0.1:9 HTTPS_PROXY=http://127.0.0.1:9 NO_PROXY=127.0.0.1,localhost \
@@ -469,46 +412,8 @@ node_kubelet_up() {
     fi
   fi
   printf 'nameserver %s\n' "${NODE_IP}" >"${NODE_STATE}/resolv.conf"
-  cat >"${NODE_STATE}/kubelet.yaml" <<EOF
-apiVersion: kubelet.config.k8s.io/v1beta1
-kind: KubeletConfiguration
-# cgroup v1 hybrid machine: 1.34 only warns, later versions refuse without this.
-failCgroupV1: false
-cgroupDriver: cgroupfs
-cgroupRoot: /${GUARD_CGROUP_NAME}
-containerRuntimeEndpoint: unix://${NODE_STATE}/containerd/containerd.sock
-address: ${NODE_IP}
-port: 10250
-readOnlyPort: 0
-healthzBindAddress: 127.0.0.1
-healthzPort: 10248
-authentication:
-  anonymous: {enabled: false}
-  webhook: {enabled: true}
-  x509: {clientCAFile: ${CLUSTER_PKI}/ca.crt}
-authorization: {mode: Webhook}
-clusterDNS: [${NODE_IP}]
-clusterDomain: ${CLUSTER_DOMAIN}
-resolvConf: ${NODE_STATE}/resolv.conf
-podLogsDir: ${NODE_STATE}/pod-logs
-volumePluginDir: ${NODE_STATE}/volume-plugins
-# Local images cannot be pulled from anywhere else: never garbage-collect them.
-imageGCHighThresholdPercent: 100
-imageGCLowThresholdPercent: 99
-serializeImagePulls: false
-# A shared machine: do not evict for other people's disk use.
-evictionHard: {memory.available: 100Mi, nodefs.available: 1%, imagefs.available: 1%, nodefs.inodesFree: 1%}
-failSwapOn: false
-oomScoreAdj: 0
-registerNode: true
-registerWithTaints:
-  - {key: ${NODE_TAINT_KEY}, value: "true", effect: NoSchedule}
-maxPods: 110
-podCIDR: ${POD_SUBNET}
-shutdownGracePeriod: 0s
-rotateCertificates: false
-serverTLSBootstrap: false
-EOF
+  render_template kubelet.yaml "${NODE_STATE}/kubelet.yaml" GUARD_CGROUP_NAME NODE_STATE NODE_IP \
+    CLUSTER_PKI CLUSTER_DOMAIN NODE_TAINT_KEY POD_SUBNET
   start_daemon kubelet "${KUBELET_BIN}" --config "${NODE_STATE}/kubelet.yaml" \
     --kubeconfig "${NODE_STATE}/kubelet.kubeconfig" --root-dir "${dir}" --cert-dir "${dir}/pki" \
     --hostname-override "${NODE_NAME}" --node-ip "${NODE_IP}" \
@@ -516,110 +421,32 @@ EOF
 }
 
 node_kube_proxy_up() {
-  cat >"${NODE_STATE}/kube-proxy.yaml" <<EOF
-apiVersion: kubeproxy.config.k8s.io/v1alpha1
-kind: KubeProxyConfiguration
-mode: iptables
-clientConnection: {kubeconfig: ${NODE_STATE}/kube-proxy.kubeconfig}
-hostnameOverride: ${NODE_NAME}
-bindAddress: ${NODE_IP}
-healthzBindAddress: 127.0.0.1:10256
-metricsBindAddress: 127.0.0.1:10249
-clusterCIDR: ${POD_SUBNET}
-detectLocalMode: ClusterCIDR
-nodePortAddresses: ["${NODE_IP}/32"]
-oomScoreAdj: 0
-iptables:
-  # localhost NodePorts would need route_localnet=1 on the host.
-  localhostNodePorts: false
-  masqueradeAll: false
-  minSyncPeriod: 0s
-  syncPeriod: 30s
-# Zero: leave the host's conntrack limits and timeouts as they are.
-conntrack: {maxPerCore: 0, min: 0, tcpEstablishedTimeout: 0s, tcpCloseWaitTimeout: 0s, udpTimeout: 0s, udpStreamTimeout: 0s}
-EOF
+  render_template kube-proxy.yaml "${NODE_STATE}/kube-proxy.yaml" NODE_STATE NODE_NAME NODE_IP POD_SUBNET
   start_daemon kube-proxy "${KUBE_PROXY_BIN}" --config "${NODE_STATE}/kube-proxy.yaml" --v=1
 }
 
 node_coredns_up() {
-  cat >"${NODE_STATE}/Corefile" <<EOF
-# Cluster names only. No forward plugin: other names get REFUSED, nothing leaves the machine.
-${CLUSTER_DOMAIN}:53 in-addr.arpa:53 ip6.arpa:53 {
-    bind ${NODE_IP}
-    ready 127.0.0.1:${COREDNS_READY_PORT}
-    health 127.0.0.1:${COREDNS_HEALTH_PORT}
-    errors
-    loadbalance
-    cache 30
-    kubernetes ${CLUSTER_DOMAIN} in-addr.arpa ip6.arpa {
-        kubeconfig ${NODE_STATE}/coredns.kubeconfig ${CLUSTER_NAME}
-        pods insecure
-        ttl 30
-    }
-}
-EOF
+  render_template Corefile "${NODE_STATE}/Corefile" CLUSTER_DOMAIN NODE_IP COREDNS_READY_PORT \
+    COREDNS_HEALTH_PORT NODE_STATE CLUSTER_NAME
   start_daemon coredns "${COREDNS_BIN}" -conf "${NODE_STATE}/Corefile"
 }
 
 node_local_path_up() {
   mkdir -p "${NODE_STATE}/volumes"
-  local busybox
+  local BUSYBOX_IMAGE
   # shellcheck source=/dev/null
-  busybox=$(source "${NODE_STATE}/images.env" && printf '%s' "${SCALEDAPP_BUSYBOX_IMAGE}")
-  cat >"${NODE_STATE}/local-path.json" <<EOF
-{"nodePathMap": [{"node": "DEFAULT_PATH_FOR_NON_LISTED_NODES", "paths": ["${NODE_STATE}/volumes"]}]}
-EOF
+  BUSYBOX_IMAGE=$(source "${NODE_STATE}/images.env" && printf '%s' "${SCALEDAPP_BUSYBOX_IMAGE}")
+  render_template local-path.json "${NODE_STATE}/local-path.json" NODE_STATE
   # The helper pod and the setup/teardown scripts are the upstream defaults: the setup creates
   # the directory 0777, so any uid writes; nothing changes permissions afterwards.
-  node_kubectl apply -f - >/dev/null <<EOF
-apiVersion: v1
-kind: Namespace
-metadata: {name: ${LOCAL_PATH_NAMESPACE}}
----
-apiVersion: v1
-kind: ServiceAccount
-metadata: {name: local-path-provisioner, namespace: ${LOCAL_PATH_NAMESPACE}}
-automountServiceAccountToken: false
----
-apiVersion: v1
-kind: ConfigMap
-metadata: {name: local-path-config, namespace: ${LOCAL_PATH_NAMESPACE}}
-data:
-  setup: |-
-    #!/bin/sh
-    set -eu
-    mkdir -m 0777 -p "\$VOL_DIR"
-  teardown: |-
-    #!/bin/sh
-    set -eu
-    rm -rf "\$VOL_DIR"
-  helperPod.yaml: |-
-    apiVersion: v1
-    kind: Pod
-    metadata:
-      name: helper-pod
-    spec:
-      priorityClassName: system-node-critical
-      containers:
-      - name: helper-pod
-        image: ${busybox}
-        imagePullPolicy: IfNotPresent
----
-apiVersion: storage.k8s.io/v1
-kind: StorageClass
-metadata:
-  name: ${LOCAL_PATH_STORAGE_CLASS}
-  annotations:
-    description: "Volumes on the real node (${NODE_NAME}) that any uid can write; for pods placed there."
-provisioner: rancher.io/local-path
-volumeBindingMode: WaitForFirstConsumer
-reclaimPolicy: Delete
-EOF
+  render_template local-path.yaml "${NODE_STATE}/local-path.yaml" LOCAL_PATH_NAMESPACE BUSYBOX_IMAGE \
+    LOCAL_PATH_STORAGE_CLASS NODE_NAME
+  node_kubectl apply -f "${NODE_STATE}/local-path.yaml" >/dev/null
   start_daemon local-path-provisioner "${LOCAL_PATH_BIN}" --debug start \
     --kubeconfig "${NODE_STATE}/local-path-provisioner.kubeconfig" \
     --namespace "${LOCAL_PATH_NAMESPACE}" --config "${NODE_STATE}/local-path.json" \
     --service-account-name local-path-provisioner --provisioner-name rancher.io/local-path \
-    --helper-image "${busybox}" --configmap-name local-path-config
+    --helper-image "${BUSYBOX_IMAGE}" --configmap-name local-path-config
 }
 
 node_kube_router_up() {
@@ -632,74 +459,7 @@ node_kube_router_up() {
 
 # RBAC for the components' identities (the kubelet and kube-proxy have built-in roles).
 node_rbac() {
-  node_kubectl apply -f - >/dev/null <<'EOF'
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRole
-metadata: {name: "scaledapp:coredns"}
-rules:
-  - apiGroups: [""]
-    resources: [endpoints, services, pods, namespaces]
-    verbs: [list, watch]
-  - apiGroups: [discovery.k8s.io]
-    resources: [endpointslices]
-    verbs: [list, watch]
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRoleBinding
-metadata: {name: "scaledapp:coredns"}
-roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "scaledapp:coredns"}
-subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: "scaledapp:coredns"}]
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRole
-metadata: {name: "scaledapp:local-path-provisioner"}
-rules:
-  - apiGroups: [""]
-    resources: [nodes, persistentvolumeclaims, configmaps, pods, pods/log]
-    verbs: [get, list, watch]
-  - apiGroups: [""]
-    resources: [persistentvolumes]
-    verbs: [get, list, watch, create, patch, update, delete]
-  - apiGroups: [""]
-    resources: [events]
-    verbs: [create, patch]
-  - apiGroups: [storage.k8s.io]
-    resources: [storageclasses]
-    verbs: [get, list, watch]
-  # Its helper pods, in its own namespace only (the RoleBinding below).
-  - apiGroups: [""]
-    resources: [pods]
-    verbs: [create, delete]
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRoleBinding
-metadata: {name: "scaledapp:local-path-provisioner"}
-roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "scaledapp:local-path-provisioner"}
-subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: "scaledapp:local-path-provisioner"}]
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRole
-metadata: {name: "scaledapp:kube-router"}
-rules:
-  - apiGroups: [""]
-    resources: [namespaces, pods, services, nodes, endpoints]
-    verbs: [get, list, watch]
-  - apiGroups: [networking.k8s.io]
-    resources: [networkpolicies]
-    verbs: [get, list, watch]
-  - apiGroups: [discovery.k8s.io]
-    resources: [endpointslices]
-    verbs: [get, list, watch]
-  - apiGroups: [""]
-    resources: [events]
-    verbs: [create, patch]
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRoleBinding
-metadata: {name: "scaledapp:kube-router"}
-roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "scaledapp:kube-router"}
-subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: "scaledapp:kube-router"}]
-EOF
+  node_kubectl apply -f "${NODE_TEMPLATES}/rbac.yaml" >/dev/null
 }
 
 node_ready() {
@@ -812,6 +572,7 @@ node_down() {
     local procs pid
     while IFS= read -r procs; do
       [[ "${procs}" == "${cgroup}/control-plane/"* ]] && continue
+      # shellcheck disable=SC2013  # one pid per line; a file already gone reads as none
       for pid in $(cat "${procs}" 2>/dev/null); do
         [[ "${pid}" == "$$" ]] || stop_pid "${pid}" 5
       done
