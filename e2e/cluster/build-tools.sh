@@ -143,25 +143,47 @@ publish() {
   mv "${src}" "${dest}"
 }
 
-# kubernetes_wrapper: sets WRAPPER to a module that builds k8s.io/kubernetes at KUBE_VERSION and
-# LDFLAGS to its version stamp.
-kubernetes_wrapper() {
-  local ver=${KUBE_VERSION}
-  local minor=${ver#v1.}
-  minor=${minor%%.*}
+# build_component NAME VERSION DEST WRAPPER MODULES BINARY=PACKAGE...: the one build every
+# component goes through. A wrapper module named WRAPPER requires each of MODULES (space-separated)
+# at VERSION, with the godebug and replace directives of their go.mod files. WRAPPER's hooks (below)
+# do what differs: prepare_<wrapper> VERSION GOMOD... (optional; before the download, with the
+# modules' go.mod files) and configure_<wrapper> VERSION (after it; sets LDFLAGS). Each BINARY is
+# built from PACKAGE ("." is the wrapper's own main package) into DEST.partial, published as DEST.
+build_component() {
+  local name=$1 ver=$2 dest=$3 wrapper=$4 modules m gomod gomods=() spec whose=its
+  read -ra modules <<<"$5"
+  shift 5
+  local hook=${wrapper//-/_}
+  log "${name} ${ver}: preparing wrapper module"
+  new_wrapper "${wrapper}"
+  for m in "${modules[@]}"; do
+    gomod=$(cd "${WRAPPER}" && module_file "${m}" "${ver}" mod)
+    copy_directives "${gomod}" "${WRAPPER}"
+    gomods+=("${gomod}")
+  done
+  if declare -F "prepare_${hook}" >/dev/null; then "prepare_${hook}" "${ver}" "${gomods[@]}"; fi
+  [[ ${#modules[@]} -eq 1 ]] || whose=their
+  log "${name} ${ver}: downloading ${modules[*]} and ${whose} dependencies ($(elapsed))"
+  (cd "${WRAPPER}" && go_ get "${modules[@]/%/@${ver}}")
+  LDFLAGS=
+  "configure_${hook}" "${ver}"
+  local out="${dest}.partial"
+  rm -rf "${out}"
+  mkdir -p "${out}"
+  for spec in "$@"; do
+    log "building ${spec%%=*} ${ver} ... ($(elapsed) so far)"
+    (cd "${WRAPPER}" && go_ build -trimpath -ldflags "${LDFLAGS}" -o "${out}/${spec%%=*}" "${spec#*=}")
+  done
+  publish "${out}" "${dest}" "${ver}"
+}
+
+# k8s.io/kubernetes requires its staging repositories at v0.0.0 and replaces them with
+# ./staging/...; point them at the published versions.
+prepare_kubernetes() {
+  local ver=$1 gomod=$2 m staged=0
   local staging="v0.${ver#v1.}"
-  log "kubernetes ${ver}: preparing wrapper module (staging modules at ${staging})"
-  local w gomod info build_date
-  new_wrapper kubernetes
-  w=${WRAPPER}
-  gomod=$(cd "${w}" && module_file k8s.io/kubernetes "${ver}" mod)
-  info=$(cd "${w}" && module_file k8s.io/kubernetes "${ver}" info)
-  copy_directives "${gomod}" "${w}"
-  # k8s.io/kubernetes requires its staging repositories at v0.0.0 and
-  # replaces them with ./staging/...; point them at the published versions.
-  local m staged=0
   while IFS= read -r m; do
-    (cd "${w}" && go_ mod edit "-replace=${m}=${m}@${staging}")
+    (cd "${WRAPPER}" && go_ mod edit "-replace=${m}=${m}@${staging}")
     staged=$((staged + 1))
   done < <(awk '
     /^require[ \t]*\(/ { b = 1; next }
@@ -171,13 +193,17 @@ kubernetes_wrapper() {
   ' "${gomod}")
   [[ "${staged}" -gt 0 ]] || die "found no k8s.io/* v0.0.0 requirements in ${gomod}"
   log "  replaced ${staged} staging modules with ${staging}"
-  log "kubernetes ${ver}: downloading k8s.io/kubernetes and its dependencies ($(elapsed))"
-  (cd "${w}" && go_ get "k8s.io/kubernetes@${ver}")
+}
 
+# The version stamp of k8s.io/kubernetes' own builds (build date: the module's release time).
+configure_kubernetes() {
+  local ver=$1 minor info build_date pkg
+  minor=${ver#v1.}
+  minor=${minor%%.*}
+  info=$(cd "${WRAPPER}" && module_file k8s.io/kubernetes "${ver}" info)
   build_date=$(sed -n 's/.*"Time":"\([^"]*\)".*/\1/p' "${info}")
   [[ -n "${build_date}" ]] || build_date=$(date -u +%Y-%m-%dT%H:%M:%SZ)
   LDFLAGS="-s -w"
-  local pkg
   for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
     LDFLAGS+=" -X ${pkg}.gitVersion=${ver}"
     LDFLAGS+=" -X ${pkg}.gitMajor=1"
@@ -188,124 +214,41 @@ kubernetes_wrapper() {
   done
 }
 
-# build_kubernetes_commands DEST COMMAND...: the k8s.io/kubernetes/cmd/* binaries into DEST.
-build_kubernetes_commands() {
-  local dest=$1 bin
-  shift
-  kubernetes_wrapper
-  local out="${dest}.partial"
-  rm -rf "${out}"
-  mkdir -p "${out}"
-  for bin in "$@"; do
-    log "building ${bin} ${KUBE_VERSION} ... ($(elapsed) so far)"
-    (cd "${WRAPPER}" && go_ build -trimpath -ldflags "${LDFLAGS}" -o "${out}/${bin}" "k8s.io/kubernetes/cmd/${bin}")
-  done
-  publish "${out}" "${dest}" "${KUBE_VERSION}"
-}
+configure_etcd() { LDFLAGS="-s -w -X go.etcd.io/etcd/api/v3/version.GitSHA=$1"; }
 
-build_kubernetes() {
-  build_kubernetes_commands "${KUBE_DIR}" kube-apiserver kube-controller-manager kube-scheduler kubectl
-}
-
-# The real node's kubelet and kube-proxy: same module, same version stamp, own cache directory
-# so that adding them never rebuilds the control plane.
-build_kubernetes_node() {
-  build_kubernetes_commands "${KUBE_NODE_DIR}" kubelet kube-proxy
-}
-
-build_etcd() {
-  local ver=${ETCD_VERSION} dest=${ETCD_DIR}
-  log "etcd ${ver}: preparing wrapper module"
-  local w gomod m
-  new_wrapper etcd
-  w=${WRAPPER}
-  for m in server etcdctl etcdutl; do
-    gomod=$(cd "${w}" && module_file "go.etcd.io/etcd/${m}/v3" "${ver}" mod)
-    copy_directives "${gomod}" "${w}"
-  done
-  log "etcd ${ver}: downloading go.etcd.io/etcd/{server,etcdctl,etcdutl}/v3 and their dependencies ($(elapsed))"
-  (cd "${w}" && go_ get "go.etcd.io/etcd/server/v3@${ver}" \
-    "go.etcd.io/etcd/etcdctl/v3@${ver}" "go.etcd.io/etcd/etcdutl/v3@${ver}")
-  local out="${dest}.partial" bin pkg
-  rm -rf "${out}"
-  mkdir -p "${out}"
-  # etcd: the server; etcdctl/etcdutl: used by `kwokctl etcdctl` and snapshots.
-  for bin in etcd etcdctl etcdutl; do
-    pkg=go.etcd.io/etcd/${bin}/v3
-    [[ "${bin}" == etcd ]] && pkg=go.etcd.io/etcd/server/v3
-    log "building ${bin} ${ver} ... ($(elapsed) so far)"
-    (cd "${w}" && go_ build -trimpath \
-      -ldflags "-s -w -X go.etcd.io/etcd/api/v3/version.GitSHA=${ver}" \
-      -o "${out}/${bin}" "${pkg}")
-  done
-  publish "${out}" "${dest}" "${ver}"
-}
-
-build_kwok() {
-  local ver=${KWOK_VERSION} dest=${KWOK_DIR}
-  log "kwok ${ver}: preparing wrapper module"
-  local w gomod
-  new_wrapper kwok
-  w=${WRAPPER}
-  gomod=$(cd "${w}" && module_file sigs.k8s.io/kwok "${ver}" mod)
-  copy_directives "${gomod}" "${w}"
-  log "kwok ${ver}: downloading sigs.k8s.io/kwok and its dependencies ($(elapsed))"
-  (cd "${w}" && go_ get "sigs.k8s.io/kwok@${ver}")
+configure_kwok() {
   # consts.KubeVersion is kwokctl's default --kube-version: make it the
   # Kubernetes version built above so generated flags match the binaries.
-  local ldflags="-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=${ver}"
-  ldflags+=" -X sigs.k8s.io/kwok/pkg/consts.KubeVersion=${KUBE_VERSION}"
+  LDFLAGS="-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=$1"
+  LDFLAGS+=" -X sigs.k8s.io/kwok/pkg/consts.KubeVersion=${KUBE_VERSION}"
   # Blank every built-in binary download URL prefix (releases of kwok,
   # kubernetes, etcd, prometheus, ...): a binary path left unset then fails
   # locally instead of being fetched from the internet.
   local kwok_src var
-  kwok_src=$(cd "${w}" && go_ list -m -f '{{.Dir}}' sigs.k8s.io/kwok)
+  kwok_src=$(cd "${WRAPPER}" && go_ list -m -f '{{.Dir}}' sigs.k8s.io/kwok)
   while IFS= read -r var; do
-    ldflags+=" -X sigs.k8s.io/kwok/pkg/consts.${var}="
+    LDFLAGS+=" -X sigs.k8s.io/kwok/pkg/consts.${var}="
   done < <(sed -n -E 's/^[[:space:]]*([A-Za-z]*Binary[A-Za-z]*Prefix)[[:space:]]*=[[:space:]]*"https?:.*/\1/p' \
     "${kwok_src}"/pkg/consts/*.go)
-  local out="${dest}.partial" bin
-  rm -rf "${out}"
-  mkdir -p "${out}"
-  for bin in kwok kwokctl; do
-    log "building ${bin} ${ver} ... ($(elapsed) so far)"
-    (cd "${w}" && go_ build -trimpath -ldflags "${ldflags}" -o "${out}/${bin}" "sigs.k8s.io/kwok/cmd/${bin}")
-  done
-  publish "${out}" "${dest}" "${ver}"
 }
 
-build_helm() {
-  local ver=${HELM_VERSION} dest=${HELM_DIR}
-  log "helm ${ver}: preparing wrapper module"
-  local w gomod
-  new_wrapper helm
-  w=${WRAPPER}
-  gomod=$(cd "${w}" && module_file helm.sh/helm/v3 "${ver}" mod)
-  copy_directives "${gomod}" "${w}"
-  log "helm ${ver}: downloading helm.sh/helm/v3 and its dependencies ($(elapsed))"
-  (cd "${w}" && go_ get "helm.sh/helm/v3@${ver}")
+configure_helm() {
   # Same as helm's Makefile: the Kubernetes version helm assumes by default
   # (chartutil / lint) derives from the client-go it is built with.
   local cgo k8s_major k8s_minor
-  cgo=$(cd "${w}" && go_ list -m -f '{{.Version}}' k8s.io/client-go)
+  cgo=$(cd "${WRAPPER}" && go_ list -m -f '{{.Version}}' k8s.io/client-go)
   cgo=${cgo#v}
   k8s_major=$((${cgo%%.*} + 1))
   k8s_minor=${cgo#*.}
   k8s_minor=${k8s_minor%%.*}
-  local ldflags="-s -w"
-  ldflags+=" -X helm.sh/helm/v3/internal/version.version=${ver}"
-  ldflags+=" -X helm.sh/helm/v3/internal/version.metadata="
-  ldflags+=" -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
-  ldflags+=" -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=${k8s_major}"
-  ldflags+=" -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=${k8s_minor}"
-  ldflags+=" -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=${k8s_major}"
-  ldflags+=" -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=${k8s_minor}"
-  local out="${dest}.partial"
-  rm -rf "${out}"
-  mkdir -p "${out}"
-  log "building helm ${ver} ... ($(elapsed) so far)"
-  (cd "${w}" && go_ build -trimpath -ldflags "${ldflags}" -o "${out}/helm" helm.sh/helm/v3/cmd/helm)
-  publish "${out}" "${dest}" "${ver}"
+  LDFLAGS="-s -w"
+  LDFLAGS+=" -X helm.sh/helm/v3/internal/version.version=$1"
+  LDFLAGS+=" -X helm.sh/helm/v3/internal/version.metadata="
+  LDFLAGS+=" -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
+  LDFLAGS+=" -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=${k8s_major}"
+  LDFLAGS+=" -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=${k8s_minor}"
+  LDFLAGS+=" -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=${k8s_major}"
+  LDFLAGS+=" -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=${k8s_minor}"
 }
 
 # CoreDNS with only the plugins this cluster needs. Upstream selects plugins with plugin.cfg and
@@ -313,14 +256,9 @@ build_helm() {
 # dnsserver.Directives (in plugin.cfg's order) and imports just those plugins. No `forward`:
 # names outside the cluster's zones are refused, nothing is resolved off the machine.
 COREDNS_PLUGINS=(bind ready health errors log loadbalance cache kubernetes)
-build_coredns() {
-  local ver=${COREDNS_VERSION} dest=${COREDNS_DIR}
-  log "coredns ${ver}: preparing wrapper module (plugins: ${COREDNS_PLUGINS[*]})"
-  local w gomod plugin
-  new_wrapper coredns
-  w=${WRAPPER}
-  gomod=$(cd "${w}" && module_file github.com/coredns/coredns "${ver}" mod)
-  copy_directives "${gomod}" "${w}"
+prepare_coredns() {
+  local plugin
+  log "  plugins: ${COREDNS_PLUGINS[*]}"
   {
     printf '// Generated by e2e/cluster/build-tools.sh: CoreDNS with a fixed plugin set.\n'
     printf 'package main\n\nimport (\n'
@@ -334,60 +272,28 @@ build_coredns() {
       printf '"%s", ' "${plugin}"
     done
     printf '}\n}\n\nfunc main() { coremain.Run() }\n'
-  } >"${w}/main.go"
-  log "coredns ${ver}: downloading github.com/coredns/coredns and its dependencies ($(elapsed))"
-  (cd "${w}" && go_ get "github.com/coredns/coredns@${ver}" && go_ mod tidy)
-  local out="${dest}.partial"
-  rm -rf "${out}"
-  mkdir -p "${out}"
-  log "building coredns ${ver} ... ($(elapsed) so far)"
-  (cd "${w}" && go_ build -trimpath -ldflags "-s -w -X github.com/coredns/coredns/coremain.GitCommit=${ver}" \
-    -o "${out}/coredns" .)
-  publish "${out}" "${dest}" "${ver}"
+  } >"${WRAPPER}/main.go"
 }
 
-build_local_path_provisioner() {
-  local ver=${LOCAL_PATH_PROVISIONER_VERSION} dest=${LOCAL_PATH_DIR}
-  local mod=github.com/rancher/local-path-provisioner w gomod
-  new_wrapper local-path-provisioner
-  w=${WRAPPER}
-  gomod=$(cd "${w}" && module_file "${mod}" "${ver}" mod)
-  copy_directives "${gomod}" "${w}"
-  log "local-path-provisioner ${ver}: downloading ${mod} and its dependencies ($(elapsed))"
-  (cd "${w}" && go_ get "${mod}@${ver}")
-  local out="${dest}.partial"
-  rm -rf "${out}"
-  mkdir -p "${out}"
-  log "building local-path-provisioner ${ver} ... ($(elapsed) so far)"
-  (cd "${w}" && go_ build -trimpath -ldflags "-s -w -X main.VERSION=${ver}" -o "${out}/local-path-provisioner" "${mod}")
-  publish "${out}" "${dest}" "${ver}"
+configure_coredns() {
+  (cd "${WRAPPER}" && go_ mod tidy)
+  LDFLAGS="-s -w -X github.com/coredns/coredns/coremain.GitCommit=$1"
 }
 
-build_kube_router() {
-  local ver=${KUBE_ROUTER_VERSION} dest=${KUBE_ROUTER_DIR}
-  local mod=github.com/cloudnativelabs/kube-router/v2 w gomod
-  new_wrapper kube-router
-  w=${WRAPPER}
-  gomod=$(cd "${w}" && module_file "${mod}" "${ver}" mod)
-  copy_directives "${gomod}" "${w}"
-  log "kube-router ${ver}: downloading ${mod} and its dependencies ($(elapsed))"
-  (cd "${w}" && go_ get "${mod}@${ver}")
-  local out="${dest}.partial"
-  rm -rf "${out}"
-  mkdir -p "${out}"
-  log "building kube-router ${ver} ... ($(elapsed) so far)"
-  (cd "${w}" && go_ build -trimpath \
-    -ldflags "-s -w -X ${mod}/pkg/version.Version=${ver} -X ${mod}/pkg/version.BuildDate=$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
-    -o "${out}/kube-router" "${mod}/cmd/kube-router")
-  publish "${out}" "${dest}" "${ver}"
+configure_local_path_provisioner() { LDFLAGS="-s -w -X main.VERSION=$1"; }
+
+configure_kube_router() {
+  local mod=github.com/cloudnativelabs/kube-router/v2
+  LDFLAGS="-s -w -X ${mod}/pkg/version.Version=$1 -X ${mod}/pkg/version.BuildDate=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 }
 
-# run_build NAME VERSION DEST FUNCTION: one line on the terminal ("NAME VERSION: building ...
-# done in N s"); everything the build prints goes to BUILD_LOG_DIR/NAME-VERSION.log.
+# run_build NAME VERSION DEST WRAPPER MODULES BINARY=PACKAGE...: build_component, unless DEST
+# holds a finished build. One line on the terminal ("NAME VERSION: building ... done in N s");
+# everything the build prints goes to BUILD_LOG_DIR/NAME-VERSION.log.
 BUILT=0
 CACHED=0
 run_build() {
-  local name=$1 ver=$2 dest=$3 fn=$4 logfile started
+  local name=$1 ver=$2 dest=$3 logfile started
   if is_built "${dest}"; then
     CACHED=$((CACHED + 1))
     return
@@ -403,7 +309,7 @@ run_build() {
   (
     set -e
     trap cleanup EXIT
-    "${fn}"
+    build_component "$@"
   ) >"${logfile}" 2>&1
   status=$?
   set -e
@@ -417,15 +323,29 @@ run_build() {
   BUILT=$((BUILT + 1))
 }
 
-run_build kubernetes "${KUBE_VERSION}" "${KUBE_DIR}" build_kubernetes
-run_build etcd "${ETCD_VERSION}" "${ETCD_DIR}" build_etcd
-run_build kwok "${KWOK_VERSION}" "${KWOK_DIR}" build_kwok
-run_build helm "${HELM_VERSION}" "${HELM_DIR}" build_helm
+# The components: NAME VERSION DEST WRAPPER MODULES BINARY=PACKAGE... (see build_component).
+K8S_CMD=k8s.io/kubernetes/cmd
+ETCD=go.etcd.io/etcd
+KUBE_ROUTER_MODULE=github.com/cloudnativelabs/kube-router/v2
+run_build kubernetes "${KUBE_VERSION}" "${KUBE_DIR}" kubernetes k8s.io/kubernetes \
+  kube-apiserver="${K8S_CMD}/kube-apiserver" kube-controller-manager="${K8S_CMD}/kube-controller-manager" \
+  kube-scheduler="${K8S_CMD}/kube-scheduler" kubectl="${K8S_CMD}/kubectl"
+# etcd: the server; etcdctl/etcdutl: used by `kwokctl etcdctl` and snapshots.
+run_build etcd "${ETCD_VERSION}" "${ETCD_DIR}" etcd "${ETCD}/server/v3 ${ETCD}/etcdctl/v3 ${ETCD}/etcdutl/v3" \
+  etcd="${ETCD}/server/v3" etcdctl="${ETCD}/etcdctl/v3" etcdutl="${ETCD}/etcdutl/v3"
+run_build kwok "${KWOK_VERSION}" "${KWOK_DIR}" kwok sigs.k8s.io/kwok \
+  kwok=sigs.k8s.io/kwok/cmd/kwok kwokctl=sigs.k8s.io/kwok/cmd/kwokctl
+run_build helm "${HELM_VERSION}" "${HELM_DIR}" helm helm.sh/helm/v3 helm=helm.sh/helm/v3/cmd/helm
 if [[ "${REAL_NODE}" != 0 ]]; then
-  run_build kubernetes-node "${KUBE_VERSION}" "${KUBE_NODE_DIR}" build_kubernetes_node
-  run_build coredns "${COREDNS_VERSION}" "${COREDNS_DIR}" build_coredns
-  run_build local-path-provisioner "${LOCAL_PATH_PROVISIONER_VERSION}" "${LOCAL_PATH_DIR}" build_local_path_provisioner
-  run_build kube-router "${KUBE_ROUTER_VERSION}" "${KUBE_ROUTER_DIR}" build_kube_router
+  # The real node's kubelet and kube-proxy: same module, same version stamp (the kubernetes
+  # wrapper), own cache directory so that adding them never rebuilds the control plane.
+  run_build kubernetes-node "${KUBE_VERSION}" "${KUBE_NODE_DIR}" kubernetes k8s.io/kubernetes \
+    kubelet="${K8S_CMD}/kubelet" kube-proxy="${K8S_CMD}/kube-proxy"
+  run_build coredns "${COREDNS_VERSION}" "${COREDNS_DIR}" coredns github.com/coredns/coredns coredns=.
+  run_build local-path-provisioner "${LOCAL_PATH_PROVISIONER_VERSION}" "${LOCAL_PATH_DIR}" local-path-provisioner \
+    github.com/rancher/local-path-provisioner local-path-provisioner=github.com/rancher/local-path-provisioner
+  run_build kube-router "${KUBE_ROUTER_VERSION}" "${KUBE_ROUTER_DIR}" kube-router "${KUBE_ROUTER_MODULE}" \
+    kube-router="${KUBE_ROUTER_MODULE}/cmd/kube-router"
 fi
 if [[ "${BUILT}" -gt 0 ]]; then
   log "tools: built ${BUILT}, cached ${CACHED} ($(elapsed) total, $(go_ version | cut -d' ' -f3), cache ${CACHE_DIR})"
