@@ -4,12 +4,29 @@
 //! Every field's doc comment becomes `kubectl explain` text, and every default here is written
 //! into the schema, so what a user reads back with `kubectl get -o yaml` is what the operator uses.
 
-mod defaults;
+mod app;
+mod autoscaling;
+mod cache;
+mod cdn;
+mod common;
+mod database;
+mod rate_limit;
+mod sessions;
 mod spec;
 mod status;
+mod workers;
 
+pub use app::*;
+pub use autoscaling::*;
+pub use cache::*;
+pub use cdn::*;
+pub use common::*;
+pub use database::*;
+pub use rate_limit::*;
+pub use sessions::*;
 pub use spec::*;
 pub use status::*;
+pub use workers::*;
 
 /// Longest ScaledApp name: the longest child, `<name>-shard-63-replica`, must stay within the
 /// 52 characters a StatefulSet name may have (its pods get a 63-character revision label).
