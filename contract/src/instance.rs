@@ -11,6 +11,8 @@
 //!   to) primary, every other pod follows it as a streaming replica, a pod that cannot confirm it
 //!   is still the named primary stops accepting writes, and a pod recreated under the primary's
 //!   name waits until the operator confirms it or names another pod.
+//! - Replication is sized by one rule, [`crate::replication`]: the operator writes it into
+//!   [`InstanceConfig::parameters`] and the instance manager falls back to it.
 //! - Each instance manager serves an [`InstanceStatus`] at `GET /status` on
 //!   [`INSTANCE_STATUS_PORT`] (with `/healthz`, `/readyz` and `/metrics`); the operator reads it to
 //!   pick primaries and to report replication in the ScaledApp's status.
@@ -103,10 +105,14 @@ pub struct InstanceConfig {
     /// `hot_standby`, `synchronous_standby_names`, `primary_conninfo`, `primary_slot_name`; a
     /// value given here for one of those is ignored with a warning). `max_connections` is the
     /// operator's to size from the connection budget; it must be equal on every instance of a
-    /// shard (a hot standby refuses a lower value than its primary). When absent, the manager
-    /// fills `max_wal_senders` and `max_replication_slots` (enough for every instance) and
-    /// `max_slot_wal_keep_size` (a fifth of the data volume), so a dead replica's slot cannot
-    /// fill the primary's disk.
+    /// shard (a hot standby refuses a lower value than its primary). Replication has one sizing
+    /// rule, [`crate::replication`]: the operator sets `max_wal_senders` and
+    /// `max_replication_slots` to [`wal_senders`](crate::replication::wal_senders)`(instances)`
+    /// and `max_slot_wal_keep_size` to
+    /// [`slot_wal_keep_mib`](crate::replication::slot_wal_keep_mib) of the data volume (a
+    /// quarter, so a dead replica's slot cannot fill the primary's disk). A config that lacks them
+    /// (written by hand, or by a test) gets the same values from the instance manager, which
+    /// measures the volume itself (and leaves `max_slot_wal_keep_size` unset when it cannot).
     pub parameters: BTreeMap<String, String>,
     /// Whether commits wait for one replica (`synchronous_standby_names = 'ANY 1 (*)'`).
     pub synchronous_replication: bool,

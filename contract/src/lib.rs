@@ -14,6 +14,7 @@
 
 pub mod instance;
 pub mod metrics;
+pub mod replication;
 pub mod secret;
 mod shard_map;
 

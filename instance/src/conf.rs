@@ -6,7 +6,7 @@
 
 use std::{collections::BTreeMap, fmt::Write, path::Path};
 
-use scaled_contract::instance::InstanceConfig;
+use scaled_contract::{instance::InstanceConfig, replication};
 
 use crate::settings::{PeerAddress, SUPERUSER};
 
@@ -64,7 +64,7 @@ pub struct SettingsInputs<'a> {
     pub data_dir: &'a Path,
     /// The replication passfile that `primary_conninfo` names.
     pub passfile: &'a Path,
-    /// Size of the data volume in bytes, for the default `max_slot_wal_keep_size`.
+    /// Size of the data volume in bytes, for `max_slot_wal_keep_size` when the parameters lack it.
     pub volume_bytes: Option<u64>,
 }
 
@@ -89,7 +89,9 @@ pub fn render_settings(inputs: &SettingsInputs<'_>) -> (String, Vec<String>) {
     {
         settings.insert("wal_level".into(), "'replica'".into());
     }
-    let senders = (config.instances.max(1) * 2 + 2).max(10);
+    // The operator sets these; a config without them (written by hand, or by a test) gets the
+    // values of the same rule.
+    let senders = replication::wal_senders(config.instances);
     settings
         .entry("max_wal_senders".into())
         .or_insert_with(|| senders.to_string());
@@ -99,7 +101,7 @@ pub fn render_settings(inputs: &SettingsInputs<'_>) -> (String, Vec<String>) {
     if let Some(bytes) = inputs.volume_bytes {
         settings
             .entry("max_slot_wal_keep_size".into())
-            .or_insert_with(|| quote_value(&default_max_slot_wal_keep_size(bytes)));
+            .or_insert_with(|| quote_value(&replication::slot_wal_keep_setting(bytes / MIB)));
     }
 
     let mut owned: Vec<(&str, String)> = vec![
@@ -163,12 +165,8 @@ pub fn render_settings(inputs: &SettingsInputs<'_>) -> (String, Vec<String>) {
     (text, ignored)
 }
 
-/// A fifth of the data volume (at least 64MB): room for a replica to be away for a while, but a
-/// dead replica's slot can never fill the disk.
-pub fn default_max_slot_wal_keep_size(volume_bytes: u64) -> String {
-    let megabytes = (volume_bytes / 5 / (1024 * 1024)).max(64);
-    format!("{megabytes}MB")
-}
+/// Bytes per MiB, to give [`replication::slot_wal_keep_setting`] the volume in its unit.
+const MIB: u64 = 1024 * 1024;
 
 /// `pg_hba.conf`: SCRAM everywhere; the superuser locally only; the app role to any database;
 /// the replication role for streaming and, for pg_rewind and the manager's questions, to
@@ -265,8 +263,8 @@ mod tests {
         }
     }
 
-    fn render(config: &InstanceConfig, mode: &ServerMode) -> (String, Vec<String>) {
-        render_settings(&SettingsInputs {
+    fn inputs<'a>(config: &'a InstanceConfig, mode: &'a ServerMode) -> SettingsInputs<'a> {
+        SettingsInputs {
             config,
             pod: "shop-shard-0-1",
             mode,
@@ -275,7 +273,11 @@ mod tests {
             data_dir: Path::new("/var/lib/postgresql/data/pgdata"),
             passfile: Path::new("/var/run/postgresql/replication.pgpass"),
             volume_bytes: Some(10 * 1024 * 1024 * 1024),
-        })
+        }
+    }
+
+    fn render(config: &InstanceConfig, mode: &ServerMode) -> (String, Vec<String>) {
+        render_settings(&inputs(config, mode))
     }
 
     fn value<'a>(text: &'a str, key: &str) -> Option<&'a str> {
@@ -325,16 +327,29 @@ mod tests {
     }
 
     #[test]
-    fn slot_and_sender_limits_default_from_the_instances_and_the_volume() {
+    fn slot_and_sender_limits_missing_from_the_parameters_follow_the_operators_rule() {
+        // The operator's render asserts the same figures: 3 instances, a 10 GiB volume.
         let (text, _) = render(&config(), &ServerMode::Primary);
-        assert_eq!(value(&text, "max_wal_senders"), Some("10"));
-        assert_eq!(value(&text, "max_slot_wal_keep_size"), Some("'2048MB'"));
+        assert_eq!(value(&text, "max_wal_senders"), Some("7"));
+        assert_eq!(value(&text, "max_replication_slots"), Some("7"));
+        assert_eq!(value(&text, "max_slot_wal_keep_size"), Some("'2560MB'"));
         let mut set = config();
         set.parameters
             .insert("max_slot_wal_keep_size".into(), "1GB".into());
+        set.parameters.insert("max_wal_senders".into(), "12".into());
         let (text, _) = render(&set, &ServerMode::Primary);
         assert_eq!(value(&text, "max_slot_wal_keep_size"), Some("'1GB'"));
-        assert_eq!(default_max_slot_wal_keep_size(100 * 1024 * 1024), "64MB");
+        assert_eq!(value(&text, "max_wal_senders"), Some("'12'"));
+        let unmeasured = render_settings(&SettingsInputs {
+            volume_bytes: None,
+            ..inputs(&config(), &ServerMode::Primary)
+        })
+        .0;
+        assert_eq!(
+            value(&unmeasured, "max_slot_wal_keep_size"),
+            None,
+            "no volume size, no guess"
+        );
     }
 
     #[test]

@@ -26,6 +26,7 @@ use scaled_contract::instance::{
     ENV_REPLICATION_PASSWORD, ENV_SUPERUSER_PASSWORD, INSTANCE_CONFIG_DIR, INSTANCE_CONFIG_KEY,
     INSTANCE_SCHEMA_VERSION, INSTANCE_STATUS_PORT, InstanceConfig,
 };
+use scaled_contract::replication;
 
 use super::secrets::{
     POSTGRES_APP_KEY, POSTGRES_REPLICATION_KEY, POSTGRES_SUPERUSER_KEY, postgres_secret,
@@ -111,9 +112,7 @@ pub fn instance_config(app: &ValidatedApp) -> InstanceConfig {
 /// The instance manager adds what it owns: ports, addresses, `wal_log_hints`, the replication
 /// source and `synchronous_standby_names`.
 pub fn server_settings(app: &ValidatedApp) -> BTreeMap<String, String> {
-    let instances = instances(app);
-    // One WAL sender and one slot per replica, plus room for a clone, a pg_rewind and a backup.
-    let senders = instances + 4;
+    let senders = replication::wal_senders(instances(app));
     BTreeMap::from([
         ("max_connections".into(), app.max_connections.to_string()),
         ("wal_level".into(), "replica".into()),
@@ -123,10 +122,10 @@ pub fn server_settings(app: &ValidatedApp) -> BTreeMap<String, String> {
         // was just created); slots hold the rest, up to `max_slot_wal_keep_size`.
         ("wal_keep_size".into(), "256MB".into()),
         // A dead replica's slot may hold at most this much WAL, so it cannot fill the primary's
-        // volume: a quarter of it. Past that the slot is invalidated and the replica re-clones.
+        // volume. Past that the slot is invalidated and the replica re-clones.
         (
             "max_slot_wal_keep_size".into(),
-            format!("{}MB", app.postgres_volume_mib / 4),
+            replication::slot_wal_keep_setting(app.postgres_volume_mib),
         ),
         // Replicas tell the primary what they still read, so vacuum does not cancel their queries.
         ("hot_standby_feedback".into(), "on".into()),
@@ -504,8 +503,19 @@ mod tests {
         let app = validated_example("shop");
         let settings = server_settings(&app);
         assert_eq!(settings["max_connections"], app.max_connections.to_string());
-        assert_eq!(settings["max_slot_wal_keep_size"], "2560MB");
         assert!(!settings.contains_key("synchronous_standby_names"));
+    }
+
+    #[test]
+    fn replication_is_sized_by_the_contracts_rule() {
+        // The instance manager's fallback asserts the same figures: 3 instances, a 10 GiB volume.
+        let app = validated_example("shop");
+        assert_eq!(instances(&app), 3);
+        assert_eq!(app.postgres_volume_mib, 10 * 1024);
+        let settings = server_settings(&app);
+        assert_eq!(settings["max_wal_senders"], "7");
+        assert_eq!(settings["max_replication_slots"], "7");
+        assert_eq!(settings["max_slot_wal_keep_size"], "2560MB");
     }
 
     #[test]
