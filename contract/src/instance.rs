@@ -11,6 +11,9 @@
 //!   to) primary, every other pod follows it as a streaming replica, a pod that cannot confirm it
 //!   is still the named primary stops accepting writes, and a pod recreated under the primary's
 //!   name waits until the operator confirms it or names another pod.
+//! - A shard's pods are named by its StatefulSet: [`pod_name`] and [`pod_ordinal`] are the one
+//!   spelling of `<statefulSet>-<ordinal>`, which replication slot names, peer addresses and the
+//!   primary record all derive from.
 //! - Replication is sized by one rule, [`crate::replication`]: the operator writes it into
 //!   [`InstanceConfig::parameters`] and the instance manager falls back to it.
 //! - Each instance manager serves an [`InstanceStatus`] at `GET /status` on
@@ -96,7 +99,8 @@ pub struct InstanceConfig {
     pub app_user: String,
     /// Role replicas stream with (password in [`ENV_REPLICATION_PASSWORD`]).
     pub replication_user: String,
-    /// Pods per shard (`1 + replicasPerShard`): pods `<statefulSet>-0` ... `<statefulSet>-(n-1)`.
+    /// Pods per shard (`1 + replicasPerShard`): pods `<statefulSet>-0` ... `<statefulSet>-(n-1)`
+    /// ([`pod_name`]).
     /// The primary keeps one physical replication slot per other pod and drops slots of pods
     /// beyond this count.
     pub instances: u32,
@@ -245,6 +249,38 @@ pub struct DataIdentity {
     pub shard: u32,
 }
 
+/// The name of pod `ordinal` of StatefulSet `stateful_set`, `<statefulSet>-<ordinal>`, as
+/// Kubernetes names it. Written here once because the operator (peer addresses, the first
+/// primary it names), the instance manager (slots for its peers) and the tests must all spell it
+/// the way the StatefulSet controller does, or a slot or record would name a pod that never
+/// exists.
+pub fn pod_name(stateful_set: &str, ordinal: u32) -> String {
+    format!("{stateful_set}-{ordinal}")
+}
+
+/// The ordinal of `pod` if it is a pod of StatefulSet `stateful_set`: exactly `stateful_set`,
+/// `-`, then ASCII digits only (so `shop-shard-1-0` is not a pod of `shop-shard`, nor
+/// `shop-shard-10` one of `shop-shard-1`). The inverse of [`pod_name`]; `None` for anything
+/// else, including an ordinal beyond `u32`.
+pub fn pod_ordinal(stateful_set: &str, pod: &str) -> Option<u32> {
+    split_pod_name(pod)
+        .filter(|(set, _)| *set == stateful_set)
+        .map(|(_, ordinal)| ordinal)
+}
+
+/// `shop-shard-0-2` -> (`shop-shard-0`, 2): the StatefulSet and ordinal of a pod that knows only
+/// its own name (the instance manager, from the downward API). The split is at the last `-`,
+/// which is right because an ordinal has no `-`; `None` when what follows it is not all digits
+/// or nothing precedes it.
+pub fn split_pod_name(pod: &str) -> Option<(&str, u32)> {
+    let (stateful_set, ordinal) = pod.rsplit_once('-')?;
+    if stateful_set.is_empty() || ordinal.is_empty() || !ordinal.bytes().all(|b| b.is_ascii_digit())
+    {
+        return None;
+    }
+    Some((stateful_set, ordinal.parse().ok()?))
+}
+
 /// A physical replication slot name for a pod: lowercase letters, digits and `_` only.
 pub fn slot_name(pod: &str) -> String {
     pod.chars()
@@ -284,6 +320,33 @@ mod tests {
         assert_eq!(parse_lsn("0/3000060"), Some(0x0300_0060));
         assert_eq!(parse_lsn("nonsense"), None);
         assert_eq!(parse_lsn("1/100000000"), None);
+    }
+
+    #[test]
+    fn pod_names_are_the_stateful_set_then_the_ordinal_and_parse_back_strictly() {
+        assert_eq!(pod_name("shop-shard-1", 2), "shop-shard-1-2");
+        assert_eq!(pod_ordinal("shop-shard-1", "shop-shard-1-2"), Some(2));
+        assert_eq!(
+            pod_ordinal("shop-shard-1", &pod_name("shop-shard-1", 0)),
+            Some(0)
+        );
+        for (set, pod) in [
+            ("shop-shard-1", "shop-shard-10"),
+            ("shop-shard-1", "shop-shard-1-"),
+            ("shop-shard-1", "shop-shard-1-x"),
+            ("shop-shard-1", "shop-shard-1-+2"),
+            ("shop-shard-1", "shop-shard-1-1-0"),
+            ("shop-shard-1", "shop-shard-1-99999999999"),
+            ("shop-shard", "shop-shard-1-0"),
+            ("shop-shard-1", "other-shard-1-0"),
+            ("", "-3"),
+        ] {
+            assert_eq!(pod_ordinal(set, pod), None, "{pod} is no pod of {set:?}");
+        }
+        assert_eq!(split_pod_name("shop-shard-0-2"), Some(("shop-shard-0", 2)));
+        assert_eq!(split_pod_name("shop-shard-0-x"), None);
+        assert_eq!(split_pod_name("nodash"), None);
+        assert_eq!(split_pod_name("-3"), None);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use std::{
 use scaled_contract::instance::{
     DataIdentity, ENV_APP_PASSWORD, ENV_INSTANCE_NAMESPACE, ENV_INSTANCE_PEER_DOMAIN,
     ENV_INSTANCE_POD, ENV_INSTANCE_POD_UID, ENV_INSTANCE_SHARD, ENV_REPLICATION_PASSWORD,
-    ENV_SUPERUSER_PASSWORD, InstanceConfig,
+    ENV_SUPERUSER_PASSWORD, InstanceConfig, split_pod_name,
 };
 
 /// The superuser every data directory has (initdb `-U`); only local connections may use it.
@@ -264,16 +264,6 @@ pub fn read_config(path: &Path) -> Result<InstanceConfig, SettingsError> {
     })
 }
 
-/// `shop-shard-0-2` -> (`shop-shard-0`, 2).
-pub fn split_pod_name(pod: &str) -> Option<(&str, u32)> {
-    let (stateful_set, ordinal) = pod.rsplit_once('-')?;
-    if stateful_set.is_empty() || ordinal.is_empty() || !ordinal.bytes().all(|b| b.is_ascii_digit())
-    {
-        return None;
-    }
-    Some((stateful_set, ordinal.parse().ok()?))
-}
-
 /// Role names are restricted to what needs no quoting rules beyond double quotes.
 fn is_plain_identifier(name: &str) -> bool {
     !name.is_empty()
@@ -299,14 +289,6 @@ fn parse_peer(text: &str) -> Option<(String, PeerAddress)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn pod_names_split_into_stateful_set_and_ordinal() {
-        assert_eq!(split_pod_name("shop-shard-0-2"), Some(("shop-shard-0", 2)));
-        assert_eq!(split_pod_name("shop-shard-0-x"), None);
-        assert_eq!(split_pod_name("nodash"), None);
-        assert_eq!(split_pod_name("-3"), None);
-    }
 
     #[test]
     fn peer_overrides_parse_and_reject_nonsense() {

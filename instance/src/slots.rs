@@ -6,7 +6,7 @@
 
 use std::collections::BTreeSet;
 
-use scaled_contract::instance::slot_name;
+use scaled_contract::instance::{pod_name, slot_name};
 
 use crate::db::{Connector, DbError};
 
@@ -39,7 +39,7 @@ impl SlotPlan {
 pub fn desired_slots(stateful_set: &str, own_ordinal: u32, instances: u32) -> BTreeSet<String> {
     (0..instances)
         .filter(|ordinal| *ordinal != own_ordinal)
-        .map(|ordinal| slot_name(&format!("{stateful_set}-{ordinal}")))
+        .map(|ordinal| slot_name(&pod_name(stateful_set, ordinal)))
         .collect()
 }
 

@@ -50,7 +50,8 @@ pub fn child_name(app_name: &str, component: &str) -> String {
     format!("{app_name}-{component}")
 }
 
-/// Name of shard `index`'s StatefulSet (and headless Service); its pods are `<name>-<ordinal>`.
+/// Name of shard `index`'s StatefulSet (and headless Service); its pods are
+/// [`pod_name`](scaled_contract::instance::pod_name)`(set, ordinal)`, `<set>-<ordinal>`.
 pub fn shard_set_name(app_name: &str, index: u32) -> String {
     child_name(app_name, &format!("shard-{index}"))
 }

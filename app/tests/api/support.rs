@@ -33,7 +33,7 @@ use scaled_app::{
     http::AppState,
     startup::Application,
 };
-use scaled_contract::{RuntimeConfig, Secret, ShardEndpoints, slot_for_key};
+use scaled_contract::{RuntimeConfig, Secret, ShardEndpoints, instance::pod_name, slot_for_key};
 use serde_json::{Value, json};
 use sqlx::{Connection, PgConnection, PgPool, postgres::PgConnectOptions};
 use tokio_util::sync::CancellationToken;
@@ -185,13 +185,14 @@ pub struct Postgres {
 impl Postgres {
     /// Starts pod `<shard>-<ordinal>` of a shard whose record names `<shard>-0` primary.
     fn spawn(dir: &Path, shard: &str, ordinal: u32, ports: &[(u16, u16)]) -> Self {
-        let pod = format!("{shard}-{ordinal}");
+        let pod = pod_name(shard, ordinal);
         let volume = dir.join(&pod);
         let socket_dir = dir.join(format!("{pod}-socket"));
         std::fs::create_dir_all(&volume).expect("create the volume directory");
         std::fs::create_dir_all(&socket_dir).expect("create the socket directory");
         let record = dir.join(format!("{shard}.primary"));
-        std::fs::write(&record, format!("{shard}-0\n")).expect("write the primary record");
+        std::fs::write(&record, format!("{}\n", pod_name(shard, 0)))
+            .expect("write the primary record");
         let (port, status_port) = ports[ordinal as usize];
         let config = json!({
             "schemaVersion": 1,
@@ -240,9 +241,10 @@ impl Postgres {
             ])
             .args(["--tick-ms", "250"]);
         for (other, (other_port, _)) in ports.iter().enumerate() {
-            command
-                .arg("--peer")
-                .arg(format!("{shard}-{other}=127.0.0.1:{other_port}"));
+            command.arg("--peer").arg(format!(
+                "{}=127.0.0.1:{other_port}",
+                pod_name(shard, other as u32)
+            ));
         }
         let child = command
             .env("SCALED_POD_NAME", &pod)

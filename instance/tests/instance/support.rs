@@ -25,7 +25,7 @@ use nix::{
 use scaled_contract::instance::{
     ENV_APP_PASSWORD, ENV_INSTANCE_NAMESPACE, ENV_INSTANCE_POD, ENV_INSTANCE_SHARD,
     ENV_REPLICATION_PASSWORD, ENV_SUPERUSER_PASSWORD, IDENTITY_FILE, InstanceConfig, InstanceRole,
-    InstanceStatus,
+    InstanceStatus, pod_name,
 };
 use tokio_postgres::{Client, NoTls};
 
@@ -211,7 +211,7 @@ impl Cluster {
             .keep();
         let pods = (0..options.instances)
             .map(|ordinal| {
-                let name = format!("{STATEFUL_SET}-{ordinal}");
+                let name = pod_name(STATEFUL_SET, ordinal);
                 let volume = dir.join(format!("vol{ordinal}"));
                 let socket_dir = dir.join(format!("run{ordinal}"));
                 fs::create_dir_all(&volume).expect("create the volume");

@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use scaled_contract::{
     CONFIG_KEY, CacheSettings, CdnSettings, DatabaseSettings, FailureMode, QueueSettings,
     RateLimitSettings, RedisSettings, RuntimeConfig, SCHEMA_VERSION, SessionSettings,
-    ShardEndpoints, ShardMap,
+    ShardEndpoints, ShardMap, instance::pod_name,
 };
 
 use super::postgres::{PRIMARY_ROLE, instances, shard_service_name, shard_set_name};
@@ -105,7 +105,8 @@ pub fn shard_endpoints(app: &ValidatedApp, index: u32) -> ShardEndpoints {
         replicas: (0..instances(app))
             .map(|ordinal| {
                 format!(
-                    "{set}-{ordinal}.{}:{POSTGRES_PORT}",
+                    "{}.{}:{POSTGRES_PORT}",
+                    pod_name(&set, ordinal),
                     service_host(app, &set)
                 )
             })
