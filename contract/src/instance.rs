@@ -5,12 +5,13 @@
 //!   [`INSTANCE_CONFIG_KEY`]; it is mounted at [`INSTANCE_CONFIG_PATH`]. Per-shard and per-pod
 //!   facts come as environment variables (`ENV_*` below), passwords from the generated Secret.
 //! - Which pod of a shard is the primary is decided by the operator alone and recorded in the
-//!   ScaledApp's status: `status.shards[i].primaryPod` for the entry whose `index` is the shard
-//!   ([`PRIMARY_POD_FIELD`]), with the uid of that pod object ([`PRIMARY_POD_UID_FIELD`]).
-//!   Instance managers read it from the API and obey it: the named pod runs (or promotes itself
-//!   to) primary, every other pod follows it as a streaming replica, a pod that cannot confirm it
-//!   is still the named primary stops accepting writes, and a pod recreated under the primary's
-//!   name waits until the operator confirms it or names another pod.
+//!   ScaledApp's status: `status.shards[i].primaryPod` for the entry whose `index` is the shard,
+//!   with the uid of that pod object in `primaryPodUid` ([`ShardPrimaryRecord`], read through
+//!   [`ScaledAppView`]). Instance managers read it from the API and obey it: the named pod runs
+//!   (or promotes itself to) primary, every other pod follows it as a streaming replica, a pod
+//!   that cannot confirm it is still the named primary stops accepting writes, and a pod
+//!   recreated under the primary's name waits until the operator confirms it or names another
+//!   pod.
 //! - A shard's pods are named by its StatefulSet: [`pod_name`] and [`pod_ordinal`] are the one
 //!   spelling of `<statefulSet>-<ordinal>`, which replication slot names, peer addresses and the
 //!   primary record all derive from.
@@ -34,13 +35,6 @@ pub const INSTANCE_CONFIG_PATH: &str = "/etc/scaled-instance/instance.json";
 pub const INSTANCE_STATUS_PORT: u16 = 8008;
 /// The schema version of [`InstanceConfig`] this crate writes and understands.
 pub const INSTANCE_SCHEMA_VERSION: u32 = 1;
-/// Field of a `status.shards[]` entry naming the pod chosen as the shard's primary.
-pub const PRIMARY_POD_FIELD: &str = "primaryPod";
-/// Field of a `status.shards[]` entry with the uid of the pod object the operator confirmed as
-/// the primary. A pod recreated under the recorded name has another uid: it does not start as
-/// primary until the operator records its uid (no replica could take over) or names another pod.
-/// Absent in records written before it existed: then the name alone confirms.
-pub const PRIMARY_POD_UID_FIELD: &str = "primaryPodUid";
 /// Name of the file, inside the data directory, that records which ScaledApp shard created it.
 pub const IDENTITY_FILE: &str = "scaled-instance.json";
 /// Name of the settings file, inside the data directory, that the instance manager rewrites on
@@ -60,7 +54,8 @@ pub const REASON_RECLONED: &str = "Recloned";
 
 /// Environment variable: this pod's name (downward API).
 pub const ENV_INSTANCE_POD: &str = "SCALED_POD_NAME";
-/// Environment variable: this pod's uid (downward API), compared with [`PRIMARY_POD_UID_FIELD`].
+/// Environment variable: this pod's uid (downward API), compared with
+/// [`ShardPrimaryRecord::primary_pod_uid`].
 pub const ENV_INSTANCE_POD_UID: &str = "SCALED_POD_UID";
 /// Environment variable: this pod's namespace (downward API).
 pub const ENV_INSTANCE_NAMESPACE: &str = "SCALED_NAMESPACE";
@@ -281,6 +276,75 @@ pub fn split_pod_name(pod: &str) -> Option<(&str, u32)> {
     Some((stateful_set, ordinal.parse().ok()?))
 }
 
+/// The parts of a ScaledApp object that the instance managers read (`GET` of the object through
+/// the API): only the primary records. A view, not the operator's type: the instance manager
+/// does not depend on the operator crate, and everything else in the object is ignored, so the
+/// operator may add status fields freely. The operator crate has a test that serialises its own
+/// status and parses it with this type, so the two cannot drift apart.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ScaledAppView {
+    /// The status; absent until the operator first writes one.
+    #[serde(default)]
+    pub status: Option<ScaledAppStatusView>,
+}
+
+impl ScaledAppView {
+    /// The record of shard `index`, when the status has one.
+    pub fn shard(&self, index: u32) -> Option<&ShardPrimaryRecord> {
+        self.status.as_ref()?.shard(index)
+    }
+}
+
+/// The parts of a ScaledApp's status the instance managers read.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ScaledAppStatusView {
+    /// One entry per shard, each naming its primary (the operator omits the list while it has
+    /// no shard to report).
+    #[serde(deserialize_with = "null_as_default")]
+    pub shards: Vec<ShardPrimaryRecord>,
+}
+
+impl ScaledAppStatusView {
+    /// The first entry whose index is `index` (the operator writes one per shard).
+    pub fn shard(&self, index: u32) -> Option<&ShardPrimaryRecord> {
+        self.shards
+            .iter()
+            .find(|shard| i64::from(shard.index) == i64::from(index))
+    }
+}
+
+/// One `status.shards[]` entry, as far as the instance managers care: which pod the operator
+/// named as the shard's primary. This is the record the split-brain guard obeys. Fields other
+/// than these are ignored.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ShardPrimaryRecord {
+    /// Shard number (the operator's `ShardStatus::index`). Required, without a default: an entry
+    /// without one must not be taken for shard 0's record.
+    pub index: i32,
+    /// The pod chosen as the shard's primary; absent until the operator chooses one.
+    #[serde(default)]
+    pub primary_pod: Option<String>,
+    /// The uid of the pod object the operator confirmed as the primary. A pod recreated under
+    /// the recorded name has another uid: it does not start as primary until the operator
+    /// records its uid (no replica could take over) or names another pod. Absent in records
+    /// written before it existed: then the name alone confirms.
+    #[serde(default)]
+    pub primary_pod_uid: Option<String>,
+}
+
+/// `null` reads as the default, like an absent field, so a `null` list is no more an unreadable
+/// record than a missing one.
+fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
+}
+
 /// A physical replication slot name for a pod: lowercase letters, digits and `_` only.
 pub fn slot_name(pod: &str) -> String {
     pod.chars()
@@ -347,6 +411,57 @@ mod tests {
         assert_eq!(split_pod_name("shop-shard-0-x"), None);
         assert_eq!(split_pod_name("nodash"), None);
         assert_eq!(split_pod_name("-3"), None);
+    }
+
+    #[test]
+    fn the_primary_record_reads_what_the_status_holds_and_ignores_the_rest() {
+        let app: ScaledAppView = serde_json::from_str(
+            r#"{"apiVersion":"scaled.dev/v1alpha1","kind":"ScaledApp","metadata":{"name":"shop"},
+                "spec":{"database":{"shards":3}},
+                "status":{"observedGeneration":4,"shards":[
+                  {"index":0,"slots":512,"primaryPod":"shop-shard-0-1","primaryPodUid":"u1",
+                   "instances":[{"pod":"shop-shard-0-1","role":"Primary","ready":true}]},
+                  {"index":1,"primaryPod":"shop-shard-1-0","primaryPodUid":null},
+                  {"index":2,"waiting":"volumes exist"}]}}"#,
+        )
+        .expect("a ScaledApp parses");
+        assert_eq!(
+            app.shard(0),
+            Some(&ShardPrimaryRecord {
+                index: 0,
+                primary_pod: Some("shop-shard-0-1".into()),
+                primary_pod_uid: Some("u1".into()),
+            })
+        );
+        assert_eq!(
+            app.shard(1).and_then(|shard| shard.primary_pod.as_deref()),
+            Some("shop-shard-1-0")
+        );
+        assert_eq!(
+            app.shard(1).and_then(|shard| shard.primary_pod_uid.clone()),
+            None
+        );
+        assert_eq!(
+            app.shard(2).map(|shard| shard.primary_pod.clone()),
+            Some(None)
+        );
+        assert_eq!(app.shard(3), None);
+        for empty in [
+            r#"{}"#,
+            r#"{"status":null}"#,
+            r#"{"status":{}}"#,
+            r#"{"status":{"shards":null}}"#,
+        ] {
+            let app: ScaledAppView = serde_json::from_str(empty).expect("parses");
+            assert_eq!(app.shard(0), None, "{empty}");
+        }
+        assert!(
+            serde_json::from_str::<ScaledAppView>(
+                r#"{"status":{"shards":[{"primaryPod":"x-0"}]}}"#
+            )
+            .is_err(),
+            "an entry without an index is no shard's record, least of all shard 0's"
+        );
     }
 
     #[test]

@@ -9,8 +9,7 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use scaled_contract::instance::{PRIMARY_POD_FIELD, PRIMARY_POD_UID_FIELD};
-use serde_json::Value;
+use scaled_contract::instance::ScaledAppView;
 
 use crate::settings::SourceSettings;
 
@@ -221,35 +220,23 @@ impl ApiSource {
         if !status.is_success() {
             return Record::Unknown(format!("the API server answered {status}"));
         }
-        match response.json::<Value>().await {
-            Ok(document) => primary_in_status(&document, self.shard),
+        match response.json::<ScaledAppView>().await {
+            Ok(app) => primary_in_status(&app, self.shard),
             Err(error) => Record::Unknown(format!("the ScaledApp could not be parsed: {error}")),
         }
     }
 }
 
-/// The record in a ScaledApp document: the `status.shards[]` entry whose `index` is `shard`,
-/// fields [`PRIMARY_POD_FIELD`] and [`PRIMARY_POD_UID_FIELD`].
-pub fn primary_in_status(document: &Value, shard: u32) -> Record {
-    let entry = document
-        .pointer("/status/shards")
-        .and_then(Value::as_array)
-        .and_then(|shards| {
-            shards
-                .iter()
-                .find(|entry| entry.get("index").and_then(Value::as_u64) == Some(u64::from(shard)))
-        });
-    let field = |name: &str| {
-        entry
-            .and_then(|entry| entry.get(name))
-            .and_then(Value::as_str)
-            .filter(|value| !value.is_empty())
-            .map(str::to_string)
-    };
-    match field(PRIMARY_POD_FIELD) {
+/// The record in a ScaledApp: the `status.shards[]` entry whose `index` is `shard`. An empty
+/// name counts as no name (no pod has one), and an empty uid as no uid (the name alone
+/// confirms, as in records written before uids were).
+pub fn primary_in_status(app: &ScaledAppView, shard: u32) -> Record {
+    let entry = app.shard(shard);
+    let present = |value: Option<&String>| value.filter(|value| !value.is_empty()).cloned();
+    match present(entry.and_then(|entry| entry.primary_pod.as_ref())) {
         Some(pod) => Record::Named {
             pod,
-            uid: field(PRIMARY_POD_UID_FIELD),
+            uid: present(entry.and_then(|entry| entry.primary_pod_uid.as_ref())),
         },
         None => Record::NotChosen,
     }
@@ -257,9 +244,15 @@ pub fn primary_in_status(document: &Value, shard: u32) -> Record {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     use super::*;
+
+    /// `primary_in_status` of a JSON document, parsed as the API source parses the answer.
+    fn record_in(document: Value, shard: u32) -> Record {
+        let app: ScaledAppView = serde_json::from_value(document).expect("a ScaledApp parses");
+        primary_in_status(&app, shard)
+    }
 
     #[test]
     fn the_shard_entry_with_the_right_index_names_the_primary() {
@@ -268,32 +261,65 @@ mod tests {
             {"index": 1, "primaryPod": "shop-shard-1-0"}
         ]}});
         assert_eq!(
-            primary_in_status(&document, 0),
+            record_in(document.clone(), 0),
             Record::Named {
                 pod: "shop-shard-0-1".into(),
                 uid: Some("u1".into())
             }
         );
-        assert_eq!(
-            primary_in_status(&document, 1),
-            Record::named("shop-shard-1-0")
-        );
+        assert_eq!(record_in(document, 1), Record::named("shop-shard-1-0"));
     }
 
     #[test]
     fn an_absent_entry_or_field_means_no_primary_was_chosen() {
-        assert_eq!(primary_in_status(&json!({}), 0), Record::NotChosen);
+        assert_eq!(record_in(json!({}), 0), Record::NotChosen);
         assert_eq!(
-            primary_in_status(&json!({"status": {"shards": [{"index": 0}]}}), 0),
+            record_in(json!({"status": {"shards": [{"index": 0}]}}), 0),
             Record::NotChosen
         );
         assert_eq!(
-            primary_in_status(
-                &json!({"status": {"shards": [{"index": 1, "primaryPod": "x-1"}]}}),
+            record_in(
+                json!({"status": {"shards": [{"index": 1, "primaryPod": "x-1"}]}}),
                 0
             ),
             Record::NotChosen
         );
+    }
+
+    #[test]
+    fn a_whole_scaled_app_parses_into_the_typed_record_and_empty_values_name_nothing() {
+        // What a GET of the object returns: metadata, spec and status fields the instance
+        // manager does not read, around the record it does.
+        let document = json!({
+            "apiVersion": "scaled.dev/v1alpha1",
+            "kind": "ScaledApp",
+            "metadata": {"name": "shop", "namespace": "shop-ns", "uid": "app-uid"},
+            "spec": {"database": {"shards": 3, "replicasPerShard": 2}},
+            "status": {
+                "observedGeneration": 7,
+                "conditions": [{"type": "Ready", "status": "True"}],
+                "shards": [
+                    {"index": 2, "slots": 5461, "slotRanges": "10923-16383",
+                     "statefulSet": {"name": "shop-shard-2", "desired": 3, "ready": 3,
+                                     "summary": "3/3"},
+                     "primaryPod": "shop-shard-2-1", "primaryPodUid": "",
+                     "instances": [{"pod": "shop-shard-2-1", "role": "Primary", "ready": true}]},
+                    {"index": 1, "primaryPod": "", "primaryPodUid": "u"},
+                    {"index": 0, "primaryPod": "shop-shard-0-0", "primaryPodUid": null}
+                ]
+            }
+        });
+        assert_eq!(
+            record_in(document.clone(), 2),
+            Record::named("shop-shard-2-1"),
+            "an empty uid is no uid: the name alone confirms"
+        );
+        assert_eq!(
+            record_in(document.clone(), 1),
+            Record::NotChosen,
+            "an empty name names nobody"
+        );
+        assert_eq!(record_in(document, 0), Record::named("shop-shard-0-0"));
     }
 
     /// A fake API server: answers the ScaledApp only to the bearer token in `token`.

@@ -78,16 +78,60 @@ mod tests {
         assert!(yaml.contains("Number of shards. Each shard is a primary with its own replicas and owns a share of the slots."));
     }
 
+    /// The instance managers read the primary record with the contract's view of a ScaledApp,
+    /// not with these types: what the operator writes must parse into it, field for field.
     #[test]
-    fn the_primary_record_has_the_field_name_the_instance_managers_read() {
-        let shard = ShardStatus {
-            primary_pod: Some("shop-shard-0-1".into()),
-            ..ShardStatus::default()
+    fn the_instance_managers_view_reads_the_primary_records_the_operator_writes() {
+        use scaled_contract::instance::ScaledAppView;
+
+        let mut app = crate::test_support::example("shop");
+        let read = |app: &ScaledApp| -> ScaledAppView {
+            let json = serde_json::to_string(app).expect("a ScaledApp serialises");
+            serde_json::from_str(&json).expect("the contract's view parses it")
         };
-        let json = serde_json::to_value(&shard).expect("serialises");
+        assert_eq!(read(&app).shard(0), None, "no status yet");
+        app.status = Some(ScaledAppStatus::default());
+        assert_eq!(read(&app).shard(0), None, "a status without shards");
+
+        app.status = Some(ScaledAppStatus {
+            observed_generation: Some(3),
+            shards: vec![
+                ShardStatus {
+                    index: 0,
+                    slots: 8,
+                    slot_ranges: "0-7".into(),
+                    primary_pod: Some("shop-shard-0-1".into()),
+                    primary_pod_uid: Some("uid-1".into()),
+                    timeline: Some(2),
+                    ..ShardStatus::default()
+                },
+                ShardStatus {
+                    index: 1,
+                    primary_pod: Some("shop-shard-1-0".into()),
+                    ..ShardStatus::default()
+                },
+                ShardStatus {
+                    index: 2,
+                    waiting: Some("volumes exist".into()),
+                    ..ShardStatus::default()
+                },
+            ],
+            ..ScaledAppStatus::default()
+        });
+        let view = read(&app);
+        let written = &app.status.as_ref().expect("set above").shards;
+        for shard in written {
+            let index = u32::try_from(shard.index).expect("a shard index");
+            let record = view.shard(index).expect("every written shard is read");
+            assert_eq!(record.index, shard.index);
+            assert_eq!(record.primary_pod, shard.primary_pod);
+            assert_eq!(record.primary_pod_uid, shard.primary_pod_uid);
+        }
         assert_eq!(
-            json[scaled_contract::instance::PRIMARY_POD_FIELD],
-            "shop-shard-0-1"
+            view.shard(0)
+                .and_then(|shard| shard.primary_pod_uid.as_deref()),
+            Some("uid-1")
         );
+        assert_eq!(view.shard(3), None);
     }
 }
