@@ -160,6 +160,48 @@ pub enum InstanceRole {
     Refused,
 }
 
+impl InstanceRole {
+    /// Every role, in a fixed order, for whoever needs one entry per role (the instance
+    /// manager's one-hot role metric).
+    pub const ALL: [InstanceRole; 7] = [
+        InstanceRole::Pending,
+        InstanceRole::Cloning,
+        InstanceRole::Primary,
+        InstanceRole::Replica,
+        InstanceRole::Promoting,
+        InstanceRole::Fenced,
+        InstanceRole::Refused,
+    ];
+
+    /// The role's name: what `/status` serialises, what the operator writes into
+    /// `status.shards[].instances[].role`, and the instance manager's role metric label. One
+    /// spelling, so a reader of any of them can compare with the others (the operator's
+    /// readiness checks compare the status text with `Refused`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InstanceRole::Pending => "Pending",
+            InstanceRole::Cloning => "Cloning",
+            InstanceRole::Primary => "Primary",
+            InstanceRole::Replica => "Replica",
+            InstanceRole::Promoting => "Promoting",
+            InstanceRole::Fenced => "Fenced",
+            InstanceRole::Refused => "Refused",
+        }
+    }
+}
+
+impl std::fmt::Display for InstanceRole {
+    /// [`InstanceRole::as_str`], so `{}` and the serialised form agree.
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(self.as_str())
+    }
+}
+
+/// What the operator writes as an instance's role in the ScaledApp's status when its instance
+/// manager did not answer. Not an [`InstanceRole`]: no instance manager reports it, the operator
+/// concludes it; it is here so that it is spelled once and cannot collide with a role's name.
+pub const UNKNOWN_ROLE: &str = "Unknown";
+
 /// Why an instance refuses to run or could not follow its primary.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -411,6 +453,19 @@ mod tests {
         assert_eq!(split_pod_name("shop-shard-0-x"), None);
         assert_eq!(split_pod_name("nodash"), None);
         assert_eq!(split_pod_name("-3"), None);
+    }
+
+    #[test]
+    fn role_names_are_what_status_serialises_and_debug_prints() {
+        for role in InstanceRole::ALL {
+            let json = serde_json::to_string(&role).expect("serialises");
+            assert_eq!(json, format!("\"{}\"", role.as_str()));
+            assert_eq!(role.to_string(), role.as_str());
+            assert_eq!(format!("{role:?}"), role.as_str());
+            assert_ne!(role.as_str(), UNKNOWN_ROLE);
+        }
+        assert_eq!(InstanceRole::Refused.as_str(), "Refused");
+        assert_eq!(InstanceRole::Primary.to_string(), "Primary");
     }
 
     #[test]

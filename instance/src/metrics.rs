@@ -1,5 +1,6 @@
 //! Prometheus metrics, derived from the published status. Label values come only from the
-//! fixed role set, so the series count is bounded.
+//! fixed role set ([`InstanceRole::ALL`], labelled with [`InstanceRole::as_str`], the names
+//! `/status` and the ScaledApp's status use), so the series count is bounded.
 
 use prometheus::{Encoder, Gauge, IntCounter, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 use scaled_contract::instance::{InstanceRole, InstanceStatus};
@@ -16,17 +17,6 @@ pub const LAG_BYTES: &str = "scaled_instance_replication_lag_bytes";
 pub const LAG_SECONDS: &str = "scaled_instance_replication_lag_seconds";
 /// Times this replica was cloned again because it could not follow.
 pub const RECLONES_TOTAL: &str = "scaled_instance_reclones_total";
-
-/// Every role with its label value, in a fixed order.
-pub const ROLES: [(InstanceRole, &str); 7] = [
-    (InstanceRole::Pending, "Pending"),
-    (InstanceRole::Cloning, "Cloning"),
-    (InstanceRole::Primary, "Primary"),
-    (InstanceRole::Replica, "Replica"),
-    (InstanceRole::Promoting, "Promoting"),
-    (InstanceRole::Fenced, "Fenced"),
-    (InstanceRole::Refused, "Refused"),
-];
 
 /// The instance's metrics.
 #[derive(Clone)]
@@ -97,8 +87,8 @@ impl Metrics {
             lag_seconds,
             reclones,
         };
-        for (_, label) in ROLES {
-            metrics.role.with_label_values(&[label]).set(0);
+        for role in InstanceRole::ALL {
+            metrics.role.with_label_values(&[role.as_str()]).set(0);
         }
         metrics
     }
@@ -106,9 +96,9 @@ impl Metrics {
     /// Sets every metric from a status document.
     pub fn observe(&self, status: &InstanceStatus, postgres_up: bool) {
         self.up.set(i64::from(postgres_up));
-        for (role, label) in ROLES {
+        for role in InstanceRole::ALL {
             self.role
-                .with_label_values(&[label])
+                .with_label_values(&[role.as_str()])
                 .set(i64::from(role == status.role));
         }
         self.timeline
@@ -161,7 +151,10 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("scaled_instance_role{role=\"Primary\"} 0"));
-        assert_eq!(text.matches("scaled_instance_role{").count(), ROLES.len());
+        assert_eq!(
+            text.matches("scaled_instance_role{").count(),
+            InstanceRole::ALL.len()
+        );
         assert!(text.contains("scaled_instance_up 1"));
         assert!(text.contains("scaled_instance_timeline 3"));
         assert!(text.contains("scaled_instance_replication_lag_bytes 1024"));
