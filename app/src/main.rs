@@ -214,13 +214,6 @@ fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
 
 /// Prints an error with its causes and returns failure.
 fn fail(error: &dyn std::error::Error) -> ExitCode {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    eprintln!("error: {text}");
+    eprintln!("error: {}", scaled_contract::error_chain(error));
     ExitCode::FAILURE
 }

@@ -12,12 +12,14 @@
 //! Compatibility rule: fields may be added with `#[serde(default)]`; renaming or removing a field
 //! needs a new [`RuntimeConfig::schema_version`].
 
+mod error;
 pub mod instance;
 pub mod metrics;
 pub mod replication;
 pub mod secret;
 mod shard_map;
 
+pub use error::error_chain;
 pub use secret::Secret;
 pub use shard_map::{
     ShardEndpoints, ShardMap, ShardMapError, SlotRange, balanced_assignment, rebalance,

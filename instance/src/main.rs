@@ -134,9 +134,6 @@ fn init_tracing() {
 }
 
 fn fail(error: &dyn std::error::Error) -> ExitCode {
-    eprintln!(
-        "scaled-instance: {}",
-        scaled_instance::manager::error_chain(error)
-    );
+    eprintln!("scaled-instance: {}", scaled_contract::error_chain(error));
     ExitCode::FAILURE
 }

@@ -20,6 +20,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use scaled_contract::error_chain;
 use scaled_contract::instance::{
     INSTANCE_SCHEMA_VERSION, InstanceProblem, InstanceRole, InstanceStatus, REASON_RECLONED,
     REASON_UNSUPPORTED_CONFIG, SETTINGS_FILE, parse_lsn,
@@ -153,18 +154,6 @@ impl ManagerError {
             ManagerError::Promote => "PromoteFailed",
         }
     }
-}
-
-/// An error with its sources, one line.
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// What the local server said at the last refresh.

@@ -8,6 +8,7 @@ use axum::{
     http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
+use scaled_contract::error_chain;
 use serde_json::json;
 
 use crate::{
@@ -135,7 +136,7 @@ impl IntoResponse for AppError {
             error["field"] = json!(field);
         }
         if let AppError::Internal(source) = &self {
-            tracing::error!(error = %chain(source.as_ref()), "request failed");
+            tracing::error!(error = %error_chain(source.as_ref()), "request failed");
         }
         let mut response = (status, Json(json!({ "error": error }))).into_response();
         let headers = response.headers_mut();
@@ -168,23 +169,11 @@ impl IntoResponse for AppError {
     }
 }
 
-/// "a: b: c" for an error and its sources.
-fn chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
 impl From<DbError> for AppError {
     fn from(error: DbError) -> Self {
         match error {
             DbError::Unavailable { .. } => {
-                tracing::warn!(error = %chain(&error), "database unavailable");
+                tracing::warn!(error = %error_chain(&error), "database unavailable");
                 AppError::Unavailable {
                     what: "database",
                     retry_after_seconds: 2,
@@ -199,7 +188,7 @@ impl From<SessionError> for AppError {
     fn from(error: SessionError) -> Self {
         match error {
             SessionError::Unavailable(source) => {
-                tracing::warn!(error = %chain(&source), "session store unavailable");
+                tracing::warn!(error = %error_chain(&source), "session store unavailable");
                 AppError::Unavailable {
                     what: "session store",
                     retry_after_seconds: 1,
