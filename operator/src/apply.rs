@@ -14,17 +14,21 @@ use std::future::{Future, ready};
 use std::sync::Mutex;
 
 use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, Resource, ResourceExt};
 use rand::distr::{Alphanumeric, SampleString};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::children::{Applied, Children, Live, LiveObject, Rendered, SecretTemplate, Step};
+use crate::children::{
+    Applied, Children, Live, LiveObject, PodChanges, Rendered, SecretTemplate, Step,
+};
 use crate::kinds::{Child, Inventory, Shelving, manifest};
 use crate::metrics::Metrics;
-use crate::names::{APPLIED_HASH_ANNOTATION, INSTANCE_LABEL, MANAGED_BY_LABEL, MANAGER};
+use crate::names::{
+    APPLIED_HASH_ANNOTATION, INSTANCE_LABEL, MANAGED_BY_LABEL, MANAGER, ROLE_LABEL,
+};
 
 /// Failures talking to the API server; all transient from the reconciler's point of view.
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +81,30 @@ pub enum ApplyError {
         name: String,
         /// ScaledApp name.
         instance: String,
+    },
+    /// Setting a Postgres pod's role label failed.
+    #[error("failed to label pod {namespace}/{pod} as {role}: {source}")]
+    Label {
+        /// Namespace.
+        namespace: String,
+        /// Pod.
+        pod: String,
+        /// Role label value.
+        role: &'static str,
+        /// Cause.
+        #[source]
+        source: kube::Error,
+    },
+    /// Deleting a Postgres pod for a rolling update failed.
+    #[error("failed to delete pod {namespace}/{pod} for the rolling update: {source}")]
+    Replace {
+        /// Namespace.
+        namespace: String,
+        /// Pod.
+        pod: String,
+        /// Cause.
+        #[source]
+        source: kube::Error,
     },
     /// Deleting a child that is no longer rendered failed.
     #[error("failed to prune {kind} {namespace}/{name}: {source}")]
@@ -240,11 +268,19 @@ impl<'a> Applier<'a> {
             .collect())
     }
 
-    /// Ensures the Secrets, applies every rendered child, prunes the rest, and returns the
-    /// children as the API server now holds them, with what changed.
+    /// Every child of the ScaledApp as the cluster holds it now (one LIST per kind): the
+    /// pass's observation, handed back to [`Applier::apply`] or [`Applier::observe`].
+    pub async fn inventory(&self) -> Result<Inventory, ApplyError> {
+        Inventory::list(self).await
+    }
+
+    /// Ensures the Secrets, applies every rendered child, makes the pod changes, prunes the
+    /// rest, and returns the children as the API server now holds them, with what changed.
     pub async fn apply(
         &self,
         rendered: &Children<Rendered>,
+        pods: &PodChanges,
+        inventory: Inventory,
     ) -> Result<(Children<Applied>, Changes), ApplyError> {
         let mut changes = Changes::default();
         for template in &rendered.secrets {
@@ -252,7 +288,7 @@ impl<'a> Applier<'a> {
         }
         let mut step = ApplyStep {
             applier: self,
-            inventory: Inventory::list(self).await?,
+            inventory,
             changes,
         };
         let applied = rendered.map(&mut step).await?;
@@ -261,19 +297,70 @@ impl<'a> Applier<'a> {
             mut changes,
             ..
         } = step;
+        self.change_pods(pods, &mut changes).await?;
         // What is left on the shelves was not rendered this time.
         changes.pruned = inventory.prune(self).await?;
         Ok((applied, changes))
     }
 
-    /// Reads the children without changing anything (used while paused).
+    /// The children as `inventory` holds them, changing nothing (used while paused).
     pub async fn observe(
         &self,
         rendered: &Children<Rendered>,
-    ) -> Result<Children<Live>, ApplyError> {
-        let mut step = ObserveStep(Inventory::list(self).await?);
+        inventory: Inventory,
+    ) -> Children<Live> {
+        let mut step = ObserveStep(inventory);
         let Ok(live) = rendered.map(&mut step).await;
-        Ok(live)
+        live
+    }
+
+    /// Sets role labels (with server-side apply, under our one field manager, so the label is
+    /// ours and nothing else of the pod is), then deletes the pods to replace.
+    async fn change_pods(
+        &self,
+        pods: &PodChanges,
+        changes: &mut Changes,
+    ) -> Result<(), ApplyError> {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), self.namespace);
+        for (pod, role) in &pods.relabel {
+            let patch = serde_json::json!({
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": pod, "labels": {ROLE_LABEL: role}},
+            });
+            self.metrics.record_write("Pod");
+            api.patch(
+                pod,
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(&patch),
+            )
+            .await
+            .map_err(|source| ApplyError::Label {
+                namespace: self.namespace.to_string(),
+                pod: pod.clone(),
+                role,
+                source,
+            })?;
+            changes.updated.push(format!("Pod/{pod} ({role})"));
+        }
+        for pod in &pods.replace {
+            self.metrics.record_write("Pod");
+            match api.delete(pod, &DeleteParams::default()).await {
+                Ok(_) => changes
+                    .updated
+                    .push(format!("Pod/{pod} (replaced for the new template)")),
+                // Already gone: the StatefulSet recreates it either way.
+                Err(kube::Error::Api(status)) if status.code == 404 => {}
+                Err(source) => {
+                    return Err(ApplyError::Replace {
+                        namespace: self.namespace.to_string(),
+                        pod: pod.clone(),
+                        source,
+                    });
+                }
+            }
+        }
+        Ok(())
     }
 
     async fn apply_one<K: Child>(

@@ -376,3 +376,15 @@ impl Children<Rendered> {
         print.0
     }
 }
+
+/// What the Postgres stage asks of the pods its StatefulSets own: they are not children (the
+/// StatefulSet creates and owns them), so they are not applied or pruned, only relabelled (the
+/// role Services select on the label) and deleted (so their StatefulSet recreates them from a
+/// new template). The applier makes these writes with the rest of the pass's.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PodChanges {
+    /// Pods whose role label must change, with the new value.
+    pub relabel: Vec<(String, &'static str)>,
+    /// Pods to delete so their StatefulSet recreates them from its new template.
+    pub replace: Vec<String>,
+}

@@ -1,13 +1,17 @@
 //! The ScaledApp operator. One reconcile is a pipeline whose middle is pure:
 //!
-//! read (the ScaledApp) -> [`validate`] (spec -> `ValidatedApp`) -> [`render`] (->
-//! `Children<Rendered>`, every child typed) -> [`apply`] (server-side apply in a fixed order,
-//! prune the rest -> `Children<Applied>`) -> [`status`] (conditions read off the applied
-//! children, one status patch when something changed). [`children`] is the one child set the
-//! stages hand on; [`kinds`] is the one table of child kinds. [`reconcile`] drives it;
-//! [`controller`] wires it to watches; [`run`] adds leader election, probes and shutdown.
-//! Beside it, on every replica, [`metrics_api`] serves the HPAs the custom and external metrics
-//! they scale on (requests/s and p95 per app pod, queue backlog per ScaledApp and queue).
+//! read (the ScaledApp) -> [`validate`] (spec -> `ValidatedApp`) -> observe (the only reads:
+//! the live children, [`postgres::observe`] for the Postgres pods and their instance managers)
+//! -> [`render`] (-> `Children<Rendered>`, every child typed) and [`postgres::decide`] (-> the
+//! `Topology`: each shard's primary, failovers, pod labels and replacements) -> [`apply`] (one
+//! applier, server-side apply in a fixed order, the pod changes, prune the rest ->
+//! `Children<Applied>`) -> [`status`] (computed from the outcome, one status patch when
+//! something changed) -> [`events`]. [`children`] is the one child set the stages hand on;
+//! [`kinds`] is the one table of child kinds; [`names`] the one leaf of names and labels.
+//! [`reconcile`] drives it; [`controller`] wires it to watches; [`run`] adds leader election,
+//! probes and shutdown. Beside it, on every replica, [`metrics_api`] serves the HPAs the custom
+//! and external metrics they scale on (requests/s and p95 per app pod, queue backlog per
+//! ScaledApp and queue).
 
 pub mod api_docs;
 pub mod apply;
@@ -15,11 +19,12 @@ pub mod children;
 pub mod context;
 pub mod controller;
 pub mod crd;
-pub mod instances;
+pub mod events;
 pub mod kinds;
 pub mod metrics;
 pub mod metrics_api;
 pub mod names;
+pub mod postgres;
 pub mod reconcile;
 pub mod render;
 pub mod run;

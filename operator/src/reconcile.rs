@@ -1,8 +1,15 @@
-//! The reconcile driver, a straight line: validate -> render -> apply (or, while paused, observe)
-//! -> one status computed from the [`Outcome`] -> one status write -> one Event step. Only the
-//! apply and the two writes touch the API; everything between them is pure. It never asks why it
-//! ran: the same ScaledApp and cluster always lead to the same actions.
+//! The reconcile driver, one straight line:
+//!
+//! validate -> observe (the only reads: the live children, the Postgres pods and what their
+//! instance managers report) -> render + decide (pure: the child set, and the Postgres topology
+//! with its failovers and pod changes) -> apply (one applier writes everything, pod labels and
+//! deletions included; while paused, nothing) -> status, computed purely from the [`Outcome`]
+//! -> one status write -> one Event step.
+//!
+//! It never asks why it ran: the same ScaledApp, cluster and clocks always lead to the same
+//! actions.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -10,21 +17,20 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType};
 use kube::{Api, Resource, ResourceExt};
+use scaled_contract::instance::{InstanceRole, UNKNOWN_ROLE};
 use tracing::{info, instrument, warn};
 
 use crate::apply::{Applier, ApplyError, Changes};
-use crate::context::{Context, PrimarySeen};
+use crate::context::Context;
 use crate::crd::{ScaledApp, ScaledAppStatus};
-use std::collections::BTreeMap;
-
-use crate::children::{Children, Observation};
-use crate::instances::{self, InstanceError};
+use crate::events;
+use crate::kinds::Inventory;
 use crate::metrics::Metrics;
 use crate::names::MANAGER;
+use crate::postgres::{self, ObserveError, Topology};
 use crate::render::render;
-use crate::status::{self, INSTANCES_FAILED, Observed, Outcome, READY};
+use crate::status::{self, Observed, Outcome, READY};
 use crate::validate::validate;
 
 /// How often a converged ScaledApp is looked at again even without events (drift that no watch
@@ -45,13 +51,12 @@ const INSTANCE_CHECK: Duration = Duration::from_secs(5);
 /// Why a reconcile failed; all of these are retried with backoff.
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
-    /// Applying children failed.
+    /// Reading or applying children failed.
     #[error(transparent)]
     Apply(#[from] ApplyError),
-    /// The Postgres instance step (reading the instances, labelling or replacing their pods)
-    /// failed.
+    /// Reading the Postgres pods or their volume claims failed.
     #[error(transparent)]
-    Instances(#[from] InstanceError),
+    Instances(#[from] ObserveError),
     /// Writing the status failed.
     #[error("failed to patch status of ScaledApp {namespace}/{name}: {source}")]
     PatchStatus {
@@ -77,6 +82,7 @@ impl ReconcileError {
             ReconcileError::Apply(ApplyError::Secret { .. }) => "secret",
             ReconcileError::Apply(ApplyError::SecretConflict { .. }) => "secret_conflict",
             ReconcileError::Apply(ApplyError::Prune { .. }) => "prune",
+            ReconcileError::Apply(ApplyError::Label { .. } | ApplyError::Replace { .. }) => "pods",
             ReconcileError::Instances(_) => "instances",
             ReconcileError::PatchStatus { .. } => "status",
             ReconcileError::NoNamespace(_) => "metadata",
@@ -123,30 +129,32 @@ async fn run(app: &ScaledApp, context: &Context) -> Result<Action, ReconcileErro
         // waits for them). Applying now would re-create what it just deleted, and the
         // deletion would never finish.
         info!("being deleted; its children are left to the garbage collector");
+        context.clocks.forget(&key(app));
         return Ok(Action::await_change());
     }
     let current = app.status.as_ref();
-    let outcome = reconcile_children(app, context, &namespace).await;
+    let now = Time(Timestamp::now());
+    let outcome = reconcile_children(app, context, &namespace, &now).await;
     let status = status::compute(
         current,
         app.metadata.generation.unwrap_or_default(),
         app.spec.paused,
         &outcome,
-        &Time(Timestamp::now()),
+        &now,
     );
     let written = write_status(context, app, &namespace, current, &status).await?;
-    publish_events(context, app, &outcome, written).await;
+    events::publish(context, app, events::notes(&outcome, current, written)).await;
     match outcome {
         // Permanent until the spec changes: reported, now wait for that change.
         Outcome::Invalid(_) => Ok(Action::await_change()),
         Outcome::ApplyFailed(error) => Err(error.into()),
         Outcome::InstancesFailed(error) => Err(error.into()),
-        Outcome::Applied { shards, .. } => {
+        Outcome::Applied { topology, .. } => {
             let ready = status
                 .conditions
                 .iter()
                 .any(|condition| condition.type_ == READY && condition.status == "True");
-            Ok(Action::requeue(next_look(ready, &shards)))
+            Ok(Action::requeue(next_look(ready, &topology)))
         }
     }
 }
@@ -156,13 +164,16 @@ async fn run(app: &ScaledApp, context: &Context) -> Result<Action, ReconcileErro
 /// Instances that do not answer at all, or refuse their data, change only with their pods,
 /// whose events wake the controller: polling them would only load the API server (and on
 /// simulated nodes nothing ever answers).
-fn next_look(ready: bool, shards: &[instances::ShardDecision]) -> Duration {
+fn next_look(ready: bool, topology: &Topology) -> Duration {
+    let shards = &topology.shards;
     let in_question = shards
         .iter()
         .any(|shard| shard.failover_due || shard.failover.is_some() || !shard.replace.is_empty());
     let settling = shards.iter().any(|shard| {
         shard.instances.iter().any(|instance| {
-            !instance.ready && instance.role != "Unknown" && instance.role != "Refused"
+            !instance.ready
+                && instance.role != UNKNOWN_ROLE
+                && instance.role != InstanceRole::Refused.as_str()
         })
     });
     match (in_question, settling, ready) {
@@ -173,13 +184,18 @@ fn next_look(ready: bool, shards: &[instances::ShardDecision]) -> Duration {
     }
 }
 
-/// Validate, render, and apply (or only observe, while paused).
-async fn reconcile_children(app: &ScaledApp, context: &Context, namespace: &str) -> Outcome {
+/// Validate, observe, render and decide, apply (or, while paused, nothing).
+async fn reconcile_children(
+    app: &ScaledApp,
+    context: &Context,
+    namespace: &str,
+    now: &Time,
+) -> Outcome {
     let validated = match validate(app, &context.defaults) {
         Ok(validated) => validated,
         Err(invalid) => return Outcome::Invalid(invalid),
     };
-    let rendered = render(&validated);
+    // Observe: the only reads.
     let applier = Applier::new(
         context.client.clone(),
         namespace,
@@ -187,183 +203,89 @@ async fn reconcile_children(app: &ScaledApp, context: &Context, namespace: &str)
         &context.applied,
         &context.metrics,
     );
-    let result = if app.spec.paused {
-        applier
-            .observe(&rendered)
-            .await
-            .map(|live| (Observed::Live(Box::new(live)), Changes::default()))
-    } else {
-        applier
-            .apply(&rendered)
-            .await
-            .map(|(applied, changes)| (Observed::Applied(Box::new(applied)), changes))
-    };
-    let (children, mut changes) = match result {
-        Ok(result) => result,
+    let inventory = match applier.inventory().await {
+        Ok(inventory) => inventory,
         Err(error) => return Outcome::ApplyFailed(error),
     };
-    // Then the Postgres instances: which pod of each shard is primary, and role labels to match.
-    let sets = shard_sets(&children);
-    let observed = match instances::observe(&context.client, &context.http, &validated, &sets).await
+    let sets = shard_sets(&inventory, &validated);
+    let instances = match postgres::observe(&context.client, &context.http, &validated, &sets).await
     {
-        Ok(observed) => observed,
+        Ok(instances) => instances,
         Err(error) => return Outcome::InstancesFailed(error),
     };
-    let (unhealthy_for, restarted) = context.primaries.observe(
-        &key(app),
-        recorded_primaries(app.status.as_ref(), &observed),
-    );
-    let switchover = pending_switchover(app);
-    let now = Time(Timestamp::now());
-    let shards = instances::decide(
-        instances::Inputs {
+    // Render and decide: pure.
+    let rendered = render(&validated);
+    let clocks = context.clocks.previous(&key(app), app.status.as_ref());
+    let switchover = postgres::pending_switchover(app);
+    let topology = postgres::decide(
+        postgres::Inputs {
             app: &validated,
             current: app.status.as_ref(),
             paused: app.spec.paused,
-            now: &now,
-            unhealthy_for: &unhealthy_for,
-            restarted: &restarted,
-            switchover: switchover
-                .as_ref()
-                .and_then(|request| request.as_ref().ok()),
+            now,
+            clocks: &clocks,
+            switchover: switchover.as_ref(),
         },
-        &observed,
+        &instances,
     );
-    let mut switchover_handled = shards
-        .iter()
-        .find_map(|shard| shard.handled_switchover.clone());
-    if let Some(request) = &switchover
-        && switchover_handled.is_none()
-    {
-        // A request no shard can act on: say why once, and do not look at it again.
-        let (id, why) = match request {
-            Ok(request) if request.shard >= validated.spec.database.shards as u32 => (
-                request.id.clone(),
-                format!("shard {} does not exist", request.shard),
-            ),
-            Ok(_) => (String::new(), String::new()),
-            Err((id, why)) => (id.clone(), why.clone()),
-        };
-        if !id.is_empty() {
-            publish(
-                context,
-                app,
-                EventType::Warning,
-                "SwitchoverRefused",
-                "Switchover",
-                format!("switchover request {id}: {why}"),
-            )
-            .await;
-            switchover_handled = Some(id);
+    // The clocks are what was observed, whatever the apply does.
+    context.clocks.remember(&key(app), topology.clocks());
+    // Apply: every write of the pass.
+    let (children, changes) = if app.spec.paused {
+        let live = applier.observe(&rendered, inventory).await;
+        (Observed::Live(Box::new(live)), Changes::default())
+    } else {
+        match applier
+            .apply(&rendered, &topology.pod_changes(), inventory)
+            .await
+        {
+            Ok((applied, changes)) => (Observed::Applied(Box::new(applied)), changes),
+            Err(error) => return Outcome::ApplyFailed(error),
         }
-    }
-    record_failovers(&context.metrics, &shards);
-    match instances::label(&context.client, namespace, &context.metrics, &shards).await {
-        Ok(labelled) => changes.updated.extend(labelled),
-        Err(error) => return Outcome::InstancesFailed(error),
-    }
-    match instances::replace(&context.client, namespace, &context.metrics, &shards).await {
-        Ok(replaced) => changes.updated.extend(replaced),
-        Err(error) => return Outcome::InstancesFailed(error),
-    }
+    };
+    record_failovers(&context.metrics, &topology);
     Outcome::Applied {
         app: Box::new(validated),
         children,
         changes,
-        shards,
-        switchover_handled,
+        topology,
     }
 }
 
-/// Each shard StatefulSet's current template revision, as the cluster reports it.
-fn shard_sets(children: &Observed) -> BTreeMap<u32, instances::ShardSet> {
-    fn sets<S: Observation>(children: &Children<S>) -> BTreeMap<u32, instances::ShardSet> {
-        children
-            .shards
-            .iter()
-            .filter_map(|shard| {
-                let set = S::object(&shard.statefulset)?;
-                Some((
-                    shard.index,
-                    instances::ShardSet {
-                        update_revision: set
-                            .status
-                            .as_ref()
-                            .and_then(|status| status.update_revision.clone()),
-                        created: set.metadata.creation_timestamp.clone(),
-                    },
-                ))
-            })
-            .collect()
-    }
-    match children {
-        Observed::Applied(children) => sets(children.as_ref()),
-        Observed::Live(children) => sets(children.as_ref()),
-    }
-}
-
-/// Each shard's recorded primary and whether it is a ready primary right now.
-fn recorded_primaries<'a>(
-    status: Option<&'a ScaledAppStatus>,
-    observed: &'a [instances::ShardObservation],
-) -> impl Iterator<Item = PrimarySeen> + 'a {
-    observed.iter().filter_map(move |shard| {
-        let record = status?
-            .shards
-            .iter()
-            .find(|s| s.index == shard.index as i32)?;
-        let primary = record.primary_pod.clone()?;
-        let health = instances::primary_health(shard, &primary, record.primary_pod_uid.as_deref());
-        let pod = shard.pods.iter().find(|pod| pod.name == primary);
-        Some(PrimarySeen {
-            shard: shard.index,
-            healthy: health == instances::Health::Healthy,
-            down: matches!(
-                health,
-                instances::Health::Gone(_) | instances::Health::Recreated(_)
-            ),
-            incarnation: pod.and_then(instances::PodObservation::incarnation),
-            pod: primary,
+/// Each shard StatefulSet's current template revision and creation time, as observed.
+fn shard_sets(
+    inventory: &Inventory,
+    app: &crate::validate::ValidatedApp,
+) -> BTreeMap<u32, postgres::ShardSet> {
+    (0..app.spec.database.shards as u32)
+        .filter_map(|index| {
+            let set = inventory
+                .stateful_sets
+                .get(&crate::names::shard_set_name(&app.name, index))?;
+            Some((
+                index,
+                postgres::ShardSet {
+                    update_revision: set
+                        .status
+                        .as_ref()
+                        .and_then(|status| status.update_revision.clone()),
+                    created: set.metadata.creation_timestamp.clone(),
+                },
+            ))
         })
-    })
-}
-
-/// The switchover asked for in the annotation, unless it was acted on already; a request that
-/// cannot be read comes back as `Err((id, why))`.
-fn pending_switchover(
-    app: &ScaledApp,
-) -> Option<Result<instances::SwitchoverRequest, (String, String)>> {
-    let raw = app.annotations().get(instances::SWITCHOVER_ANNOTATION)?;
-    let request = serde_json::from_str::<instances::SwitchoverRequest>(raw).map_err(|error| {
-        (
-            raw.chars().take(64).collect::<String>(),
-            format!(
-                "the {} annotation is not a request ({error}); use `scaledapp-operator switchover`",
-                instances::SWITCHOVER_ANNOTATION
-            ),
-        )
-    });
-    let id = match &request {
-        Ok(request) => request.id.clone(),
-        Err((id, _)) => id.clone(),
-    };
-    let done = app
-        .status
-        .as_ref()
-        .and_then(|status| status.last_switchover_request.as_deref());
-    (done != Some(id.as_str())).then_some(request)
+        .collect()
 }
 
 /// Counts failovers and switchovers started, and the duration of those completed.
-fn record_failovers(metrics: &Metrics, shards: &[instances::ShardDecision]) {
-    for news in shards.iter().flat_map(|shard| shard.news.iter()) {
+fn record_failovers(metrics: &Metrics, topology: &Topology) {
+    for news in &topology.news {
         match news.reason {
             "FailoverStarted" => metrics.record_primary_change(crate::crd::FAILOVER),
             "SwitchoverStarted" => metrics.record_primary_change(crate::crd::SWITCHOVER),
             _ => {}
         }
     }
-    for done in shards.iter().filter_map(|shard| {
+    for done in topology.shards.iter().filter_map(|shard| {
         shard
             .last_failover
             .as_ref()
@@ -414,158 +336,6 @@ async fn write_status(
     Ok(true)
 }
 
-/// What the instance managers report that is new since the last status: an instance that
-/// refuses its data directory (once, naming the pod) and a replica that re-cloned.
-fn instance_news(
-    previous: Option<&ScaledAppStatus>,
-    shards: &[instances::ShardDecision],
-) -> Vec<(EventType, &'static str, String)> {
-    let before = |pod: &str| {
-        previous
-            .into_iter()
-            .flat_map(|status| status.shards.iter())
-            .flat_map(|shard| shard.instances.iter())
-            .find(|instance| instance.pod == pod)
-    };
-    let mut news = Vec::new();
-    for instance in shards.iter().flat_map(|shard| shard.instances.iter()) {
-        let earlier = before(&instance.pod);
-        if instance.role == "Refused"
-            && earlier.is_none_or(|e| e.role != "Refused" || e.problem != instance.problem)
-        {
-            news.push((
-                EventType::Warning,
-                "InstanceRefused",
-                format!(
-                    "pod {} does not start Postgres: {}",
-                    instance.pod,
-                    instance.problem.as_deref().unwrap_or("no reason given")
-                ),
-            ));
-        }
-        if instance.reclones > earlier.map_or(0, |e| e.reclones) {
-            news.push((
-                EventType::Warning,
-                "ReplicaRecloned",
-                format!(
-                    "pod {} could not follow its primary and cloned it again: {}",
-                    instance.pod,
-                    instance.problem.as_deref().unwrap_or("no reason given")
-                ),
-            ));
-        }
-    }
-    news
-}
-
-/// Events for this pass: a Warning when the spec is invalid or the apply failed (once, when the
-/// status changed to say so), one Normal Event per kind of change naming the objects.
-async fn publish_events(context: &Context, app: &ScaledApp, outcome: &Outcome, written: bool) {
-    match outcome {
-        Outcome::Invalid(invalid) if written => {
-            publish(
-                context,
-                app,
-                EventType::Warning,
-                invalid.reason(),
-                "Validate",
-                invalid.to_string(),
-            )
-            .await;
-        }
-        Outcome::InstancesFailed(error) if written => {
-            publish(
-                context,
-                app,
-                EventType::Warning,
-                INSTANCES_FAILED,
-                "Instances",
-                error.to_string(),
-            )
-            .await;
-        }
-        Outcome::ApplyFailed(error) if written => {
-            publish(
-                context,
-                app,
-                EventType::Warning,
-                error.reason(),
-                "Apply",
-                error.to_string(),
-            )
-            .await;
-        }
-        Outcome::Applied {
-            changes, shards, ..
-        } => {
-            if changes.any() {
-                info!(created = ?changes.created, updated = ?changes.updated, pruned = ?changes.pruned, "children changed");
-            }
-            for (reason, objects) in [
-                ("Created", &changes.created),
-                ("Updated", &changes.updated),
-                ("Pruned", &changes.pruned),
-            ] {
-                if !objects.is_empty() {
-                    publish(
-                        context,
-                        app,
-                        EventType::Normal,
-                        reason,
-                        "Apply",
-                        objects.join(", "),
-                    )
-                    .await;
-                }
-            }
-            for (type_, reason, note) in instance_news(app.status.as_ref(), shards) {
-                publish(context, app, type_, reason, "Observe", note).await;
-            }
-            for news in shards.iter().flat_map(|shard| shard.news.iter()) {
-                let type_ = if news.warning {
-                    EventType::Warning
-                } else {
-                    EventType::Normal
-                };
-                publish(
-                    context,
-                    app,
-                    type_,
-                    news.reason,
-                    "Failover",
-                    news.note.clone(),
-                )
-                .await;
-            }
-        }
-        _ => {}
-    }
-}
-
-async fn publish(
-    context: &Context,
-    app: &ScaledApp,
-    type_: EventType,
-    reason: &str,
-    action: &str,
-    note: String,
-) {
-    // Event notes are capped at 1 KiB by the API server.
-    let note: String = note.chars().take(1000).collect();
-    let event = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(note),
-        action: action.into(),
-        secondary: None,
-    };
-    context.metrics.record_write("Event");
-    if let Err(error) = context.recorder.publish(&event, &app.object_ref(&())).await {
-        // Events are best effort; reconciling goes on without them.
-        warn!(%error, "failed to publish event");
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -591,23 +361,24 @@ mod tests {
 
     #[test]
     fn a_shard_whose_primary_is_in_question_is_looked_at_again_within_a_second() {
-        let healthy = instances::ShardDecision::default();
-        assert_eq!(next_look(true, std::slice::from_ref(&healthy)), RESYNC);
-        assert_eq!(
-            next_look(false, std::slice::from_ref(&healthy)),
-            PROGRESS_CHECK
-        );
-        let unhealthy = instances::ShardDecision {
+        let of = |shards| Topology {
+            shards,
+            ..Topology::default()
+        };
+        let healthy = postgres::ShardDecision::default();
+        assert_eq!(next_look(true, &of(vec![healthy.clone()])), RESYNC);
+        assert_eq!(next_look(false, &of(vec![healthy.clone()])), PROGRESS_CHECK);
+        let unhealthy = postgres::ShardDecision {
             primary_health: Some("pod shop-shard-0-0 does not exist".into()),
             failover_due: true,
             ..Default::default()
         };
         assert_eq!(
-            next_look(true, &[healthy.clone(), unhealthy]),
+            next_look(true, &of(vec![healthy.clone(), unhealthy])),
             PRIMARY_CHECK
         );
         // Nobody can take over (or, on simulated nodes, nothing answers): no polling.
-        let stuck = instances::ShardDecision {
+        let stuck = postgres::ShardDecision {
             primary_health: Some("the instance manager of shop-shard-0-0 does not answer".into()),
             instances: vec![crate::crd::InstanceSummary {
                 pod: "shop-shard-0-0".into(),
@@ -616,13 +387,13 @@ mod tests {
             }],
             ..Default::default()
         };
-        assert_eq!(next_look(true, &[stuck]), RESYNC);
-        let rolling = instances::ShardDecision {
+        assert_eq!(next_look(true, &of(vec![stuck])), RESYNC);
+        let rolling = postgres::ShardDecision {
             replace: vec!["shop-shard-0-1".into()],
             ..Default::default()
         };
-        assert_eq!(next_look(false, &[rolling]), PRIMARY_CHECK);
-        let rejoining = instances::ShardDecision {
+        assert_eq!(next_look(false, &of(vec![rolling])), PRIMARY_CHECK);
+        let rejoining = postgres::ShardDecision {
             instances: vec![crate::crd::InstanceSummary {
                 pod: "shop-shard-0-2".into(),
                 role: "Replica".into(),
@@ -631,7 +402,7 @@ mod tests {
             }],
             ..Default::default()
         };
-        assert_eq!(next_look(true, &[rejoining]), INSTANCE_CHECK);
+        assert_eq!(next_look(true, &of(vec![rejoining])), INSTANCE_CHECK);
     }
 
     /// The pass wrote nothing but the ScaledApp's status and Events.
@@ -815,41 +586,6 @@ mod tests {
             .await
             .expect("second reconcile");
         assert_eq!(fake.take_writes(), Vec::<String>::new());
-    }
-
-    #[test]
-    fn a_refusing_instance_and_a_reclone_are_announced_once() {
-        use crate::crd::{InstanceSummary, ShardStatus};
-        let refused = InstanceSummary {
-            pod: "shop-shard-0-1".into(),
-            role: "Refused".into(),
-            problem: Some("MajorVersionMismatch: data is 15, server 17".into()),
-            ..InstanceSummary::default()
-        };
-        let recloned = InstanceSummary {
-            pod: "shop-shard-0-2".into(),
-            role: "Replica".into(),
-            reclones: 1,
-            problem: Some("slot shop_shard_0_2 was invalidated".into()),
-            ..InstanceSummary::default()
-        };
-        let shards = vec![instances::ShardDecision {
-            index: 0,
-            instances: vec![refused.clone(), recloned.clone()],
-            ..instances::ShardDecision::default()
-        }];
-        let news = instance_news(None, &shards);
-        let reasons: Vec<_> = news.iter().map(|(_, reason, _)| *reason).collect();
-        assert_eq!(reasons, vec!["InstanceRefused", "ReplicaRecloned"]);
-        assert!(news[0].2.contains("shop-shard-0-1"), "{}", news[0].2);
-        let previous = ScaledAppStatus {
-            shards: vec![ShardStatus {
-                instances: vec![refused, recloned],
-                ..ShardStatus::default()
-            }],
-            ..ScaledAppStatus::default()
-        };
-        assert!(instance_news(Some(&previous), &shards).is_empty());
     }
 
     #[tokio::test]

@@ -9,13 +9,15 @@ use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
+use scaled_contract::instance::InstanceRole;
+
 use crate::apply::{ApplyError, Changes};
 use crate::children::{Applied, Children, Live, Observation};
 use crate::crd::{
     Endpoints, InstanceSummary, ScaledAppStatus, ShardStatus, WorkerPoolStatus, WorkloadStatus,
 };
-use crate::instances::{InstanceError, ShardDecision};
 use crate::names::{POSTGRES_PORT, REDIS_PORT};
+use crate::postgres::{ObserveError, ShardDecision, Topology};
 use crate::shards::describe_slots;
 use crate::validate::{InvalidSpec, ValidatedApp};
 
@@ -37,9 +39,9 @@ pub enum Outcome {
     Invalid(InvalidSpec),
     /// The API server refused a change; what is known about the children stays.
     ApplyFailed(ApplyError),
-    /// The children were applied, but the Postgres instance step failed (an instance's pod
-    /// could not be read, labelled or replaced); what is known about the shards stays.
-    InstancesFailed(InstanceError),
+    /// The Postgres pods or their volume claims could not be read, so nothing was decided or
+    /// applied this pass; what is known about the shards stays.
+    InstancesFailed(ObserveError),
     /// The children were applied (or, while paused, read).
     Applied {
         /// The validated spec.
@@ -48,10 +50,8 @@ pub enum Outcome {
         children: Observed,
         /// What the apply changed (nothing while paused).
         changes: Changes,
-        /// Each shard's primary and instances.
-        shards: Vec<ShardDecision>,
-        /// The switchover request acted on (or refused) this pass.
-        switchover_handled: Option<String>,
+        /// What the Postgres stage decided: each shard's primary and instances.
+        topology: Topology,
     },
 }
 
@@ -180,6 +180,7 @@ pub fn components<S: Observation>(
                 failover: decision.and_then(|d| d.failover.clone()),
                 last_failover: decision.and_then(|d| d.last_failover.clone()),
                 instances: decision.map(|d| d.instances.clone()).unwrap_or_default(),
+                primary_unhealthy: decision.and_then(|d| d.clock.clone()),
             }
         })
         .collect();
@@ -230,7 +231,7 @@ fn refused_instances(shard: &ShardStatus) -> impl Iterator<Item = &InstanceSumma
     shard
         .instances
         .iter()
-        .filter(|instance| instance.role == REFUSED_ROLE)
+        .filter(|instance| instance.role == InstanceRole::Refused.as_str())
 }
 
 fn shard_ready(shard: &ShardStatus) -> bool {
@@ -238,9 +239,6 @@ fn shard_ready(shard: &ShardStatus) -> bool {
         && shard.primary_pod.is_some()
         && refused_instances(shard).next().is_none()
 }
-
-/// How a refusing instance's role reads in status.
-const REFUSED_ROLE: &str = "Refused";
 
 /// What keeps the ScaledApp from being ready, in a stable order.
 fn waiting_for(components: &Components) -> Vec<String> {
@@ -352,10 +350,10 @@ pub fn compute(
         Outcome::Applied {
             app,
             children,
-            shards,
-            switchover_handled,
+            topology,
             ..
         } => {
+            let shards = &topology.shards;
             let components = match children {
                 Observed::Applied(children) => components(app, children, shards),
                 Observed::Live(children) => components(app, children, shards),
@@ -367,8 +365,8 @@ pub fn compute(
                 &Finding::Components(Box::new(components)),
                 now,
             );
-            if switchover_handled.is_some() {
-                status.last_switchover_request = switchover_handled.clone();
+            if topology.switchover_handled.is_some() {
+                status.last_switchover_request = topology.switchover_handled.clone();
             }
             status
         }

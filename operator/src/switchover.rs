@@ -14,7 +14,7 @@ use rand::distr::{Alphanumeric, SampleString};
 
 use crate::crd::SWITCHOVER;
 use crate::crd::ScaledApp;
-use crate::instances::{SWITCHOVER_ANNOTATION, SwitchoverRequest};
+use crate::postgres::{SWITCHOVER_ANNOTATION, SwitchoverRequest};
 
 /// Why a switchover request failed or did not finish.
 #[derive(Debug, thiserror::Error)]

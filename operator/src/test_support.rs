@@ -10,8 +10,8 @@ use kube::ResourceExt;
 use crate::apply::Changes;
 use crate::children::{Applied, Children, Live, LiveObject, Rendered, Step};
 use crate::crd::ScaledApp;
-use crate::instances::ShardDecision;
 use crate::kinds::Child;
+use crate::postgres::{ShardDecision, Topology};
 use crate::render::shard_set_name;
 use crate::status::{Observed, Outcome};
 use crate::validate::{Defaults, ValidatedApp, validate};
@@ -116,7 +116,9 @@ pub fn applied(app: &ValidatedApp, children: Observed) -> Outcome {
         app: Box::new(app.clone()),
         children,
         changes: Changes::default(),
-        shards,
-        switchover_handled: None,
+        topology: Topology {
+            shards,
+            ..Topology::default()
+        },
     }
 }

@@ -28,10 +28,6 @@ pub use spec::*;
 pub use status::*;
 pub use workers::*;
 
-/// Longest ScaledApp name: the longest child, `<name>-shard-63-replica`, must stay within the
-/// 52 characters a StatefulSet name may have (its pods get a 63-character revision label).
-pub const MAX_NAME_LENGTH: usize = 30;
-
 /// The CustomResourceDefinition as installed: `ScaledApp::crd()` with doc-comment line breaks
 /// inside paragraphs joined, so `kubectl explain` wraps the text itself.
 pub fn custom_resource_definition()

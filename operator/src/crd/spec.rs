@@ -10,7 +10,6 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::MAX_NAME_LENGTH;
 use super::app::AppSpec;
 use super::autoscaling::AutoscalingSpec;
 use super::cache::CacheSpec;
@@ -20,6 +19,10 @@ use super::rate_limit::RateLimitSpec;
 use super::sessions::SessionSpec;
 use super::status::ScaledAppStatus;
 use super::workers::{WorkerPoolSpec, default_pools};
+
+/// Longest ScaledApp name: the longest child, `<name>-shard-63-replica`, must stay within the
+/// 52 characters a StatefulSet name may have (its pods get a 63-character revision label).
+pub const MAX_NAME_LENGTH: usize = 30;
 
 /// Desired state of a ScaledApp: the whole stack of a high-traffic web service.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]

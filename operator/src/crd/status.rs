@@ -1,7 +1,7 @@
 //! The ScaledApp status: written only by the operator, read by `kubectl get sapp`, the `status`
 //! subcommand and the Postgres instance managers (which obey `shards[].primaryPod`).
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, MicroTime, Time};
 use kube::KubeSchema;
 use serde::{Deserialize, Serialize};
 
@@ -102,6 +102,31 @@ pub struct ShardStatus {
     /// Each pod of the shard as its instance manager reports it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub instances: Vec<InstanceSummary>,
+    /// The failover clock, while the primary looks unhealthy: a failover is due once it has run
+    /// for `database.failover.delaySeconds`. Kept here so a restarted operator, or a new leader,
+    /// goes on counting instead of starting the delay again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary_unhealthy: Option<PrimaryUnhealthy>,
+}
+
+/// Since when a shard's recorded primary has looked unhealthy.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PrimaryUnhealthy {
+    /// The recorded primary this clock is about; another primary starts a clock of its own.
+    pub pod: String,
+    /// When the operator first saw it unhealthy (microseconds, so the delay is kept to well
+    /// under a second).
+    pub since: MicroTime,
+    /// Which process it was then (`<pod uid>/<restart count>`): another one means the process
+    /// that took writes is gone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incarnation: Option<String>,
+    /// Seen not running, or as another process, since the clock started: whatever answers now
+    /// started after the failure, so a manager that does not answer is restarting (not cut off
+    /// and still taking writes), and no fencing time is added to the delay.
+    #[serde(default)]
+    pub went_down: bool,
 }
 
 /// [`FailoverStatus::kind`] of an unplanned change (the primary was lost).
