@@ -294,11 +294,16 @@ fn load_generator(namespace: &str, loops: u32) -> Pod {
 
 /// The operator's metrics-API Service, reached through `kubectl port-forward`, with no
 /// credentials at all; `None` when curl is not installed.
-fn unauthenticated_status(path: &str) -> Option<(u16, Value)> {
-    if Command::new("curl").arg("--version").output().is_err() {
-        eprintln!("curl is not installed: the direct, unauthenticated request is not checked");
-        return None;
-    }
+/// The operator's metrics API asked directly (through a port-forward to its Service), with no
+/// client certificate and no token: the HTTP status and the JSON body. Every way this can fail
+/// to ask is an error, never a silent pass.
+fn unauthenticated_status(path: &str) -> Result<(u16, Value), String> {
+    Command::new("curl")
+        .arg("--version")
+        .output()
+        .map_err(|error| {
+            format!("curl cannot run ({error}): scripts/install-deps.sh installs it")
+        })?;
     let binary = env_or("SCALEDAPP_KUBECTL", "kubectl");
     let mut forward = Command::new(&binary)
         .args([
@@ -312,7 +317,7 @@ fn unauthenticated_status(path: &str) -> Option<(u16, Value)> {
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
-        .expect("kubectl port-forward starts");
+        .map_err(|error| format!("{binary} port-forward does not start: {error}"))?;
     let mut line = String::new();
     {
         use std::io::BufRead;
@@ -320,12 +325,12 @@ fn unauthenticated_status(path: &str) -> Option<(u16, Value)> {
         let _ = std::io::BufReader::new(stdout).read_line(&mut line);
     }
     // "Forwarding from 127.0.0.1:PORT -> 6443"
-    let port = line
-        .split("127.0.0.1:")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .map(String::from);
-    let result = port.and_then(|port| {
+    let result = (|| {
+        let port = line
+            .split("127.0.0.1:")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .ok_or_else(|| format!("port-forward printed no local port: {line:?}"))?;
         let output = Command::new("curl")
             .args([
                 "-sk",
@@ -334,11 +339,20 @@ fn unauthenticated_status(path: &str) -> Option<(u16, Value)> {
                 &format!("https://127.0.0.1:{port}{path}"),
             ])
             .output()
-            .ok()?;
+            .map_err(|error| format!("curl failed: {error}"))?;
         let text = String::from_utf8_lossy(&output.stdout).into_owned();
-        let (body, code) = text.rsplit_once('\n')?;
-        Some((code.trim().parse().ok()?, serde_json::from_str(body).ok()?))
-    });
+        let (body, code) = text
+            .rsplit_once('\n')
+            .ok_or_else(|| format!("curl printed no status line: {text:?}"))?;
+        let code = code
+            .trim()
+            .parse()
+            .map_err(|_| format!("not an HTTP status: {code:?} (curl exit {})", output.status))?;
+        let body = serde_json::from_str(body).map_err(|error| {
+            format!("HTTP {code} with a body that is not JSON ({error}): {body}")
+        })?;
+        Ok((code, body))
+    })();
     let _ = forward.kill();
     let _ = forward.wait();
     result
@@ -400,13 +414,13 @@ async fn the_metrics_apiservices_are_available_and_refuse_bad_input_with_statuse
     assert!(error.contains("Forbidden"), "{error}");
 
     // Straight to the operator's Service, no certificate, no token: 401 metav1.Status.
-    if let Some((code, body)) = unauthenticated_status(
+    let (code, body) = unauthenticated_status(
         "/apis/external.metrics.k8s.io/v1beta1/namespaces/default/scaledapp_queue_depth",
-    ) {
-        assert_eq!(code, 401, "{body}");
-        assert_eq!(body["kind"], "Status", "{body}");
-        assert_eq!(body["reason"], "Unauthorized", "{body}");
-    }
+    )
+    .unwrap_or_else(|why| panic!("the unauthenticated request was not made: {why}"));
+    assert_eq!(code, 401, "{body}");
+    assert_eq!(body["kind"], "Status", "{body}");
+    assert_eq!(body["reason"], "Unauthorized", "{body}");
 }
 
 #[tokio::test]
