@@ -11,7 +11,9 @@
 //! ```
 //!
 //! The contract with the operator (config document, status document, identity file, environment
-//! variables) is `scaled_contract::instance`.
+//! variables, pod names, the typed primary record, the role names) is `scaled_contract::instance`;
+//! replication sizing (WAL senders, slots, how much WAL a slot may hold) is
+//! `scaled_contract::replication`, the one rule both sides apply.
 
 pub mod binaries;
 pub mod bootstrap;

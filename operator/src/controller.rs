@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
 use kube::runtime::controller::{Config, Controller};
-use kube::runtime::watcher;
-use kube::{Api, Client};
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::{Api, Client, Resource};
 use tracing::debug;
 
 use crate::context::Context;
@@ -20,6 +20,24 @@ use crate::reconcile::{error_policy, reconcile};
 const DEBOUNCE: Duration = Duration::from_millis(500);
 /// Reconciles in flight at once; bounds memory and the burst of requests on start-up.
 const CONCURRENCY: u16 = 8;
+
+/// What of a ScaledApp a reconcile acts on: its spec (the generation), its annotations (a
+/// switchover request) and its deletion. A change of anything else, its status above all, wakes
+/// no reconcile: only the operator writes status, so reconciling after each of its own status
+/// writes would re-read every child for nothing (half the passes when 100 ScaledApps come up at
+/// once). The reflector still stores every change, so the next pass reads the latest status.
+fn what_reconcile_reads(app: &ScaledApp) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let meta = app.meta();
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    meta.generation.hash(&mut hasher);
+    meta.annotations.hash(&mut hasher);
+    meta.deletion_timestamp
+        .as_ref()
+        .map(|time| time.0.as_second())
+        .hash(&mut hasher);
+    Some(hasher.finish())
+}
 
 /// Which ScaledApps the operator reconciles.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -47,7 +65,13 @@ pub async fn run(
             Some(namespace) => Api::<ScaledApp>::namespaced(client.clone(), namespace),
             None => Api::<ScaledApp>::all(client.clone()),
         };
-        let controller = Controller::new(apps, watcher::Config::default()).with_config(
+        let (reader, writer) = reflector::store();
+        let changes = watcher(apps, watcher::Config::default())
+            .default_backoff()
+            .reflect(writer)
+            .applied_objects()
+            .predicate_filter(what_reconcile_reads, Default::default());
+        let controller = Controller::for_stream(changes, reader).with_config(
             Config::default()
                 .debounce(DEBOUNCE)
                 .concurrency(CONCURRENCY),

@@ -105,11 +105,11 @@ macro_rules! child_kinds {
         )+
 
         impl Inventory {
-            /// Lists every kind of child of the applier's ScaledApp (one LIST per kind).
+            /// Lists every kind of child of the applier's ScaledApp: one LIST per kind, all at
+            /// once, so a pass waits for one round trip instead of one per kind.
             pub async fn list<S: Shelving>(store: &S) -> Result<Self, S::Error> {
-                Ok(Inventory {
-                    $($shelf: store.list::<$kind>().await?,)+
-                })
+                let ($($shelf,)+) = futures::try_join!($(store.list::<$kind>(),)+)?;
+                Ok(Inventory { $($shelf,)+ })
             }
 
             /// Deletes what is still on the shelves, in table order (dependents first), and

@@ -10,8 +10,9 @@ pub const APPLIED_HASH_ANNOTATION: &str = "scaled.dev/applied-hash";
 /// Pod-template annotation holding a hash of the configuration the pods read, so a change
 /// rolls them.
 pub const CONFIG_HASH_ANNOTATION: &str = "scaled.dev/config-hash";
-/// Label naming the ScaledApp an object belongs to.
-pub const INSTANCE_LABEL: &str = "app.kubernetes.io/instance";
+/// Label naming the ScaledApp an object belongs to (`app.kubernetes.io/instance`, the
+/// recommended label; in this code base "instance" means a Postgres instance only).
+pub const SCALEDAPP_NAME_LABEL: &str = "app.kubernetes.io/instance";
 /// Label naming the component (app, worker, redis, postgres).
 pub const COMPONENT_LABEL: &str = "app.kubernetes.io/component";
 /// Label set on every child, used to find children for pruning.
@@ -54,6 +55,25 @@ pub fn child_name(app_name: &str, component: &str) -> String {
 /// [`pod_name`](scaled_contract::instance::pod_name)`(set, ordinal)`, `<set>-<ordinal>`.
 pub fn shard_set_name(app_name: &str, index: u32) -> String {
     child_name(app_name, &format!("shard-{index}"))
+}
+
+/// Name of a shard's role Service (`primary` or `replica`).
+pub fn shard_service_name(app_name: &str, index: u32, role: &str) -> String {
+    format!("{}-{role}", shard_set_name(app_name, index))
+}
+
+/// In-cluster DNS name of Service `service` in `namespace`.
+pub fn service_host(namespace: &str, service: &str) -> String {
+    format!("{service}.{namespace}.svc")
+}
+
+/// `redis://` URL of the operator-run Redis of ScaledApp `app_name`: the one address the app's
+/// config, the status endpoint and the queue reader all use.
+pub fn redis_primary_url(app_name: &str, namespace: &str) -> String {
+    format!(
+        "redis://{}:{REDIS_PORT}",
+        service_host(namespace, &redis_primary_service_name(app_name))
+    )
 }
 
 /// The Service clients reach the operator-run Redis through (the app's config, the status

@@ -120,6 +120,12 @@ fn key(app: &ScaledApp) -> String {
     format!("{}/{}", app.namespace().unwrap_or_default(), app.name_any())
 }
 
+/// Whose failover clocks these are: the uid too, so a ScaledApp deleted and created again under
+/// the same name (its pods may keep their names and volumes) never inherits a clock.
+fn clock_key(app: &ScaledApp) -> String {
+    format!("{}/{}", key(app), app.uid().unwrap_or_default())
+}
+
 async fn run(app: &ScaledApp, context: &Context) -> Result<Action, ReconcileError> {
     let namespace = app
         .namespace()
@@ -129,7 +135,7 @@ async fn run(app: &ScaledApp, context: &Context) -> Result<Action, ReconcileErro
         // waits for them). Applying now would re-create what it just deleted, and the
         // deletion would never finish.
         info!("being deleted; its children are left to the garbage collector");
-        context.clocks.forget(&key(app));
+        context.clocks.forget(&clock_key(app));
         return Ok(Action::await_change());
     }
     let current = app.status.as_ref();
@@ -203,19 +209,23 @@ async fn reconcile_children(
         &context.applied,
         &context.metrics,
     );
-    let inventory = match applier.inventory().await {
+    let (inventory, reads) = futures::join!(
+        applier.inventory(),
+        postgres::read(&context.client, &context.http, &validated),
+    );
+    let inventory = match inventory {
         Ok(inventory) => inventory,
         Err(error) => return Outcome::ApplyFailed(error),
     };
-    let sets = shard_sets(&inventory, &validated);
-    let instances = match postgres::observe(&context.client, &context.http, &validated, &sets).await
-    {
-        Ok(instances) => instances,
+    let instances = match reads {
+        Ok(reads) => postgres::shards(&validated, reads, &shard_sets(&inventory, &validated)),
         Err(error) => return Outcome::InstancesFailed(error),
     };
     // Render and decide: pure.
     let rendered = render(&validated);
-    let clocks = context.clocks.previous(&key(app), app.status.as_ref());
+    let clocks = context
+        .clocks
+        .previous(&clock_key(app), app.status.as_ref());
     let switchover = postgres::pending_switchover(app);
     let topology = postgres::decide(
         postgres::Inputs {
@@ -229,7 +239,7 @@ async fn reconcile_children(
         &instances,
     );
     // The clocks are what was observed, whatever the apply does.
-    context.clocks.remember(&key(app), topology.clocks());
+    context.clocks.remember(&clock_key(app), topology.clocks());
     // Apply: every write of the pass.
     let (children, changes) = if app.spec.paused {
         let live = applier.observe(&rendered, inventory).await;
@@ -257,7 +267,7 @@ fn shard_sets(
     inventory: &Inventory,
     app: &crate::validate::ValidatedApp,
 ) -> BTreeMap<u32, postgres::ShardSet> {
-    (0..app.spec.database.shards as u32)
+    (0..app.shards)
         .filter_map(|index| {
             let set = inventory
                 .stateful_sets

@@ -2,7 +2,10 @@
 //! human. Pure; the assignment algorithm itself lives in `scaled_contract` (property-tested
 //! there) because the app reads the same map.
 
+use scaled_contract::instance::pod_name;
 use scaled_contract::{ShardEndpoints, ShardMapError, balanced_assignment};
+
+use crate::names::{POSTGRES_PORT, PRIMARY_ROLE, service_host, shard_service_name, shard_set_name};
 
 /// The slot assignment for a new ScaledApp: contiguous balanced runs. (Resharding will start
 /// from the assignment in the live ConfigMap and call `scaled_contract::rebalance`.)
@@ -15,15 +18,32 @@ pub fn assignment(slots: i32, shards: i32) -> Result<Vec<u32>, ShardMapError> {
     balanced_assignment(slots, shards)
 }
 
-/// Endpoints with empty addresses, for checking an assignment before names are known.
-pub fn placeholder_endpoints(shards: i32) -> Vec<ShardEndpoints> {
-    (0..shards.max(0) as u32)
-        .map(|index| ShardEndpoints {
-            index,
-            primary: String::new(),
-            replicas: Vec::new(),
-        })
-        .collect()
+/// Where shard `index` of ScaledApp `app_name` answers. The primary is a virtual IP that follows
+/// the primary role label; every pod is listed as a possible replica, the primary's too (which
+/// pod is primary moves with failovers, and the app reads only from pods that are in recovery
+/// and have replayed far enough), by its per-pod name through the headless Service, so the app
+/// can skip one unhealthy pod.
+pub fn endpoints(app_name: &str, namespace: &str, index: u32, pods: u32) -> ShardEndpoints {
+    let set = shard_set_name(app_name, index);
+    ShardEndpoints {
+        index,
+        primary: format!(
+            "{}:{POSTGRES_PORT}",
+            service_host(
+                namespace,
+                &shard_service_name(app_name, index, PRIMARY_ROLE)
+            )
+        ),
+        replicas: (0..pods)
+            .map(|ordinal| {
+                format!(
+                    "{}.{}:{POSTGRES_PORT}",
+                    pod_name(&set, ordinal),
+                    service_host(namespace, &set)
+                )
+            })
+            .collect(),
+    }
 }
 
 /// The slots of one shard as compact ranges, for example `0-255,512-767`.

@@ -16,7 +16,7 @@ use crate::children::{Applied, Children, Live, Observation};
 use crate::crd::{
     Endpoints, InstanceSummary, ScaledAppStatus, ShardStatus, WorkerPoolStatus, WorkloadStatus,
 };
-use crate::names::{POSTGRES_PORT, REDIS_PORT};
+use crate::names::POSTGRES_PORT;
 use crate::postgres::{ObserveError, ShardDecision, Topology};
 use crate::shards::describe_slots;
 use crate::validate::{InvalidSpec, ValidatedApp};
@@ -194,14 +194,6 @@ pub fn components<S: Observation>(
             workload: deployment_status::<S>(&objects.deployment, pool.replicas.min, &mut rolling),
         })
         .collect();
-    let redis_endpoint = match (&children.redis, &app.spec.cache.external_redis) {
-        (Some(redis), _) => format!(
-            "redis://{}",
-            address::<S>(app, &redis.primary_service, REDIS_PORT)
-        ),
-        (None, Some(external)) => external.url.clone(),
-        (None, None) => String::new(),
-    };
     Components {
         app: app_status,
         redis,
@@ -209,7 +201,7 @@ pub fn components<S: Observation>(
         workers,
         endpoints: Endpoints {
             app: address::<S>(app, &children.app.service, 80),
-            redis: redis_endpoint,
+            redis: app.redis_url.clone(),
             primaries: children
                 .shards
                 .iter()

@@ -13,7 +13,7 @@ use kube::{Api, Client, ResourceExt};
 use serde::Serialize;
 
 use crate::crd::{ScaledApp, WorkloadStatus};
-use crate::names::INSTANCE_LABEL;
+use crate::names::SCALEDAPP_NAME_LABEL;
 
 /// Failures of the status command.
 #[derive(Debug, thiserror::Error)]
@@ -109,7 +109,7 @@ pub async fn fetch(
     };
     let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), namespace);
     let autoscalers = hpas
-        .list(&ListParams::default().labels(&format!("{INSTANCE_LABEL}={name}")))
+        .list(&ListParams::default().labels(&format!("{SCALEDAPP_NAME_LABEL}={name}")))
         .await
         .map_err(list_error("HorizontalPodAutoscalers"))?
         .items

@@ -12,7 +12,6 @@ use crate::children::{Applied, Children, Live, LiveObject, Rendered, Step};
 use crate::crd::ScaledApp;
 use crate::kinds::Child;
 use crate::postgres::{ShardDecision, Topology};
-use crate::render::shard_set_name;
 use crate::status::{Observed, Outcome};
 use crate::validate::{Defaults, ValidatedApp, validate};
 
@@ -105,10 +104,13 @@ pub fn all_ready(rendered: &Children<Rendered>) -> Children<Applied> {
 /// The outcome of a pass that applied (or read) `children` of `app`, with every shard's first
 /// pod chosen as primary.
 pub fn applied(app: &ValidatedApp, children: Observed) -> Outcome {
-    let shards = (0..app.spec.database.shards as u32)
+    let shards = (0..app.shards)
         .map(|index| ShardDecision {
             index,
-            primary_pod: Some(format!("{}-0", shard_set_name(app, index))),
+            primary_pod: Some(scaled_contract::instance::pod_name(
+                &crate::names::shard_set_name(&app.name, index),
+                0,
+            )),
             ..ShardDecision::default()
         })
         .collect();

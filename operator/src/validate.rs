@@ -58,8 +58,18 @@ pub struct ValidatedApp {
     pub generation: i64,
     /// The spec, defaults applied by the API server (or by serde when read from a file).
     pub spec: ScaledAppSpec,
-    /// Slot assignment (endpoints filled in by rendering).
+    /// Slot assignment: the owning shard of each slot.
     pub shard_assignment: Vec<u32>,
+    /// Number of shards (`database.shards`).
+    pub shards: u32,
+    /// Pods per shard: the primary and `database.replicasPerShard` replicas.
+    pub pods_per_shard: u32,
+    /// The shard map the app reads: the assignment with every shard's endpoints. Built once,
+    /// here, so rendering cannot fail on it.
+    pub shard_map: ShardMap,
+    /// The Redis URL every client uses: `cache.externalRedis.url`, or the operator-run Redis's
+    /// primary Service.
+    pub redis_url: String,
     /// Postgres `max_connections` for every primary and replica.
     pub max_connections: i64,
     /// UID the Postgres containers run as (`database.runAsUser`, or the official images' own).
@@ -198,12 +208,18 @@ pub fn validate(app: &ScaledApp, defaults: &Defaults) -> Result<ValidatedApp, In
         .ok_or_else(|| InvalidSpec::VolumeSize(database.storage.size.clone()))?;
 
     let shard_assignment = shards::assignment(spec.database.slots, spec.database.shards)?;
-    // The map itself is built during rendering, where endpoints are known; checking it here keeps
-    // that step infallible.
-    ShardMap::from_assignment(
+    let shard_count = spec.database.shards as u32;
+    let pods_per_shard = 1 + spec.database.replicas_per_shard as u32;
+    let shard_map = ShardMap::from_assignment(
         &shard_assignment,
-        shards::placeholder_endpoints(spec.database.shards),
+        (0..shard_count)
+            .map(|index| shards::endpoints(&name, &namespace, index, pods_per_shard))
+            .collect(),
     )?;
+    let redis_url = match &spec.cache.external_redis {
+        Some(external) => external.url.clone(),
+        None => crate::names::redis_primary_url(&name, &namespace),
+    };
 
     Ok(ValidatedApp {
         name,
@@ -212,6 +228,10 @@ pub fn validate(app: &ScaledApp, defaults: &Defaults) -> Result<ValidatedApp, In
         generation: app.metadata.generation.unwrap_or_default(),
         spec: spec.clone(),
         shard_assignment,
+        shards: shard_count,
+        pods_per_shard,
+        shard_map,
+        redis_url,
         max_connections,
         postgres_uid: database
             .run_as_user

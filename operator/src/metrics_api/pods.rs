@@ -30,7 +30,7 @@ use super::error::ApiError;
 use super::exposition::{ExpositionError, ExpositionParser, Sample};
 use super::rates::{Rates, rates};
 use crate::crd::ScaledApp;
-use crate::names::{COMPONENT_LABEL, INSTANCE_LABEL};
+use crate::names::{COMPONENT_LABEL, SCALEDAPP_NAME_LABEL};
 
 /// The app Deployment's component label value (`render::app`).
 const APP_COMPONENT: &str = "app";
@@ -192,7 +192,7 @@ impl PodScraper {
         state: &mut AppPods,
     ) -> Result<PodReadings, ApiError> {
         let selector = format!(
-            "{INSTANCE_LABEL}={},{COMPONENT_LABEL}={APP_COMPONENT}",
+            "{SCALEDAPP_NAME_LABEL}={},{COMPONENT_LABEL}={APP_COMPONENT}",
             key.name
         );
         let pods = Api::<Pod>::namespaced(self.client.clone(), &key.namespace)

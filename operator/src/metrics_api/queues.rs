@@ -33,7 +33,7 @@ use scaled_contract::metrics::{
 use super::app_key::AppKey;
 use super::error::ApiError;
 use crate::crd::ScaledApp;
-use crate::names::{REDIS_PASSWORD_KEY, REDIS_PORT, redis_primary_service_name, redis_secret_name};
+use crate::names::{REDIS_PASSWORD_KEY, redis_primary_url, redis_secret_name};
 
 /// How often Redis is read and how long it may take.
 #[derive(Clone, Debug)]
@@ -121,13 +121,10 @@ fn endpoint(app: &ScaledApp, key: &AppKey) -> Endpoint {
                 .as_ref()
                 .map(|reference| (reference.name.clone(), reference.key.clone())),
         },
-        None => {
-            let service = redis_primary_service_name(&key.name);
-            Endpoint {
-                url: format!("redis://{service}.{}.svc:{REDIS_PORT}", key.namespace),
-                password: Some((redis_secret_name(&key.name), REDIS_PASSWORD_KEY.to_string())),
-            }
-        }
+        None => Endpoint {
+            url: redis_primary_url(&key.name, &key.namespace),
+            password: Some((redis_secret_name(&key.name), REDIS_PASSWORD_KEY.to_string())),
+        },
     }
 }
 

@@ -35,7 +35,7 @@ use super::queues::app_queues;
 use super::selector::Selector;
 use super::source::MetricsSource;
 use crate::crd::ScaledApp;
-use crate::names::INSTANCE_LABEL;
+use crate::names::SCALEDAPP_NAME_LABEL;
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -165,7 +165,12 @@ async fn pod_metric(
     }
     let selector = parse_selector(&query.label_selector)?;
     let metric_selector = parse_selector(&query.metric_label_selector)?;
-    let apps = candidates(state.source.as_ref(), &namespace, &selector, INSTANCE_LABEL)?;
+    let apps = candidates(
+        state.source.as_ref(),
+        &namespace,
+        &selector,
+        SCALEDAPP_NAME_LABEL,
+    )?;
     let readings = futures::future::join_all(apps.iter().map(|app| state.source.pods(app))).await;
     let mut items = Vec::new();
     // These metrics carry no labels of their own: a metric selector either selects them all or

@@ -121,5 +121,5 @@ pub(super) const PROMOTION_GRACE: Duration = Duration::from_secs(60);
 
 /// Pods per shard: the primary and its replicas.
 pub(super) fn pods_per_shard(app: &ValidatedApp) -> u32 {
-    1 + app.spec.database.replicas_per_shard as u32
+    app.pods_per_shard
 }

@@ -1,7 +1,7 @@
 //! The Postgres stage of a reconcile: which pod of each shard is the primary, and what the
 //! operator does about it. It runs inside the one pipeline, in its three parts:
 //!
-//! - [`observe`] (I/O, reads only): every Postgres pod of the ScaledApp, its volume claims, and
+//! - [`read`] (I/O, reads only): every Postgres pod of the ScaledApp, its volume claims, and
 //!   what each instance manager reports at `/status`, as [`ShardObservation`]s.
 //! - [`decide`] (pure): from the observations, the status before this pass and the failover
 //!   clocks, a [`Topology`]: the primary of each shard, the labels to move, the pods to replace,
@@ -29,5 +29,5 @@ pub use decide::decide;
 pub use decision::{Inputs, News, ShardDecision, Topology};
 pub use health::{Health, primary_health};
 pub use observation::{PodObservation, ShardObservation, ShardSet};
-pub use observe::{ObserveError, observe};
+pub use observe::{ObserveError, Reads, read, shards};
 pub use switchover_request::{SWITCHOVER_ANNOTATION, SwitchoverRequest, pending_switchover};

@@ -7,10 +7,11 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::ListParams;
+use kube::core::PartialObjectMeta;
 use kube::{Api, Client, ResourceExt};
 use scaled_contract::instance::InstanceStatus;
 
-use crate::names::{COMPONENT_LABEL, INSTANCE_LABEL, POSTGRES_COMPONENT, ROLE_LABEL};
+use crate::names::{COMPONENT_LABEL, POSTGRES_COMPONENT, ROLE_LABEL, SCALEDAPP_NAME_LABEL};
 use crate::validate::ValidatedApp;
 
 use super::observation::{PodObservation, ShardObservation, ShardSet, shard_and_ordinal};
@@ -40,16 +41,24 @@ pub enum ObserveError {
     },
 }
 
+/// What [`read`] fetched: the Postgres pods, their volume claims, and each pod's report.
+#[derive(Debug, Default)]
+pub struct Reads {
+    pods: Vec<Pod>,
+    claims: Vec<PartialObjectMeta<PersistentVolumeClaim>>,
+    reports: Vec<Option<InstanceStatus>>,
+}
+
 /// Reads every Postgres pod of the ScaledApp, its volume claims, and each instance manager's
-/// `/status`.
-pub async fn observe(
+/// `/status` (all managers at once). It needs nothing of the pass's other reads, so the
+/// reconcile runs it beside them.
+pub async fn read(
     client: &Client,
     http: &reqwest::Client,
     app: &ValidatedApp,
-    sets: &BTreeMap<u32, ShardSet>,
-) -> Result<Vec<ShardObservation>, ObserveError> {
+) -> Result<Reads, ObserveError> {
     let selector = format!(
-        "{INSTANCE_LABEL}={},{COMPONENT_LABEL}={}",
+        "{SCALEDAPP_NAME_LABEL}={},{COMPONENT_LABEL}={}",
         app.name, POSTGRES_COMPONENT
     );
     let params = ListParams::default().labels(&selector);
@@ -61,20 +70,39 @@ pub async fn observe(
             source,
         }
     };
-    let pods = Api::<Pod>::namespaced(client.clone(), &app.namespace)
-        .list(&params)
-        .await
-        .map_err(list_error("pods"))?
-        .items;
-    let claims = Api::<PersistentVolumeClaim>::namespaced(client.clone(), &app.namespace)
-        .list_metadata(&params)
-        .await
-        .map_err(list_error("persistentvolumeclaims"))?
-        .items;
+    let pod_api = Api::<Pod>::namespaced(client.clone(), &app.namespace);
+    let claim_api = Api::<PersistentVolumeClaim>::namespaced(client.clone(), &app.namespace);
+    let (pods, claims) = futures::try_join!(
+        async { pod_api.list(&params).await.map_err(list_error("pods")) },
+        async {
+            claim_api
+                .list_metadata(&params)
+                .await
+                .map_err(list_error("persistentvolumeclaims"))
+        },
+    )?;
     let reports =
-        futures::future::join_all(pods.iter().map(|pod| instance_status(http, pod))).await;
+        futures::future::join_all(pods.items.iter().map(|pod| instance_status(http, pod))).await;
+    Ok(Reads {
+        pods: pods.items,
+        claims: claims.items,
+        reports,
+    })
+}
 
-    let mut shards: Vec<ShardObservation> = (0..app.spec.database.shards as u32)
+/// The shards as [`read`] saw them, with what the StatefulSets say (`sets`). Pure.
+pub fn shards(
+    app: &ValidatedApp,
+    reads: Reads,
+    sets: &BTreeMap<u32, ShardSet>,
+) -> Vec<ShardObservation> {
+    let Reads {
+        pods,
+        claims,
+        reports,
+    } = reads;
+
+    let mut shards: Vec<ShardObservation> = (0..app.shards)
         .map(|index| ShardObservation {
             index,
             update_revision: sets.get(&index).and_then(|set| set.update_revision.clone()),
@@ -124,7 +152,7 @@ pub async fn observe(
     for shard in &mut shards {
         shard.pods.sort_by_key(|pod| pod.ordinal);
     }
-    Ok(shards)
+    shards
 }
 
 /// Whether a claim may hold data from before its shard's StatefulSet: it is older than the set.

@@ -8,23 +8,16 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use scaled_contract::{
     CONFIG_KEY, CacheSettings, CdnSettings, DatabaseSettings, FailureMode, QueueSettings,
     RateLimitSettings, RedisSettings, RuntimeConfig, SCHEMA_VERSION, SessionSettings,
-    ShardEndpoints, ShardMap, instance::pod_name,
 };
 
-use super::postgres::{PRIMARY_ROLE, instances, shard_service_name, shard_set_name};
-use super::{child_name, object_meta, service_host};
+use super::{child_name, object_meta};
 use crate::crd::RateLimitFailureMode;
-use crate::names::{DATABASE_NAME, DATABASE_USER, POSTGRES_PORT, REDIS_PORT};
+use crate::names::{DATABASE_NAME, DATABASE_USER};
 use crate::validate::ValidatedApp;
 
 /// The runtime configuration the app will read.
 pub fn runtime_config(app: &ValidatedApp) -> RuntimeConfig {
     let spec = &app.spec;
-    let shards = (0..spec.database.shards as u32)
-        .map(|index| shard_endpoints(app, index))
-        .collect();
-    let shard_map = ShardMap::from_assignment(&app.shard_assignment, shards)
-        .expect("validation built the same map with placeholder endpoints");
     RuntimeConfig {
         schema_version: SCHEMA_VERSION,
         http_port: spec.app.port,
@@ -38,7 +31,7 @@ pub fn runtime_config(app: &ValidatedApp) -> RuntimeConfig {
             statement_timeout_ms: 5_000,
             read_your_writes_window_ms: 5_000,
         },
-        shard_map,
+        shard_map: app.shard_map.clone(),
         cache: CacheSettings {
             l1_max_entries: spec.cache.l1.max_entries as u64,
             l1_ttl_seconds: spec.cache.l1.ttl_seconds as u64,
@@ -51,7 +44,7 @@ pub fn runtime_config(app: &ValidatedApp) -> RuntimeConfig {
                 password_required: external.password_secret_ref.is_some(),
             },
             None => RedisSettings {
-                url: redis_url(app),
+                url: app.redis_url.clone(),
                 password_required: true,
             },
         },
@@ -78,39 +71,6 @@ pub fn runtime_config(app: &ValidatedApp) -> RuntimeConfig {
             claim_idle_ms: 30_000,
             retry_backoff_ms: 1_000,
         },
-    }
-}
-
-/// `redis://` URL of the operator-run Redis.
-pub fn redis_url(app: &ValidatedApp) -> String {
-    format!(
-        "redis://{}:{REDIS_PORT}",
-        service_host(app, &crate::names::redis_primary_service_name(&app.name))
-    )
-}
-
-/// Where one shard's primary and each of its pods answer. Every pod is listed as a possible
-/// replica, the primary's too: which pod is primary moves with failovers, and the app reads only
-/// from pods that are in recovery and have replayed far enough.
-pub fn shard_endpoints(app: &ValidatedApp, index: u32) -> ShardEndpoints {
-    let set = shard_set_name(app, index);
-    ShardEndpoints {
-        index,
-        // A virtual IP that follows the primary role label.
-        primary: format!(
-            "{}:{POSTGRES_PORT}",
-            service_host(app, &shard_service_name(app, index, PRIMARY_ROLE))
-        ),
-        // Per-pod names through the headless Service, so the app can skip one unhealthy pod.
-        replicas: (0..instances(app))
-            .map(|ordinal| {
-                format!(
-                    "{}.{}:{POSTGRES_PORT}",
-                    pod_name(&set, ordinal),
-                    service_host(app, &set)
-                )
-            })
-            .collect(),
     }
 }
 
@@ -190,7 +150,7 @@ mod tests {
     #[test]
     fn every_pod_of_a_shard_is_addressed_through_the_headless_service() {
         let app = validated_example("shop");
-        let endpoints = shard_endpoints(&app, 1);
+        let endpoints = &runtime_config(&app).shard_map.shards[1];
         assert_eq!(endpoints.primary, "shop-shard-1-primary.default.svc:5432");
         assert_eq!(
             endpoints.replicas,

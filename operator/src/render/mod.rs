@@ -32,7 +32,7 @@ use crate::validate::ValidatedApp;
 pub use config::runtime_config;
 pub use postgres::{instance_config, shard_set_name};
 
-use crate::names::{COMPONENT_LABEL, INSTANCE_LABEL, MANAGED_BY_LABEL, MANAGER};
+use crate::names::{COMPONENT_LABEL, MANAGED_BY_LABEL, MANAGER, SCALEDAPP_NAME_LABEL};
 
 /// User the app image runs as (distroless "nonroot").
 pub const APP_UID: i64 = 65532;
@@ -45,7 +45,7 @@ pub fn render(app: &ValidatedApp) -> Children<Rendered> {
         postgres_config: postgres::config_map(app),
         network_policies: network::policies(app),
         postgres_access: postgres::access(app),
-        shards: (0..app.spec.database.shards as u32)
+        shards: (0..app.shards)
             .map(|index| postgres::shard(app, index))
             .collect(),
         redis: redis::objects(app),
@@ -66,7 +66,7 @@ pub fn child_name(app: &ValidatedApp, component: &str) -> String {
 
 /// In-cluster DNS name of a Service.
 pub fn service_host(app: &ValidatedApp, service: &str) -> String {
-    format!("{service}.{}.svc", app.namespace)
+    crate::names::service_host(&app.namespace, service)
 }
 
 /// Labels that select a component's pods; stable for the object's lifetime.
@@ -76,7 +76,7 @@ pub fn selector_labels(app: &ValidatedApp, component: &str) -> BTreeMap<String, 
             "app.kubernetes.io/name".to_string(),
             "scaledapp".to_string(),
         ),
-        (INSTANCE_LABEL.to_string(), app.name.clone()),
+        (SCALEDAPP_NAME_LABEL.to_string(), app.name.clone()),
         (COMPONENT_LABEL.to_string(), component.to_string()),
     ])
 }
@@ -247,7 +247,10 @@ mod tests {
             assert!(name.len() <= 63, "{kind} {name} is too long");
             assert_eq!(meta["namespace"], "default", "{kind} {name}");
             assert_eq!(meta["labels"][MANAGED_BY_LABEL], MANAGER, "{kind} {name}");
-            assert_eq!(meta["labels"][INSTANCE_LABEL], "shop", "{kind} {name}");
+            assert_eq!(
+                meta["labels"][SCALEDAPP_NAME_LABEL], "shop",
+                "{kind} {name}"
+            );
             if kind != "Secret" {
                 assert_eq!(meta["ownerReferences"][0]["uid"], app.uid, "{kind} {name}");
                 assert_eq!(
@@ -260,10 +263,11 @@ mod tests {
 
     #[test]
     fn the_longest_allowed_name_with_64_shards_fits_every_limit() {
-        let mut app = validated_example("shop");
-        app.name = "a".repeat(crate::crd::MAX_NAME_LENGTH);
-        app.spec.database.shards = 64;
-        app.shard_assignment = crate::shards::assignment(1024, 64).expect("valid");
+        let mut scaled_app = crate::test_support::example("shop");
+        scaled_app.metadata.name = Some("a".repeat(crate::crd::MAX_NAME_LENGTH));
+        scaled_app.spec.database.shards = 64;
+        let app = crate::validate::validate(&scaled_app, &Default::default())
+            .expect("the longest name with 64 shards is valid");
         let desired = render(&app);
         for shard in &desired.shards {
             let name = shard.statefulset.metadata.name.clone().expect("named");

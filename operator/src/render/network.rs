@@ -14,7 +14,7 @@ use k8s_openapi::api::networking::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use crate::names::{COMPONENT_LABEL, INSTANCE_LABEL, POSTGRES_PORT, REDIS_PORT};
+use crate::names::{COMPONENT_LABEL, POSTGRES_PORT, REDIS_PORT, SCALEDAPP_NAME_LABEL};
 
 use super::{child_name, object_meta, selector_labels};
 use crate::validate::ValidatedApp;
@@ -85,7 +85,7 @@ fn policy(
     let from = NetworkPolicyPeer {
         pod_selector: Some(LabelSelector {
             match_labels: Some(BTreeMap::from([(
-                INSTANCE_LABEL.to_string(),
+                SCALEDAPP_NAME_LABEL.to_string(),
                 app.name.clone(),
             )])),
             match_expressions: Some(vec![LabelSelectorRequirement {
@@ -164,7 +164,7 @@ mod tests {
             .and_then(|s| s.match_labels.clone())
             .expect("labels");
         assert_eq!(
-            peer_labels[INSTANCE_LABEL], "shop",
+            peer_labels[SCALEDAPP_NAME_LABEL], "shop",
             "only this ScaledApp's pods"
         );
     }

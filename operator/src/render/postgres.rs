@@ -78,12 +78,7 @@ pub fn shard_set_name(app: &ValidatedApp, index: u32) -> String {
 
 /// Name of a shard's role Service (`primary` or `replica`).
 pub fn shard_service_name(app: &ValidatedApp, index: u32, role: &str) -> String {
-    format!("{}-{role}", shard_set_name(app, index))
-}
-
-/// Pods per shard.
-pub fn instances(app: &ValidatedApp) -> u32 {
-    1 + app.spec.database.replicas_per_shard as u32
+    crate::names::shard_service_name(&app.name, index, role)
 }
 
 /// What every instance manager of this ScaledApp is told.
@@ -96,7 +91,7 @@ pub fn instance_config(app: &ValidatedApp) -> InstanceConfig {
         database: DATABASE_NAME.into(),
         app_user: DATABASE_USER.into(),
         replication_user: REPLICATION_USER.into(),
-        instances: instances(app),
+        instances: app.pods_per_shard,
         parameters: server_settings(app),
         synchronous_replication: app.spec.database.synchronous_replication,
         fence_after_seconds: app.spec.database.failover.fence_after_seconds as u32,
@@ -112,7 +107,7 @@ pub fn instance_config(app: &ValidatedApp) -> InstanceConfig {
 /// The instance manager adds what it owns: ports, addresses, `wal_log_hints`, the replication
 /// source and `synchronous_standby_names`.
 pub fn server_settings(app: &ValidatedApp) -> BTreeMap<String, String> {
-    let senders = replication::wal_senders(instances(app));
+    let senders = replication::wal_senders(app.pods_per_shard);
     BTreeMap::from([
         ("max_connections".into(), app.max_connections.to_string()),
         ("wal_level".into(), "replica".into()),
@@ -342,7 +337,7 @@ fn statefulset(app: &ValidatedApp, index: u32) -> StatefulSet {
         StatefulSetParts {
             meta: shard_meta(app, set_name, index),
             selector: shard_selector(app, index),
-            replicas: instances(app) as i32,
+            replicas: app.pods_per_shard as i32,
             // Each instance manager waits for what it needs (the named primary) by itself; no
             // reason to start the pods one by one.
             pod_management_policy: Some("Parallel"),
@@ -510,7 +505,7 @@ mod tests {
     fn replication_is_sized_by_the_contracts_rule() {
         // The instance manager's fallback asserts the same figures: 3 instances, a 10 GiB volume.
         let app = validated_example("shop");
-        assert_eq!(instances(&app), 3);
+        assert_eq!(app.pods_per_shard, 3);
         assert_eq!(app.postgres_volume_mib, 10 * 1024);
         let settings = server_settings(&app);
         assert_eq!(settings["max_wal_senders"], "7");
@@ -550,8 +545,9 @@ mod tests {
 
     #[test]
     fn zero_replicas_per_shard_renders_no_replica_service() {
-        let mut app = validated_example("shop");
-        app.spec.database.replicas_per_shard = 0;
+        let mut scaled_app = crate::test_support::example("shop");
+        scaled_app.spec.database.replicas_per_shard = 0;
+        let app = crate::validate::validate(&scaled_app, &Default::default()).expect("valid");
         let shard = shard(&app, 0);
         assert!(shard.replica_service.is_none());
         assert_eq!(shard.statefulset.spec.and_then(|s| s.replicas), Some(1));
