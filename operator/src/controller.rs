@@ -18,8 +18,11 @@ use crate::reconcile::{error_policy, reconcile};
 /// Seconds of quiet before a burst of child events becomes one reconcile: a rollout of a
 /// StatefulSet emits an event per pod, and reconciling each would re-read and re-write status.
 const DEBOUNCE: Duration = Duration::from_millis(500);
-/// Reconciles in flight at once; bounds memory and the burst of requests on start-up.
-const CONCURRENCY: u16 = 8;
+/// Reconciles in flight at once; bounds memory and the burst of requests on start-up. A pass
+/// mostly waits on API round trips, so 16 at once keep the first pass of 100 new ScaledApps
+/// within 35 s (8 took 77 s: first passes queued behind other ScaledApps' later ones; `make
+/// bench-scale`, docs/BENCHMARKS.md) for 5 MiB more memory.
+const CONCURRENCY: u16 = 16;
 
 /// What of a ScaledApp a reconcile acts on: its spec (the generation), its annotations (a
 /// switchover request) and its deletion. A change of anything else, its status above all, wakes
