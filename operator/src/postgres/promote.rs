@@ -73,13 +73,28 @@ pub(super) fn fail_over(
             unhealthy_for.as_secs()
         ),
     });
+    let from = decision
+        .failover
+        .as_ref()
+        .map_or(primary.to_string(), |progress| progress.from.clone());
+    record_move(decision, inputs, shard, FAILOVER, reason, from, target);
+}
+
+/// Records a move of the primary to `target`, under way from now: status names the target at
+/// once (its instance manager promotes itself when it reads that) and its pod object's uid.
+fn record_move(
+    decision: &mut ShardDecision,
+    inputs: Inputs<'_>,
+    shard: &ShardObservation,
+    kind: &str,
+    reason: String,
+    from: String,
+    target: String,
+) {
     decision.failover = Some(FailoverStatus {
-        kind: FAILOVER.into(),
+        kind: kind.into(),
         reason,
-        from: decision
-            .failover
-            .as_ref()
-            .map_or(primary.to_string(), |progress| progress.from.clone()),
+        from,
         to: target.clone(),
         started_at: inputs.now.clone(),
         completed_at: None,
@@ -194,17 +209,15 @@ pub(super) fn switch_over(
                     shard.index, request.id
                 ),
             });
-            decision.failover = Some(FailoverStatus {
-                kind: SWITCHOVER.into(),
+            record_move(
+                decision,
+                inputs,
+                shard,
+                SWITCHOVER,
                 reason,
-                from: primary.to_string(),
-                to: target.clone(),
-                started_at: inputs.now.clone(),
-                completed_at: None,
-                timeline: None,
-            });
-            decision.primary_pod_uid = uid_of(shard, &target);
-            decision.primary_pod = Some(target);
+                primary.to_string(),
+                target,
+            );
         }
         Err(refused) => decision.news.push(News {
             warning: true,
