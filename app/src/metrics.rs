@@ -57,6 +57,8 @@ pub struct Families {
     pub rate_limit_rejections: IntCounter,
     /// Rate-limit decisions taken without Redis, by failure mode.
     pub rate_limit_degraded: IntCounterVec,
+    /// Requests whose session was accepted on its signature alone because Redis was away.
+    pub sessions_verified_offline: IntCounter,
     /// `cache_lookups` series, resolved once.
     pub cache: CacheLookups,
 }
@@ -181,9 +183,14 @@ impl Metrics {
                 &["mode"],
             )
             .expect("valid metric definition"),
+            sessions_verified_offline: IntCounter::new(
+                "sessions_verified_offline_total",
+                "Requests whose signed session was accepted without Redis (revocations unseen)",
+            )
+            .expect("valid metric definition"),
             registry,
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 13] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 14] = [
             Box::new(families.http_requests.clone()),
             Box::new(families.http_duration.clone()),
             Box::new(families.cache_lookups.clone()),
@@ -197,6 +204,7 @@ impl Metrics {
             Box::new(families.outbox_relayed.clone()),
             Box::new(families.rate_limit_rejections.clone()),
             Box::new(families.rate_limit_degraded.clone()),
+            Box::new(families.sessions_verified_offline.clone()),
         ];
         for collector in collectors {
             families

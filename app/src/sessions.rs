@@ -12,6 +12,16 @@
 //! session carries the generation it was opened under: a password change bumps it, which voids
 //! every session of that user at once, wherever it is used.
 //!
+//! The cookie is a signed token, `v3.<id>.<user>.<generation>.<signed-in unix ms>.<mac>`, the
+//! MAC an HMAC-SHA256 of the rest under the session secret. With Redis up, a session is what
+//! Redis holds, as above: the token only adds that a forged cookie never reaches Redis. With
+//! Redis away, a request is signed in on the token alone ([`Claims`], within its absolute
+//! lifetime), so signed-in users keep working through a Redis outage. What that costs, plainly:
+//! while Redis is away a session that was signed out or voided by a password change, or idle past
+//! its sliding TTL, is still honoured on its signature until Redis answers again (then it is
+//! refused at once); a forged, altered or expired token is refused always. Cookies of the
+//! previous form (the bare 64-hex id) keep working with Redis only.
+//!
 //! Sessions are opened only by a sign-in with a password, and by the hidden `open-sessions`
 //! benchmark command, which needs the session secret and the store itself (whoever has both can
 //! forge sessions anyway). Versions before that opened a session for any user id without a
@@ -85,20 +95,25 @@ impl SessionStore {
         self.ttl.min(left).as_secs()
     }
 
-    /// Stores `data` under a fresh id and returns the id; `replaces` (the caller's previous
-    /// session, if any) is deleted in the same round trip.
+    /// Stores `data` under a fresh id and returns the cookie value for it (a signed token);
+    /// `replaces` (the cookie value of the caller's previous session, if any) is deleted in the
+    /// same round trip.
     pub async fn create(
         &self,
         data: &Value,
         replaces: Option<&str>,
     ) -> Result<String, SessionError> {
         let id = hex::encode(rand::random::<[u8; 32]>());
+        let token = self.token(&id, data);
+        let replaces = replaces
+            .and_then(|value| self.identify(value))
+            .map(|cookie| cookie.id);
         let mut pipeline = redis::pipe();
         let expiry = self.expires_in(data).max(1);
         pipeline
             .set_ex(self.key(&id), data.to_string(), expiry)
             .ignore();
-        if let Some(old) = replaces {
+        if let Some(old) = &replaces {
             pipeline.del(self.key(old)).ignore();
         }
         let mut connection = self.redis.connection();
@@ -109,7 +124,64 @@ impl SessionStore {
                 pipeline.query_async::<()>(&mut connection),
             )
             .await?;
-        Ok(id)
+        Ok(token)
+    }
+
+    /// The cookie value of session `id` with `data`: its claims, signed.
+    fn token(&self, id: &str, data: &Value) -> String {
+        let claims = format!(
+            "{TOKEN_VERSION}.{id}.{}.{}.{}",
+            user_of(data).unwrap_or(0),
+            generation_of(data),
+            signed_in_at(data).map_or(0, |at| at.timestamp_millis()),
+        );
+        let mac = hex::encode(self.secret.mac(claims.as_bytes()));
+        format!("{claims}.{mac}")
+    }
+
+    /// The session a cookie value names, with its verified claims; `None` when the value has
+    /// neither form this store issues, or its signature does not match (forged or altered).
+    pub fn identify(&self, value: &str) -> Option<SessionCookie> {
+        if is_bare_id(value) {
+            return Some(SessionCookie {
+                id: value.to_string(),
+                claims: None,
+            });
+        }
+        let (signed, mac) = value.rsplit_once('.')?;
+        let expected = hex::encode(self.secret.mac(signed.as_bytes()));
+        if mac.len() != expected.len() || !constant_time_eq(mac.as_bytes(), expected.as_bytes()) {
+            return None;
+        }
+        let mut parts = signed.split('.');
+        let (Some(TOKEN_VERSION), Some(id), Some(user), Some(generation), Some(at), None) = (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        ) else {
+            return None;
+        };
+        if !is_bare_id(id) {
+            return None;
+        }
+        let claims = Claims {
+            user_id: user.parse().ok().filter(|user: &i64| *user > 0)?,
+            generation: generation.parse().ok()?,
+            signed_in_at: DateTime::from_timestamp_millis(at.parse().ok()?)?,
+        };
+        Some(SessionCookie {
+            id: id.to_string(),
+            claims: Some(claims),
+        })
+    }
+
+    /// Whether a session signed in at `signed_in_at` is still within its absolute lifetime.
+    pub fn within_lifetime(&self, signed_in_at: DateTime<Utc>) -> bool {
+        let data = new_data(1, 0, signed_in_at);
+        lifetime_left(&data, self.lifetime, Utc::now()).is_some()
     }
 
     /// Opens a session of `user_id` under the user's current generation (what a sign-in does once
@@ -199,6 +271,39 @@ impl SessionStore {
     }
 }
 
+/// First field of a session token: its format.
+const TOKEN_VERSION: &str = "v3";
+
+/// A session cookie as [`SessionStore::identify`] read it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionCookie {
+    /// The session id (what Redis keys the session by, hashed).
+    pub id: String,
+    /// What the signed token says; `None` for a cookie of the previous form (a bare id).
+    pub claims: Option<Claims>,
+}
+
+/// What a session token says, under the session secret's signature.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Claims {
+    /// The signed-in user.
+    pub user_id: i64,
+    /// The session generation it was opened under.
+    pub generation: u64,
+    /// When it was signed in (to the millisecond).
+    pub signed_in_at: DateTime<Utc>,
+}
+
+/// Compares without stopping at the first difference, so the time taken says nothing of how much
+/// of a guessed MAC was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
+}
+
+fn is_bare_id(id: &str) -> bool {
+    id.len() == 64 && id.bytes().all(|byte| byte.is_ascii_hexdigit())
+}
+
 fn generation_key(user_id: i64) -> String {
     format!("session-generation:{user_id}")
 }
@@ -257,9 +362,15 @@ pub fn cookie_pair(cookie_name: &str, id: &str) -> String {
     format!("{cookie_name}={id}")
 }
 
-/// Whether `id` has the shape of an id this store issues (so junk never reaches Redis).
-pub fn is_well_formed(id: &str) -> bool {
-    id.len() == 64 && id.bytes().all(|byte| byte.is_ascii_hexdigit())
+/// Whether a cookie value has the shape of one this store issues: a token (at most 200
+/// characters, its fields separated by dots) or a bare id (so junk never reaches Redis).
+pub fn is_well_formed(value: &str) -> bool {
+    is_bare_id(value)
+        || (value.len() <= 200
+            && value.starts_with("v3.")
+            && value
+                .bytes()
+                .all(|byte| byte.is_ascii_alphanumeric() || byte == b'.'))
 }
 
 #[cfg(test)]
@@ -296,6 +407,71 @@ mod tests {
         ] {
             assert_eq!(lifetime_left(&data, day, Utc::now()), None, "{data}");
         }
+    }
+
+    fn store(secret: &str) -> SessionStore {
+        let settings = scaled_contract::RedisSettings {
+            url: "redis://127.0.0.1:1/0".into(),
+            password_required: false,
+        };
+        let redis =
+            RedisClient::new(&settings, None, crate::metrics::Metrics::new()).expect("a valid URL");
+        let day = Duration::from_secs(24 * 3600);
+        SessionStore::new(
+            redis,
+            Secret::new(secret),
+            day,
+            day,
+            Duration::from_millis(50),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_token_names_its_session_and_claims_and_any_change_to_it_is_refused() {
+        let sessions = store("one secret");
+        let id = "ab".repeat(32);
+        let signed_in = DateTime::from_timestamp_millis(1_800_000_000_123).expect("valid");
+        let token = sessions.token(&id, &new_data(7, 3, signed_in));
+        assert!(is_well_formed(&token), "{token}");
+        let cookie = sessions.identify(&token).expect("verifies");
+        assert_eq!(cookie.id, id);
+        assert_eq!(
+            cookie.claims,
+            Some(Claims {
+                user_id: 7,
+                generation: 3,
+                signed_in_at: signed_in
+            })
+        );
+        // Another user, another generation, a later sign-in, another id: each breaks the MAC.
+        for forged in [
+            token.replacen(".7.", ".8.", 1),
+            token.replacen(".3.", ".4.", 1),
+            token.replacen("1800000000123", "1900000000123", 1),
+            token.replacen("abab", "abac", 1),
+            format!("{}0", &token[..token.len() - 1]),
+        ] {
+            assert_ne!(forged, token);
+            assert_eq!(sessions.identify(&forged), None, "{forged}");
+        }
+        // Signed with another secret.
+        assert_eq!(store("another secret").identify(&token), None);
+        // The previous form still names a session, without claims.
+        assert_eq!(
+            sessions.identify(&id),
+            Some(SessionCookie {
+                id: id.clone(),
+                claims: None
+            })
+        );
+        assert_eq!(sessions.identify("v3.junk"), None);
+    }
+
+    #[tokio::test]
+    async fn an_expired_token_is_past_its_lifetime_whatever_redis_says() {
+        let sessions = store("s");
+        assert!(sessions.within_lifetime(Utc::now() - chrono::TimeDelta::hours(23)));
+        assert!(!sessions.within_lifetime(Utc::now() - chrono::TimeDelta::hours(25)));
     }
 
     #[test]

@@ -5,7 +5,9 @@ use axum::{extract::FromRequestParts, http::request::Parts};
 use chrono::{DateTime, Utc};
 
 use super::{AppState, error::AppError, extract::cookie};
-use crate::sessions::{generation_of, is_well_formed, signed_in_at, user_of};
+use crate::sessions::{
+    SessionCookie, SessionError, generation_of, is_well_formed, signed_in_at, user_of,
+};
 
 /// The signed-in user. As an extractor it answers 401 when the request has no live session;
 /// `Option<SignedIn>` makes the session optional.
@@ -32,32 +34,67 @@ impl SignedIn {
     }
 }
 
-/// The session id of the request's cookie, if it has the shape of one (junk never reaches
-/// Redis).
-pub fn session_id(state: &AppState, parts: &Parts) -> Option<String> {
-    cookie(&parts.headers, &state.config.sessions.cookie_name).filter(|id| is_well_formed(id))
+/// The session the request's cookie names, if the cookie has the shape of one and, when it is a
+/// signed token, its signature holds (junk and forgeries never reach Redis).
+pub fn session_cookie(state: &AppState, parts: &Parts) -> Option<SessionCookie> {
+    cookie(&parts.headers, &state.config.sessions.cookie_name)
+        .filter(|value| is_well_formed(value))
+        .and_then(|value| state.sessions.identify(&value))
 }
 
 /// The signed-in user of `parts`, if its session is live (used recently enough, and within its
 /// absolute lifetime) and was opened under the user's current generation (no password change
-/// since). A Redis failure is an error, not "no
-/// session": a request must not act anonymously because the store was briefly unreachable.
+/// since).
+///
+/// With Redis away, a signed token within its absolute lifetime signs the request in on its
+/// own (counted in `sessions_verified_offline_total`): signed-in users keep working through a
+/// Redis outage, and a revocation made before or during it is honoured once Redis answers
+/// again ([`crate::sessions`] says what that costs). A cookie of the previous form carries no
+/// claims, so for it a Redis failure stays an error, not "no session": a request must not act
+/// anonymously because the store was briefly unreachable.
 pub async fn signed_in(state: &AppState, parts: &Parts) -> Result<Option<SignedIn>, AppError> {
-    let Some(session_id) = session_id(state, parts) else {
+    let Some(cookie) = session_cookie(state, parts) else {
         return Ok(None);
     };
-    let Some(data) = state.sessions.load(&session_id).await? else {
-        return Ok(None);
+    // Without Redis a token past its absolute lifetime is refused on its claims; with Redis,
+    // `load` refuses it and deletes its record.
+    let offline = |cookie: SessionCookie, error: SessionError| match cookie.claims {
+        Some(claims) if !state.sessions.within_lifetime(claims.signed_in_at) => Ok(None),
+        Some(claims) if matches!(error, SessionError::Unavailable(_)) => {
+            state.metrics.sessions_verified_offline.inc();
+            Ok(Some(SignedIn {
+                user_id: claims.user_id,
+                session_id: cookie.id,
+                signed_in_at: claims.signed_in_at,
+            }))
+        }
+        _ => Err(AppError::from(error)),
+    };
+    let data = match state.sessions.load(&cookie.id).await {
+        Ok(Some(data)) => data,
+        Ok(None) => return Ok(None),
+        Err(error) => return offline(cookie, error),
     };
     let (Some(user_id), Some(signed_in_at)) = (user_of(&data), signed_in_at(&data)) else {
         return Ok(None);
     };
-    if state.sessions.generation(user_id).await? != generation_of(&data) {
+    if cookie
+        .claims
+        .as_ref()
+        .is_some_and(|claims| claims.user_id != user_id)
+    {
+        // A valid signature over another user's session record cannot happen unless the
+        // secret leaked; refuse rather than pick one.
         return Ok(None);
+    }
+    match state.sessions.generation(user_id).await {
+        Ok(generation) if generation == generation_of(&data) => {}
+        Ok(_) => return Ok(None),
+        Err(error) => return offline(cookie, error),
     }
     Ok(Some(SignedIn {
         user_id,
-        session_id,
+        session_id: cookie.id,
         signed_in_at,
     }))
 }

@@ -73,9 +73,17 @@ fn private(status: StatusCode, body: Value, cookie: Option<HeaderValue>) -> Resp
     response
 }
 
-fn current_id(state: &AppState, headers: &HeaderMap) -> Option<String> {
+/// The cookie value of the caller's session, if it has the shape of one.
+fn current_value(state: &AppState, headers: &HeaderMap) -> Option<String> {
     super::extract::cookie(headers, &state.config.sessions.cookie_name)
-        .filter(|id| crate::sessions::is_well_formed(id))
+        .filter(|value| crate::sessions::is_well_formed(value))
+}
+
+/// The id of the session the caller's cookie names (a token must verify).
+fn current_id(state: &AppState, headers: &HeaderMap) -> Option<String> {
+    current_value(state, headers)
+        .and_then(|value| state.sessions.identify(&value))
+        .map(|cookie| cookie.id)
 }
 
 async fn create(
@@ -116,8 +124,8 @@ async fn create(
     };
     state.sign_in.succeeded(attempt).await;
     // A new id on every sign-in, and the old session (if any) ends: no session fixation.
-    let previous = current_id(&state, &headers);
-    let (id, data) = state
+    let previous = current_value(&state, &headers);
+    let (token, data) = state
         .sessions
         .open(account.user_id, previous.as_deref())
         .await?;
@@ -126,7 +134,7 @@ async fn create(
     let mut response = private(
         StatusCode::CREATED,
         body,
-        session_cookie(&state, &id, expires_in),
+        session_cookie(&state, &token, expires_in),
     );
     allowance.stamp(&mut response);
     Ok(response)

@@ -91,15 +91,24 @@ async fn signing_in_with_the_password_opens_a_session_with_safe_cookie_and_cache
         !cookie.contains("Secure"),
         "cookieSecure is off in the test config"
     );
-    let id = session_cookie(&created).expect("an id");
+    let token = session_cookie(&created).expect("a token");
+    let fields: Vec<&str> = token.split('.').collect();
+    assert_eq!(
+        fields.len(),
+        6,
+        "v3.<id>.<user>.<generation>.<signed in>.<mac>: {token}"
+    );
+    assert_eq!(fields[0], "v3");
+    let id = fields[1].to_string();
     assert_eq!(id.len(), 64, "256 random bits, hex");
+    assert_eq!(fields[5].len(), 64, "an HMAC-SHA256");
     let body = created.text().await.expect("body");
     assert!(
         !body.contains(PASSWORD) && !body.contains("argon2"),
         "{body}"
     );
 
-    let read = current(&app, reqwest::Method::GET, &id).await;
+    let read = current(&app, reqwest::Method::GET, &token).await;
     assert_eq!(read.status(), StatusCode::OK);
     assert_eq!(read.headers()[header::CACHE_CONTROL], "private, no-store");
     let body: Value = read.json().await.expect("json");
@@ -107,17 +116,19 @@ async fn signing_in_with_the_password_opens_a_session_with_safe_cookie_and_cache
 
     // Signing out deletes the session: the cookie is worthless afterwards.
     assert_eq!(
-        current(&app, reqwest::Method::DELETE, &id).await.status(),
+        current(&app, reqwest::Method::DELETE, &token)
+            .await
+            .status(),
         StatusCode::NO_CONTENT
     );
     assert_eq!(
-        current(&app, reqwest::Method::GET, &id).await.status(),
+        current(&app, reqwest::Method::GET, &token).await.status(),
         StatusCode::NOT_FOUND
     );
     let after = app
         .client
         .get(format!("{}/api/me", app.address))
-        .header(header::COOKIE, format!("sid={id}"))
+        .header(header::COOKIE, format!("sid={token}"))
         .send()
         .await
         .expect("sent");
@@ -766,7 +777,12 @@ async fn an_account_without_a_password_gets_one_with_a_one_time_token_from_the_c
 }
 
 /// The Redis key of session `id` (`session:v2:<SHA-256(secret || id)>`).
-fn session_key(id: &str) -> String {
+/// The Redis key of the session a cookie value names (a token's id is its second field).
+fn session_key(cookie: &str) -> String {
+    let id = match cookie.strip_prefix("v3.") {
+        Some(rest) => rest.split('.').next().expect("an id"),
+        None => cookie,
+    };
     let mut hasher = Sha256::new();
     hasher.update(SESSION_SECRET.as_bytes());
     hasher.update(id.as_bytes());
