@@ -292,8 +292,6 @@ fn load_generator(namespace: &str, loops: u32) -> Pod {
     .expect("a valid pod")
 }
 
-/// The operator's metrics-API Service, reached through `kubectl port-forward`, with no
-/// credentials at all; `None` when curl is not installed.
 /// The operator's metrics API asked directly (through a port-forward to its Service), with no
 /// client certificate and no token: the HTTP status and the JSON body. Every way this can fail
 /// to ask is an error, never a silent pass.
@@ -331,16 +329,32 @@ fn unauthenticated_status(path: &str) -> Result<(u16, Value), String> {
             .nth(1)
             .and_then(|rest| rest.split_whitespace().next())
             .ok_or_else(|| format!("port-forward printed no local port: {line:?}"))?;
-        let output = Command::new("curl")
-            .args([
-                "-sk",
-                "-w",
-                "\n%{http_code}",
-                &format!("https://127.0.0.1:{port}{path}"),
-            ])
-            .output()
-            .map_err(|error| format!("curl failed: {error}"))?;
-        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        // The first connections through a fresh port-forward may fail while it opens its
+        // stream to the pod (the smoke test's port-forward check retries the same way).
+        let mut attempts = 0;
+        let (output, text) = loop {
+            attempts += 1;
+            let output = Command::new("curl")
+                .args([
+                    "-sSk",
+                    "--max-time",
+                    "10",
+                    "-w",
+                    "\n%{http_code}",
+                    &format!("https://127.0.0.1:{port}{path}"),
+                ])
+                .output()
+                .map_err(|error| format!("curl failed: {error}"))?;
+            let text = String::from_utf8_lossy(&output.stdout).into_owned();
+            if output.status.success() || attempts == 10 {
+                break (output, text);
+            }
+            eprintln!(
+                "curl through the port-forward failed (attempt {attempts}): {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        };
         let (body, code) = text
             .rsplit_once('\n')
             .ok_or_else(|| format!("curl printed no status line: {text:?}"))?;
@@ -348,6 +362,12 @@ fn unauthenticated_status(path: &str) -> Result<(u16, Value), String> {
             .trim()
             .parse()
             .map_err(|_| format!("not an HTTP status: {code:?} (curl exit {})", output.status))?;
+        if !output.status.success() {
+            return Err(format!(
+                "curl failed {attempts} times through the port-forward: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            ));
+        }
         let body = serde_json::from_str(body).map_err(|error| {
             format!("HTTP {code} with a body that is not JSON ({error}): {body}")
         })?;
