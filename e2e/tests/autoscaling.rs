@@ -320,7 +320,12 @@ fn unauthenticated_status(path: &str) -> Result<(u16, Value), String> {
     {
         use std::io::BufRead;
         let stdout = forward.stdout.take().expect("piped");
-        let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+        let mut reader = std::io::BufReader::new(stdout);
+        let _ = reader.read_line(&mut line);
+        // Keep reading what it prints ("Handling connection for ..."): a closed pipe would
+        // kill kubectl at its next line, before curl's connection is forwarded (which is what
+        // made this check see HTTP 0).
+        std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
     }
     // "Forwarding from 127.0.0.1:PORT -> 6443"
     let result = (|| {
