@@ -34,7 +34,8 @@ deps:
 # already gone (dropped by the guard, but counted).
 TEST_STAGES := fmt-check clippy crds-check chart-check script-tests unit images real-node-smoke e2e images-check
 # Each stage is its own `make STAGE`; scripts/test-stages.sh times it, counts its passed, failed,
-# ignored and skipped checks, and fails a real-pod stage that skipped without SCALEDAPP_REAL_NODE=0.
+# ignored and skipped checks (scripts/lib/stage-counts.awk), and fails a real-pod stage that
+# skipped or ignored a check without SCALEDAPP_REAL_NODE=0.
 test: deps
 	@scripts/test-stages.sh $(TEST_STAGES)
 

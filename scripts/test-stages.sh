@@ -4,12 +4,14 @@
 # with its duration and its passed, failed, ignored and skipped counts, so a run that skipped its
 # real-pod tests cannot look like a full one.
 #
-# Counted from each stage's own output: cargo's `test result:` lines (passed, failed, ignored)
-# and the scripts' one-line verdicts (`ok`/`PASS`, `FAIL`, `SKIP`/`skip`, at the start of a line
-# or after a `[prefix hh:mm:ss]` log prefix).
+# Counted from each stage's own output by scripts/lib/stage-counts.awk: cargo's `test result:`
+# lines (passed, failed, ignored) and the scripts' one-line verdicts (`ok`/`PASS`, `FAIL`,
+# `SKIP`/`skip`). Stages after a failed one are listed as not run.
 #
-# A skip in a real-pod stage (REAL_POD_STAGES) fails the run unless SCALEDAPP_REAL_NODE=0 was
-# set by whoever started it: the only reason a machine that can run the real node may skip it.
+# A skipped or ignored check in a real-pod stage (REAL_POD_STAGES) fails the run unless
+# SCALEDAPP_REAL_NODE=0 was set by whoever started it: the only reason a machine that can run
+# the real node may leave it out. (The real-pod tests are `#[ignore]`d in a plain `cargo test`;
+# e2e/real-pods.sh runs them with `--ignored`, so an ignored one in these stages did not run.)
 set -uo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 REAL_POD_STAGES=${REAL_POD_STAGES:-real-node-smoke e2e}
@@ -20,24 +22,6 @@ trap 'rm -rf "${LOGS}"' EXIT
 rows=()
 status=0
 assume_done=(-o deps)
-# counts FILE: "passed failed ignored skipped" from one stage's output.
-counts() {
-  awk '
-    /^test result:/ {
-      for (i = 1; i <= NF; i++) {
-        if ($(i + 1) ~ /^passed/) passed += $i
-        if ($(i + 1) ~ /^failed/) failed += $i
-        if ($(i + 1) ~ /^ignored/) ignored += $i
-      }
-      next
-    }
-    { line = $0; sub(/^\[[^]]*\] /, "", line); sub(/^[ \t]+/, "", line) }
-    line ~ /^(ok|PASS)[ \t]/ { passed++; next }
-    line ~ /^FAIL[ \t:]/ { failed++; next }
-    line ~ /^(SKIP|skip)[ \t:]/ { skipped++; next }
-    END { printf "%d %d %d %d\n", passed, failed, ignored, skipped }
-  ' "$1"
-}
 summary() {
   printf '\n%-18s %8s %7s %7s %8s %8s  %s\n' stage seconds passed failed ignored skipped result
   local row
@@ -56,16 +40,17 @@ for stage in "$@"; do
   make --no-print-directory -C "${ROOT}" "${assume_done[@]}" "${stage}" 2>&1 | tee "${log}"
   code=${PIPESTATUS[0]}
   seconds=$((SECONDS - started))
-  read -r passed failed ignored skipped < <(counts "${log}")
+  read -r passed failed ignored skipped < <(awk -f "${ROOT}/scripts/lib/stage-counts.awk" "${log}")
   result=passed
   [[ ${code} -eq 0 ]] || result=failed
-  if [[ ${code} -eq 0 && ${skipped} -gt 0 && " ${REAL_POD_STAGES} " == *" ${stage} "* ]]; then
+  left_out=$((skipped + ignored))
+  if [[ ${code} -eq 0 && ${left_out} -gt 0 && " ${REAL_POD_STAGES} " == *" ${stage} "* ]]; then
     if [[ "${SCALEDAPP_REAL_NODE:-1}" == 0 ]]; then
       result="skipped-by-request"
     else
       result="failed-skipped"
-      printf '== stage %s skipped %s real-pod checks, but SCALEDAPP_REAL_NODE=0 was not set: a machine that can run the real node must run them\n' \
-        "${stage}" "${skipped}"
+      printf '== stage %s left out %s real-pod checks (%s skipped, %s ignored), but SCALEDAPP_REAL_NODE=0 was not set: a machine that can run the real node must run them\n' \
+        "${stage}" "${left_out}" "${skipped}" "${ignored}"
     fi
   fi
   rows+=("${stage} ${seconds} ${passed} ${failed} ${ignored} ${skipped} ${result}")
@@ -75,6 +60,10 @@ for stage in "$@"; do
     break
   fi
   assume_done+=(-o "${stage}")
+done
+# The stages a failure kept from running: listed, so the table never looks like a whole run.
+for stage in "${@:$((${#rows[@]} + 1))}"; do
+  rows+=("${stage} - - - - - not-run")
 done
 summary
 exit "${status}"
