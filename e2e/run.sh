@@ -78,8 +78,10 @@ if [[ "${E2E_REAL_PODS:-${SCALEDAPP_REAL_NODE:-0}}" == 1 ]]; then
   e2e/real-pods.sh
   log "real pods: $((SECONDS - started))s"
 elif [[ "${SCALEDAPP_REAL_NODE:-0}" == 1 ]]; then
-  log "SKIP the tests on real pods: E2E_REAL_PODS=0 was set, although this cluster has its real node"
+  log "SKIP the tests on real pods: E2E_REAL_PODS=${E2E_REAL_PODS:-} was set, although this cluster has its real node"
+elif [[ -n "${E2E_KUBECONFIG:-}" ]]; then
+  log "SKIP the tests on real pods: E2E_REAL_PODS=1 was not set for the cluster in E2E_KUBECONFIG"
 else
-  log "SKIP the tests on real pods: this cluster has no real node (SCALEDAPP_REAL_NODE=0)"
+  log "SKIP the tests on real pods: the local cluster has no real node (started with SCALEDAPP_REAL_NODE=0)"
 fi
 log "e2e passed"

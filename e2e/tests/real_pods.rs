@@ -5,7 +5,8 @@
 //! a changed runtime setting (the rate limit) reaches the running app; and a ScaledApp deleted
 //! under `dataPolicy: Retain` finds its data when re-created.
 //!
-//! Skipped, saying so, unless `SCALEDAPP_REAL_PODS=1` (see `e2e/real-pods.sh`).
+//! `#[ignore]`d in a plain `cargo test` (reported as ignored, never as passed); `e2e/real-pods.sh`
+//! runs them with `--ignored` and `SCALEDAPP_REAL_PODS=1`, without which they fail.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
