@@ -30,7 +30,7 @@ if [[ -n "${E2E_KUBECONFIG:-}" ]]; then
   export KUBECONFIG="${E2E_KUBECONFIG}"
   log "running against the cluster in ${KUBECONFIG} (E2E_KUBECONFIG)"
 else
-  log "starting the local cluster (a first run builds Kubernetes, etcd, kwok, helm and the real node's components from source and its images from Debian packages: about 25 min on 2 cores, see docs/BENCHMARKS.md)"
+  log "starting the local cluster (a first run builds Kubernetes, etcd, kwok, helm and the real node's components from source and its images from Debian packages: about 26 min on 2 cores, see docs/BENCHMARKS.md)"
   start_local_cluster "${ROOT}" || exit 1
 fi
 HELM=${SCALEDAPP_HELM:-helm}
