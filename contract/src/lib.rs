@@ -137,6 +137,12 @@ pub struct RedisSettings {
     pub url: String,
     /// Whether a password is expected in [`ENV_REDIS_PASSWORD`].
     pub password_required: bool,
+    /// How many Redis replicas must hold a write (`WAIT`) before the app counts it as durable:
+    /// a queue message before its outbox row is deleted, a new or revoked session before the
+    /// answer. 0 when Redis has no replicas (an external Redis, or `replicas: 0`): replication
+    /// then cannot be waited for and a failover is not possible either.
+    #[serde(default)]
+    pub confirm_replicas: u32,
 }
 
 /// What the rate limiter does when Redis cannot be reached.
@@ -324,6 +330,7 @@ impl RuntimeConfig {
             redis: RedisSettings {
                 url: redis_url.to_string(),
                 password_required: false,
+                confirm_replicas: 0,
             },
             rate_limit: RateLimitSettings {
                 limit: 100,

@@ -10,7 +10,7 @@ use tracing::{info, warn};
 use crate::context::Context;
 use crate::crd::{ScaledApp, ScaledAppStatus};
 use crate::postgres::ShardDecision;
-use crate::status::{INSTANCES_FAILED, Outcome};
+use crate::status::{INSTANCES_FAILED, Outcome, REDIS_FAILED};
 
 /// One Event to publish.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -51,8 +51,14 @@ pub fn notes(outcome: &Outcome, previous: Option<&ScaledAppStatus>, written: boo
         Outcome::ApplyFailed(error) if written => {
             vec![note(true, error.reason(), "Apply", error.to_string())]
         }
+        Outcome::RedisFailed(error) if written => {
+            vec![note(true, REDIS_FAILED, "Redis", error.to_string())]
+        }
         Outcome::Applied {
-            changes, topology, ..
+            changes,
+            topology,
+            redis,
+            ..
         } => {
             let mut notes: Vec<Note> = [
                 ("Created", &changes.created),
@@ -72,6 +78,23 @@ pub fn notes(outcome: &Outcome, previous: Option<&ScaledAppStatus>, written: boo
                 };
                 note(news.warning, news.reason, action, news.note.clone())
             }));
+            if let Some(redis) = redis {
+                notes.extend(
+                    redis
+                        .decision
+                        .news
+                        .iter()
+                        .map(|news| note(news.warning, news.reason, "Failover", news.note.clone())),
+                );
+                if !redis.done.is_empty() {
+                    notes.push(note(false, "RedisRoles", "Apply", redis.done.join(", ")));
+                }
+                notes.extend(
+                    redis.failed.iter().map(|failed| {
+                        note(true, "RedisCommandFailed", "Apply", failed.to_string())
+                    }),
+                );
+            }
             notes
         }
         _ => Vec::new(),

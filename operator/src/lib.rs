@@ -26,6 +26,7 @@ pub mod metrics_api;
 pub mod names;
 pub mod postgres;
 pub mod reconcile;
+pub mod redis;
 pub mod render;
 pub mod run;
 pub mod server;

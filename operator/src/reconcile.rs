@@ -29,8 +29,9 @@ use crate::kinds::Inventory;
 use crate::metrics::Metrics;
 use crate::names::MANAGER;
 use crate::postgres::{self, ObserveError, Topology};
+use crate::redis::{self, RedisObserveError};
 use crate::render::render;
-use crate::status::{self, Observed, Outcome, READY};
+use crate::status::{self, Observed, Outcome, READY, RedisPass};
 use crate::validate::validate;
 
 /// How often a converged ScaledApp is looked at again even without events (drift that no watch
@@ -47,6 +48,11 @@ const PRIMARY_CHECK: Duration = Duration::from_secs(1);
 /// switchover, a clone in progress) is looked at again: its pod may stay Ready to the kubelet
 /// throughout (a fence and rewind take seconds), so no StatefulSet change would report it.
 const INSTANCE_CHECK: Duration = Duration::from_secs(5);
+/// How often a Redis primary that answers, and has a replica to fail over to, is asked again: a
+/// redis-server that crashes restarts in place and a pod cut off the network changes no object,
+/// so no watch would report either. Each look is one pass (the lists and one `INFO` per Redis
+/// pod); simulated pods never answer, so they are not polled.
+const REDIS_WATCH: Duration = Duration::from_secs(2);
 
 /// Why a reconcile failed; all of these are retried with backoff.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +63,9 @@ pub enum ReconcileError {
     /// Reading the Postgres pods or their volume claims failed.
     #[error(transparent)]
     Instances(#[from] ObserveError),
+    /// Reading the Redis pods or the Redis password failed.
+    #[error(transparent)]
+    Redis(#[from] RedisObserveError),
     /// Writing the status failed.
     #[error("failed to patch status of ScaledApp {namespace}/{name}: {source}")]
     PatchStatus {
@@ -84,6 +93,7 @@ impl ReconcileError {
             ReconcileError::Apply(ApplyError::Prune { .. }) => "prune",
             ReconcileError::Apply(ApplyError::Label { .. } | ApplyError::Replace { .. }) => "pods",
             ReconcileError::Instances(_) => "instances",
+            ReconcileError::Redis(_) => "redis",
             ReconcileError::PatchStatus { .. } => "status",
             ReconcileError::NoNamespace(_) => "metadata",
         }
@@ -155,12 +165,20 @@ async fn run(app: &ScaledApp, context: &Context) -> Result<Action, ReconcileErro
         Outcome::Invalid(_) => Ok(Action::await_change()),
         Outcome::ApplyFailed(error) => Err(error.into()),
         Outcome::InstancesFailed(error) => Err(error.into()),
-        Outcome::Applied { topology, .. } => {
+        Outcome::RedisFailed(error) => Err(error.into()),
+        Outcome::Applied {
+            topology, redis, ..
+        } => {
             let ready = status
                 .conditions
                 .iter()
                 .any(|condition| condition.type_ == READY && condition.status == "True");
-            Ok(Action::requeue(next_look(ready, &topology)))
+            let look = next_look(ready, &topology);
+            Ok(Action::requeue(match redis.as_ref().map(|r| &r.decision) {
+                Some(redis) if redis.in_question => look.min(PRIMARY_CHECK),
+                Some(redis) if redis.watching => look.min(REDIS_WATCH),
+                _ => look,
+            }))
         }
     }
 }
@@ -209,13 +227,18 @@ async fn reconcile_children(
         &context.applied,
         &context.metrics,
     );
-    let (inventory, reads) = futures::join!(
+    let (inventory, reads, redis_reads) = futures::join!(
         applier.inventory(),
         postgres::read(&context.client, &context.http, &validated),
+        redis::read(&context.client, &validated),
     );
     let inventory = match inventory {
         Ok(inventory) => inventory,
         Err(error) => return Outcome::ApplyFailed(error),
+    };
+    let redis_reads = match redis_reads {
+        Ok(reads) => reads,
+        Err(error) => return Outcome::RedisFailed(error),
     };
     let instances = match reads {
         Ok(reads) => postgres::shards(&validated, reads, &shard_sets(&inventory, &validated)),
@@ -238,17 +261,46 @@ async fn reconcile_children(
         },
         &instances,
     );
+    let redis = redis::decide(
+        redis::Inputs {
+            app: &validated,
+            current: app
+                .status
+                .as_ref()
+                .and_then(|status| status.redis_replication.as_ref()),
+            paused: app.spec.paused,
+            now,
+        },
+        &redis_reads.pods,
+    );
     // The clocks are what was observed, whatever the apply does.
     context.clocks.remember(&clock_key(app), topology.clocks());
-    // Apply: every write of the pass.
+    // Apply: every write of the pass. Redis is told its roles first, so the primary takes
+    // writes before its label sends clients to it.
+    let mut redis_pass = None;
+    if let Some(decision) = redis {
+        let (done, failed) = if app.spec.paused {
+            (Vec::new(), Vec::new())
+        } else {
+            redis::enact(&decision.commands, redis_reads.password.as_ref()).await
+        };
+        redis_pass = Some(RedisPass {
+            decision,
+            done,
+            failed,
+        });
+    }
     let (children, changes) = if app.spec.paused {
         let live = applier.observe(&rendered, inventory).await;
         (Observed::Live(Box::new(live)), Changes::default())
     } else {
-        match applier
-            .apply(&rendered, &topology.pod_changes(), inventory)
-            .await
-        {
+        let mut pod_changes = topology.pod_changes();
+        if let Some(pass) = &redis_pass {
+            pod_changes
+                .relabel
+                .extend(pass.decision.relabel.iter().cloned());
+        }
+        match applier.apply(&rendered, &pod_changes, inventory).await {
             Ok((applied, changes)) => (Observed::Applied(Box::new(applied)), changes),
             Err(error) => return Outcome::ApplyFailed(error),
         }
@@ -259,6 +311,7 @@ async fn reconcile_children(
         children,
         changes,
         topology,
+        redis: redis_pass.map(Box::new),
     }
 }
 

@@ -18,6 +18,7 @@ use crate::crd::{
 };
 use crate::names::POSTGRES_PORT;
 use crate::postgres::{ObserveError, ShardDecision, Topology};
+use crate::redis::{CommandError, RedisDecision, RedisObserveError};
 use crate::shards::describe_slots;
 use crate::validate::{InvalidSpec, ValidatedApp};
 
@@ -31,6 +32,8 @@ pub const DEGRADED: &str = "Degraded";
 pub const PAUSED: &str = "Paused";
 /// Reason (condition and Event) when the Postgres instance step failed.
 pub const INSTANCES_FAILED: &str = "InstancesFailed";
+/// Reason (condition and Event) when the Redis pods could not be read.
+pub const REDIS_FAILED: &str = "RedisObserveFailed";
 
 /// What one reconcile found out.
 #[derive(Debug)]
@@ -42,6 +45,8 @@ pub enum Outcome {
     /// The Postgres pods or their volume claims could not be read, so nothing was decided or
     /// applied this pass; what is known about the shards stays.
     InstancesFailed(ObserveError),
+    /// The Redis pods or the Redis password could not be read; nothing was applied this pass.
+    RedisFailed(RedisObserveError),
     /// The children were applied (or, while paused, read).
     Applied {
         /// The validated spec.
@@ -52,7 +57,20 @@ pub enum Outcome {
         changes: Changes,
         /// What the Postgres stage decided: each shard's primary and instances.
         topology: Topology,
+        /// What the Redis stage decided and did (none with an external Redis).
+        redis: Option<Box<RedisPass>>,
     },
+}
+
+/// The Redis stage's pass: the decision, and what its commands did.
+#[derive(Debug)]
+pub struct RedisPass {
+    /// The decision.
+    pub decision: RedisDecision,
+    /// Commands carried out, described.
+    pub done: Vec<String>,
+    /// Commands that failed (sent again next pass, the decision being made afresh).
+    pub failed: Vec<CommandError>,
 }
 
 /// The children as the cluster holds them.
@@ -339,10 +357,18 @@ pub fn compute(
             generation,
             now,
         ),
+        Outcome::RedisFailed(error) => with_failure(
+            current.cloned().unwrap_or_default(),
+            REDIS_FAILED,
+            error.to_string(),
+            generation,
+            now,
+        ),
         Outcome::Applied {
             app,
             children,
             topology,
+            redis,
             ..
         } => {
             let shards = &topology.shards;
@@ -360,6 +386,7 @@ pub fn compute(
             if topology.switchover_handled.is_some() {
                 status.last_switchover_request = topology.switchover_handled.clone();
             }
+            status.redis_replication = redis.as_ref().map(|pass| pass.decision.status.clone());
             status
         }
     }

@@ -122,5 +122,6 @@ pub fn applied(app: &ValidatedApp, children: Observed) -> Outcome {
             shards,
             ..Topology::default()
         },
+        redis: None,
     }
 }

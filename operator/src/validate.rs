@@ -70,6 +70,11 @@ pub struct ValidatedApp {
     /// The Redis URL every client uses: `cache.externalRedis.url`, or the operator-run Redis's
     /// primary Service.
     pub redis_url: String,
+    /// Redis pods the operator runs: the primary and `cache.redis.replicas` replicas; 0 with an
+    /// external Redis.
+    pub redis_pods: u32,
+    /// Redis replicas beside the primary (0 with an external Redis).
+    pub redis_replicas: u32,
     /// Postgres `max_connections` for every primary and replica.
     pub max_connections: i64,
     /// UID the Postgres containers run as (`database.runAsUser`, or the official images' own).
@@ -220,6 +225,15 @@ pub fn validate(app: &ScaledApp, defaults: &Defaults) -> Result<ValidatedApp, In
         Some(external) => external.url.clone(),
         None => crate::names::redis_primary_url(&name, &namespace),
     };
+    let redis_replicas = match &spec.cache.external_redis {
+        Some(_) => 0,
+        None => spec.cache.redis.clone().unwrap_or_default().replicas.max(0) as u32,
+    };
+    let redis_pods = if spec.cache.external_redis.is_some() {
+        0
+    } else {
+        1 + redis_replicas
+    };
 
     Ok(ValidatedApp {
         name,
@@ -232,6 +246,8 @@ pub fn validate(app: &ScaledApp, defaults: &Defaults) -> Result<ValidatedApp, In
         pods_per_shard,
         shard_map,
         redis_url,
+        redis_pods,
+        redis_replicas,
         max_connections,
         postgres_uid: database
             .run_as_user

@@ -92,6 +92,13 @@ pub struct RedisSpec {
     /// Append-only-file persistence on a PVC, so queues and sessions survive a Redis restart.
     #[serde(default)]
     pub persistence: RedisPersistence,
+    /// Replicas beside the primary. The operator fails over to the most up-to-date replica
+    /// when the primary is lost, and the app waits for one replica to hold each queue message
+    /// and session change before counting it as done, so a failover loses none of them. With
+    /// 0 there is one Redis pod: losing it stops sign-ins and queue delivery until it is back.
+    #[serde(default = "redis_replicas")]
+    #[schemars(range(min = 0, max = 5))]
+    pub replicas: i32,
 }
 
 impl Default for RedisSpec {
@@ -101,6 +108,7 @@ impl Default for RedisSpec {
             max_memory_mib: redis_memory(),
             max_memory_policy: MaxMemoryPolicy::default(),
             persistence: RedisPersistence::default(),
+            replicas: redis_replicas(),
         }
     }
 }
@@ -110,6 +118,9 @@ fn redis_image() -> String {
 }
 fn redis_memory() -> i32 {
     256
+}
+fn redis_replicas() -> i32 {
+    1
 }
 
 /// Redis eviction policies (`maxmemory-policy`).

@@ -23,6 +23,10 @@ pub struct ScaledAppStatus {
     /// Redis (absent when an external Redis is used).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redis: Option<WorkloadStatus>,
+    /// Which Redis pod is the primary, each pod's replication state, and the last failover
+    /// (absent when an external Redis is used).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis_replication: Option<RedisReplicationStatus>,
     /// One entry per shard.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub shards: Vec<ShardStatus>,
@@ -127,6 +131,35 @@ pub struct PrimaryUnhealthy {
     /// and still taking writes), and no fencing time is added to the delay.
     #[serde(default)]
     pub went_down: bool,
+}
+
+/// The operator-run Redis: its primary (the pod the primary Service selects), as the operator
+/// chose it, and what each pod reports.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RedisReplicationStatus {
+    /// The primary: the one pod labelled `scaled.dev/role=primary`, which the primary Service
+    /// sends every client to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary_pod: Option<String>,
+    /// The uid of the primary's pod object: a pod recreated under the same name is another
+    /// server, started fenced, and the operator chooses the primary again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary_pod_uid: Option<String>,
+    /// What is wrong with the primary, while something is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary_health: Option<String>,
+    /// Since when the primary has not answered (a failover is due after a few seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary_unhealthy: Option<PrimaryUnhealthy>,
+    /// The last failover or switchover.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failover: Option<FailoverStatus>,
+    /// Every Redis pod: `Primary`, `Replica` (following the primary), `Fenced` (started as a
+    /// replica of nobody, read-only, not yet given a primary), `Unknown` (did not answer).
+    /// `lagMib` is how far a replica is behind the primary's replication stream.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub instances: Vec<InstanceSummary>,
 }
 
 /// [`FailoverStatus::kind`] of an unplanned change (the primary was lost).

@@ -42,10 +42,12 @@ pub fn runtime_config(app: &ValidatedApp) -> RuntimeConfig {
             Some(external) => RedisSettings {
                 url: external.url.clone(),
                 password_required: external.password_secret_ref.is_some(),
+                confirm_replicas: 0,
             },
             None => RedisSettings {
                 url: app.redis_url.clone(),
                 password_required: true,
+                confirm_replicas: app.redis_replicas.min(1),
             },
         },
         rate_limit: RateLimitSettings {

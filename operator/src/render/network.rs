@@ -1,6 +1,7 @@
 //! NetworkPolicies: Postgres answers only this ScaledApp's app, worker and Postgres (replica)
-//! pods; Redis answers only its app and worker pods, and the operator's pods (any namespace),
-//! which read the queue backlog for the worker autoscalers (`metrics_api::queues`). The app itself stays reachable from
+//! pods; Redis answers only its app, worker and Redis (replica) pods, and the operator's pods,
+//! which read the queue backlog for the worker autoscalers (`metrics_api::queues`) and run
+//! Redis failover (`redis`). The app itself stays reachable from
 //! anywhere, since it is what users talk to. The Postgres instance managers' status port is open
 //! to any client: the operator (wherever it runs), the kubelet's probes and Prometheus read it,
 //! and it serves only read-only role, replication and health figures, never data or secrets.
@@ -30,7 +31,8 @@ pub fn policies(app: &ValidatedApp) -> Vec<NetworkPolicy> {
         &[i32::from(INSTANCE_STATUS_PORT)],
     )];
     if app.spec.cache.external_redis.is_none() {
-        let mut redis = policy(app, "redis", &["app", "worker"], REDIS_PORT, &[]);
+        // Redis replicas follow the primary over the Redis port too.
+        let mut redis = policy(app, "redis", &["app", "worker", "redis"], REDIS_PORT, &[]);
         if let Some(rule) = redis
             .spec
             .as_mut()
@@ -146,11 +148,11 @@ mod tests {
     }
 
     #[test]
-    fn postgres_admits_app_workers_and_its_own_replicas_only() {
+    fn postgres_and_redis_admit_app_workers_and_their_own_replicas_only() {
         let app = validated_example("shop");
         let policies = policies(&app);
         assert_eq!(allowed(&policies[0]), vec!["app", "worker", "postgres"]);
-        assert_eq!(allowed(&policies[1]), vec!["app", "worker"]);
+        assert_eq!(allowed(&policies[1]), vec!["app", "worker", "redis"]);
         let peer_labels = policies[0]
             .spec
             .as_ref()

@@ -1,12 +1,18 @@
-//! Redis run by the operator: a one-pod StatefulSet, the headless Service that governs it, and
-//! the ClusterIP Service every client (app, workers, the operator's queue reader) connects to.
-//! The password comes from the generated Secret and is written into a config file at start, so
-//! it never shows in the pod spec or the process list.
+//! Redis run by the operator: a StatefulSet of one primary and `cache.redis.replicas` replicas,
+//! the headless Service that governs it, and the ClusterIP Service every client (app, workers,
+//! the operator's queue reader) connects to, which selects the pod labelled `primary`. The
+//! password comes from the generated Secret and is written into a config file at start, so it
+//! never shows in the pod spec or the process list.
 //!
 //! Clients use the ClusterIP Service because its name resolves for as long as the Service
 //! exists: a headless name resolves only while a ready pod backs it, so a restarting Redis pod
 //! turned every client's reconnect into a DNS failure, cached negatively by the resolver for
 //! seconds after the pod was back.
+//!
+//! With replicas, every server starts read-only, as a replica of nobody, except the first pod
+//! the first time it starts: which server takes writes is the operator's decision alone
+//! (`crate::redis`), so a primary restarted in place can never take writes with less than its
+//! replica holds.
 
 use std::collections::BTreeMap;
 
@@ -25,7 +31,8 @@ use super::{
 };
 use crate::children::{RedisObjects, Rendered};
 use crate::crd::RedisSpec;
-use crate::names::REDIS_PORT;
+use crate::names::{PRIMARY_ROLE, REDIS_PORT, ROLE_LABEL};
+use crate::redis::{FENCE_HOST, FENCE_PORT};
 use crate::validate::ValidatedApp;
 
 use crate::names::{REDIS_COMPONENT as COMPONENT, redis_primary_service_name};
@@ -45,24 +52,44 @@ pub fn objects(app: &ValidatedApp) -> Option<RedisObjects<Rendered>> {
     })
 }
 
-/// The `redis.conf` the container writes before starting.
-pub fn start_script(spec: &RedisSpec) -> String {
+/// File on the data volume that says a server has started on it before. Only a first pod
+/// without it starts as the primary; every later start is fenced.
+const STARTED_MARKER: &str = "/data/.scaled-started";
+
+/// The start script: writes `redis.conf`, then runs redis-server. With `replicas` > 0 it
+/// starts fenced (a replica of nobody) unless it is the first pod starting for the first time.
+pub fn start_script(spec: &RedisSpec, replicas: u32) -> String {
     let persistence = if spec.persistence.enabled {
         "appendonly yes\nappendfsync everysec\n"
     } else {
         "appendonly no\nsave \"\"\n"
     };
+    let role = if replicas == 0 {
+        // One server: nobody else holds its data, so it always takes writes.
+        "role=\n".to_string()
+    } else {
+        format!(
+            "role='replicaof {FENCE_HOST} {FENCE_PORT}'\n\
+             if [ \"${{HOSTNAME##*-}}\" = 0 ] && [ ! -e {STARTED_MARKER} ]; then role=; fi\n\
+             touch {STARTED_MARKER}\n"
+        )
+    };
     format!(
         "set -eu\n\
          umask 077\n\
+         {role}\
          cat > /conf/redis.conf <<EOF\n\
          bind * -::*\n\
          port {REDIS_PORT}\n\
          dir /data\n\
          requirepass ${{REDIS_PASSWORD}}\n\
+         masterauth ${{REDIS_PASSWORD}}\n\
+         replica-read-only yes\n\
          maxmemory {memory}mb\n\
          maxmemory-policy {policy}\n\
-         {persistence}EOF\n\
+         {persistence}\
+         ${{role}}\n\
+         EOF\n\
          exec redis-server /conf/redis.conf\n",
         memory = spec.max_memory_mib,
         policy = spec.max_memory_policy.as_redis(),
@@ -109,7 +136,11 @@ fn statefulset(app: &ValidatedApp, spec: &RedisSpec) -> StatefulSet {
     let container = Container {
         name: "redis".into(),
         image: Some(spec.image.clone()),
-        command: Some(vec!["sh".into(), "-c".into(), start_script(spec)]),
+        command: Some(vec![
+            "sh".into(),
+            "-c".into(),
+            start_script(spec, app.redis_replicas),
+        ]),
         ports: Some(vec![ContainerPort {
             name: Some("redis".into()),
             container_port: REDIS_PORT,
@@ -168,8 +199,9 @@ fn statefulset(app: &ValidatedApp, spec: &RedisSpec) -> StatefulSet {
         StatefulSetParts {
             meta: object_meta(app, name, COMPONENT),
             selector,
-            replicas: 1,
-            pod_management_policy: None,
+            replicas: app.redis_pods as i32,
+            // Replicas need not wait for the first pod to be ready: each starts fenced.
+            pod_management_policy: Some("Parallel"),
             update_strategy: None,
             pod: PodSpec {
                 automount_service_account_token: Some(false),
@@ -197,9 +229,11 @@ fn peers_service(app: &ValidatedApp) -> Service {
 }
 
 fn primary_service(app: &ValidatedApp) -> Service {
+    let mut selector = selector_labels(app, COMPONENT);
+    selector.insert(ROLE_LABEL.into(), PRIMARY_ROLE.into());
     service(
         object_meta(app, redis_primary_service_name(&app.name), COMPONENT),
-        selector_labels(app, COMPONENT),
+        selector,
         &[(COMPONENT, REDIS_PORT)],
         Addressing::ClusterIp,
     )
@@ -218,7 +252,7 @@ mod tests {
             max_memory_policy: MaxMemoryPolicy::AllkeysLru,
             ..RedisSpec::default()
         };
-        let script = start_script(&spec);
+        let script = start_script(&spec, 0);
         assert!(script.contains("maxmemory 512mb\n"), "{script}");
         assert!(
             script.contains("maxmemory-policy allkeys-lru\n"),
@@ -264,7 +298,9 @@ mod tests {
                 .as_deref(),
             Some("shop-redis")
         );
-        assert_eq!(primary.selector, peers.selector);
+        let mut primary_selector = peers.selector.clone().expect("selector");
+        primary_selector.insert(ROLE_LABEL.into(), PRIMARY_ROLE.into());
+        assert_eq!(primary.selector, Some(primary_selector));
         // The app's configuration names the ClusterIP Service.
         let config = crate::render::runtime_config(&app);
         assert_eq!(
