@@ -42,6 +42,13 @@ pub struct Families {
     pub db_errors: IntCounterVec,
     /// Redis failures by operation.
     pub redis_errors: IntCounterVec,
+    /// Shared Redis connections replaced outright, by reason (`not_primary`: a demoted primary
+    /// refused a write).
+    pub redis_reconnects: IntCounterVec,
+    /// Waits for Redis replicas (`WAIT`) by operation (`outbox_relay`, `session_create`,
+    /// `session_revoke`) and result (`confirmed`; `unconfirmed`: too few replicas answered in
+    /// time; `skipped`: not asked, as the last wait moments ago was unconfirmed).
+    pub replication_waits: IntCounterVec,
     /// Requests answered 503 because a dependency was down, by dependency (`database`,
     /// `redis`): a Redis outage is not counted as a database error.
     pub dependency_failures: IntCounterVec,
@@ -136,6 +143,22 @@ impl Metrics {
                 &["operation"],
             )
             .expect("valid metric definition"),
+            redis_reconnects: IntCounterVec::new(
+                Opts::new(
+                    "redis_reconnects_total",
+                    "Shared Redis connections replaced outright, by reason",
+                ),
+                &["reason"],
+            )
+            .expect("valid metric definition"),
+            replication_waits: IntCounterVec::new(
+                Opts::new(
+                    "redis_replication_waits_total",
+                    "Waits for Redis replicas to hold a write, by operation and result",
+                ),
+                &["operation", "result"],
+            )
+            .expect("valid metric definition"),
             dependency_failures: IntCounterVec::new(
                 Opts::new(
                     "http_dependency_failures_total",
@@ -190,8 +213,10 @@ impl Metrics {
             .expect("valid metric definition"),
             registry,
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 14] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 16] = [
             Box::new(families.http_requests.clone()),
+            Box::new(families.redis_reconnects.clone()),
+            Box::new(families.replication_waits.clone()),
             Box::new(families.http_duration.clone()),
             Box::new(families.cache_lookups.clone()),
             Box::new(families.db_queries.clone()),

@@ -1,11 +1,23 @@
 //! One Redis client per process, shared by the cache, sessions, rate limiter and queues, with a
 //! time budget on every call: a slow or absent Redis costs a request at most that budget.
+//!
+//! Redis may fail over (the operator promotes a replica and repoints the Service). The old
+//! primary, once demoted, answers writes with `READONLY` (or `MASTERDOWN`, `LOADING` while it
+//! resynchronises) on connections opened before the failover; the connection manager does not
+//! count those as a broken connection and would keep talking to it for good. So any such answer
+//! (see [`is_not_primary`]) replaces the shared connections with fresh ones, which reach the
+//! current primary through the Service; the call that saw it fails like any Redis outage and
+//! its caller degrades as it does for one.
 
-use std::{future::Future, time::Duration};
+use std::{
+    future::Future,
+    sync::{Arc, RwLock},
+    time::{Duration, Instant},
+};
 
 use redis::{
     IntoConnectionInfo, RedisError,
-    aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection},
+    aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection},
 };
 use scaled_contract::RedisSettings;
 
@@ -14,6 +26,9 @@ use scaled_contract::Secret;
 
 /// How often the shared connection is checked (see [`RedisClient::keep_connected`]).
 const HEARTBEAT: Duration = Duration::from_secs(1);
+/// Least time between two replacements of a connection: every request in flight on a demoted
+/// primary sees its refusal, and one new connection serves them all.
+const RECONNECT_AT_MOST_EVERY: Duration = Duration::from_millis(200);
 
 /// Failures of one budgeted Redis call.
 #[derive(Debug, thiserror::Error)]
@@ -37,12 +52,86 @@ pub enum RedisCallError {
     },
 }
 
+impl RedisCallError {
+    /// Whether the connection the call went on is of no further use: it broke, it hangs past
+    /// its budget, or it reaches a server that is not the primary. A connection of its own (not
+    /// a self-reconnecting one) should then be opened anew.
+    pub fn calls_for_new_connection(&self) -> bool {
+        match self {
+            RedisCallError::Timeout { .. } => true,
+            RedisCallError::Redis { source, .. } => {
+                is_not_primary(source) || source.is_unrecoverable_error() || source.is_io_error()
+            }
+        }
+    }
+}
+
 /// Shared handle; cheap to clone.
 #[derive(Clone)]
 pub struct RedisClient {
     client: redis::Client,
-    manager: ConnectionManager,
+    shared: Arc<Replaceable>,
+    durable: Arc<Replaceable>,
+    confirm_replicas: u32,
     metrics: Metrics,
+}
+
+/// A self-reconnecting connection that can also be replaced outright (see the module docs).
+struct Replaceable {
+    client: redis::Client,
+    config: ConnectionManagerConfig,
+    /// The manager, and when it replaced the one before (`None`: the first).
+    current: RwLock<(ConnectionManager, Option<Instant>)>,
+}
+
+impl Replaceable {
+    fn new(client: redis::Client, config: ConnectionManagerConfig) -> Result<Self, RedisError> {
+        let manager = ConnectionManager::new_lazy_with_config(client.clone(), config.clone())?;
+        Ok(Replaceable {
+            client,
+            config,
+            current: RwLock::new((manager, None)),
+        })
+    }
+
+    fn get(&self) -> ConnectionManager {
+        self.current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .0
+            .clone()
+    }
+
+    /// Swaps in a new (lazy) manager, unless one was swapped in moments ago. Calls in flight keep
+    /// the old one until they finish; it closes when its last clone is dropped.
+    fn replace(&self) -> bool {
+        let mut current = self
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if current
+            .1
+            .is_some_and(|replaced| replaced.elapsed() < RECONNECT_AT_MOST_EVERY)
+        {
+            return false;
+        }
+        match ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone()) {
+            Ok(manager) => {
+                *current = (manager, Some(Instant::now()));
+                true
+            }
+            // Only a bad URL fails here, and that was checked when the first one was made.
+            Err(_) => false,
+        }
+    }
+}
+
+/// Whether Redis answered as a server that is not (or not yet) the primary: `READONLY` (a
+/// replica, e.g. a demoted primary), `MASTERDOWN` (a replica that lost its primary) or `LOADING`
+/// (still loading its data). Such a server cannot take the write now, but the current primary,
+/// reached through a new connection, can.
+pub fn is_not_primary(error: &RedisError) -> bool {
+    matches!(error.code(), Some("READONLY" | "MASTERDOWN" | "LOADING"))
 }
 
 impl RedisClient {
@@ -73,17 +162,96 @@ impl RedisClient {
             .set_number_of_retries(usize::MAX)
             .set_min_delay(Duration::from_millis(20))
             .set_max_delay(Duration::from_millis(500));
-        let manager = ConnectionManager::new_lazy_with_config(client.clone(), config)?;
+        let shared = Arc::new(Replaceable::new(client.clone(), config.clone())?);
+        let durable = Arc::new(Replaceable::new(client.clone(), config)?);
         Ok(RedisClient {
             client,
-            manager,
+            shared,
+            durable,
+            confirm_replicas: settings.confirm_replicas,
             metrics,
         })
     }
 
     /// The shared, multiplexed, self-reconnecting connection.
     pub fn connection(&self) -> ConnectionManager {
-        self.manager.clone()
+        self.shared.get()
+    }
+
+    /// A second shared connection, for writes followed by `WAIT` (sessions): `WAIT` blocks its
+    /// connection until the replicas answer or its timeout passes, and on the shared one it
+    /// would hold up every request's cache lookup and rate limit behind it.
+    pub fn durable_connection(&self) -> ConnectionManager {
+        self.durable.get()
+    }
+
+    /// How many replicas a write must reach before it counts as durable (0: none are waited
+    /// for).
+    pub fn confirm_replicas(&self) -> u32 {
+        self.confirm_replicas
+    }
+
+    /// Waits up to `timeout` for [`RedisClient::confirm_replicas`] replicas to hold every write
+    /// sent on `connection` so far: whether they do (true at once when none are to be waited
+    /// for). Counted in `redis_replication_waits_total` under `operation`.
+    pub async fn wait_for_replicas(
+        &self,
+        operation: &'static str,
+        connection: &mut impl ConnectionLike,
+        timeout: Duration,
+    ) -> Result<bool, RedisCallError> {
+        if self.confirm_replicas == 0 {
+            return Ok(true);
+        }
+        // `WAIT n 0` would block for good: at least a millisecond.
+        let millis = u64::try_from(timeout.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let mut command = redis::cmd("WAIT");
+        command.arg(self.confirm_replicas).arg(millis);
+        let acknowledged: Result<u32, _> = self
+            .timed(
+                operation,
+                timeout + Duration::from_secs(1),
+                command.query_async(connection),
+            )
+            .await;
+        let confirmed = acknowledged.map(|count| count >= self.confirm_replicas);
+        let result = if matches!(confirmed, Ok(true)) {
+            "confirmed"
+        } else {
+            "unconfirmed"
+        };
+        self.count_replication_wait(operation, result);
+        confirmed
+    }
+
+    /// Counts a wait for replicas of `operation` with `result` (`confirmed`, `unconfirmed`,
+    /// `skipped`).
+    pub fn count_replication_wait(&self, operation: &'static str, result: &'static str) {
+        self.metrics
+            .replication_waits
+            .with_label_values(&[operation, result])
+            .inc();
+    }
+
+    /// Replaces the shared connections if `error` says they reach a server that is not the
+    /// primary (see [`is_not_primary`]); true if that was the case. Calls through
+    /// [`RedisClient::timed`] do this themselves; a caller that reads errors out of a pipeline's
+    /// answers calls it for those.
+    pub fn reconnect_if_not_primary(&self, error: &RedisError) -> bool {
+        if !is_not_primary(error) {
+            return false;
+        }
+        let replaced = self.shared.replace() | self.durable.replace();
+        if replaced {
+            self.metrics
+                .redis_reconnects
+                .with_label_values(&["not_primary"])
+                .inc();
+            tracing::warn!(%error, "Redis answered as a replica; reconnecting to reach the primary");
+        }
+        true
     }
 
     /// A connection of its own, for commands that block (`XREADGROUP ... BLOCK`) and would
@@ -98,22 +266,29 @@ impl RedisClient {
             .map_err(|source| self.failed("open a dedicated connection", source))
     }
 
-    /// Pings through the shared connection every [`HEARTBEAT`] until `stop`. A connection that
-    /// Redis dropped (a restart, a failover) is only noticed by the next command sent on it,
-    /// which fails and starts the reconnect; without traffic that command would be the first
+    /// Pings through both shared connections every [`HEARTBEAT`] until `stop`. A connection
+    /// that Redis dropped (a restart, a failover) is only noticed by the next command sent on
+    /// it, which fails and starts the reconnect; without traffic that command would be the first
     /// request after Redis returned. The heartbeat notices within a second and the manager is
-    /// connected again within half a second of Redis answering.
+    /// connected again within half a second of Redis answering. (A demoted primary answers
+    /// `PING`; it is found out by the first write it refuses.)
     pub async fn keep_connected(self, stop: tokio_util::sync::CancellationToken) {
         loop {
-            let mut connection = self.connection();
-            let command = redis::cmd("PING");
-            let _ = self
-                .timed(
+            let (mut shared, mut durable) = (self.connection(), self.durable_connection());
+            let (shared_ping, durable_ping) = (redis::cmd("PING"), redis::cmd("PING"));
+            let _ = futures::future::join(
+                self.timed(
                     "heartbeat",
                     HEARTBEAT,
-                    command.query_async::<String>(&mut connection),
-                )
-                .await;
+                    shared_ping.query_async::<String>(&mut shared),
+                ),
+                self.timed(
+                    "heartbeat",
+                    HEARTBEAT,
+                    durable_ping.query_async::<String>(&mut durable),
+                ),
+            )
+            .await;
             tokio::select! {
                 () = stop.cancelled() => return,
                 () = tokio::time::sleep(HEARTBEAT) => {}
@@ -146,8 +321,10 @@ impl RedisClient {
         }
     }
 
-    /// Records and wraps a Redis error.
+    /// Records and wraps a Redis error (reconnecting if it came from a server that is not the
+    /// primary).
     pub fn failed(&self, operation: &'static str, source: RedisError) -> RedisCallError {
+        self.reconnect_if_not_primary(&source);
         self.metrics
             .redis_errors
             .with_label_values(&[operation])

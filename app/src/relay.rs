@@ -12,12 +12,23 @@
 //! own: a row Redis refuses for good (a key of the wrong type) goes to its stream's dead-letter
 //! stream, a row refused for now (out of memory, a replica) stays for the next pass, and the rest
 //! of the batch is relayed either way.
+//!
+//! With Redis replicated (`confirm_replicas` > 0), a message Redis accepted is not yet safe: a
+//! failover before it reached a replica loses it. So after the batch the relay sends `WAIT` on
+//! the same connection and deletes the rows only once that many replicas hold every entry it
+//! sent; otherwise the whole batch stays, its rows are sent again by a later pass (so a stream
+//! may hold a message twice, which handlers already deduplicate by event id), and the relay
+//! backs off (doubling from [`UNCONFIRMED_BACKOFF`] to [`MAX_UNCONFIRMED_BACKOFF`], rung or not)
+//! so a replica down for minutes does not fill the streams with copies. The relay writes on a
+//! connection of its own: `WAIT` blocks its connection, and on the shared one it would hold up
+//! every request. Cache invalidations go through the cache's connection and are not waited for;
+//! one lost in a failover leaves an entry stale for at most its TTL.
 
 use std::{sync::Arc, time::Duration};
 
-use redis::RedisResult;
+use redis::{RedisResult, aio::MultiplexedConnection};
 use sqlx::Connection;
-use tokio::sync::Notify;
+use tokio::sync::{Mutex, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -37,6 +48,13 @@ const LINGER: Duration = Duration::from_millis(5);
 const POLL: Duration = Duration::from_millis(500);
 /// How often interrupted email changes are looked for.
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
+/// How long a batch waits for its replicas (`WAIT`): a healthy replica answers within a round
+/// trip, so this is only spent while one is down or far behind.
+const REPLICA_WAIT: Duration = Duration::from_millis(500);
+/// The pause after the first batch whose replicas did not confirm it.
+pub const UNCONFIRMED_BACKOFF: Duration = Duration::from_millis(500);
+/// The longest pause between passes while replicas do not confirm.
+pub const MAX_UNCONFIRMED_BACKOFF: Duration = Duration::from_secs(30);
 
 /// Failures of one relay pass.
 #[derive(Debug, thiserror::Error)]
@@ -56,47 +74,92 @@ pub struct Moved {
     pub rows: usize,
     /// Rows moved to a dead-letter stream because Redis refused them for good.
     pub dead: usize,
-    /// Rows left for a later pass because Redis refused them for now.
+    /// Rows left for a later pass because Redis refused them for now, or because the replicas
+    /// did not confirm their batch.
     pub kept: usize,
+    /// Whether a batch stayed because too few replicas confirmed it in time.
+    pub unconfirmed: bool,
 }
 
-/// The relay task's dependencies.
+/// The relay task.
 pub struct Relay {
-    /// Shards to drain.
-    pub cluster: Arc<Cluster>,
-    /// Where messages go.
-    pub redis: RedisClient,
-    /// Where invalidations go.
-    pub cache: Arc<UserCache>,
-    /// Rung by request handlers after they wrote outbox rows, for low latency.
-    pub wake: Arc<Notify>,
-    /// Counters.
-    pub metrics: Metrics,
+    cluster: Arc<Cluster>,
+    redis: RedisClient,
+    cache: Arc<UserCache>,
+    wake: Arc<Notify>,
+    metrics: Metrics,
+    /// The relay's own Redis connection (opened on first use, dropped after a failure so the
+    /// next pass opens a new one, to the current primary).
+    connection: Mutex<Option<MultiplexedConnection>>,
 }
 
 impl Relay {
-    /// Relays until `shutdown`, backing off while Redis or a shard is unavailable.
+    /// A relay moving the outbox rows of `cluster` into `redis` (invalidations into `cache`),
+    /// rung by `wake` after request handlers wrote rows.
+    pub fn new(
+        cluster: Arc<Cluster>,
+        redis: RedisClient,
+        cache: Arc<UserCache>,
+        wake: Arc<Notify>,
+        metrics: Metrics,
+    ) -> Self {
+        Relay {
+            cluster,
+            redis,
+            cache,
+            wake,
+            metrics,
+            connection: Mutex::new(None),
+        }
+    }
+
+    /// Relays until `shutdown`, backing off while Redis or a shard is unavailable, or while the
+    /// replicas do not confirm.
     pub async fn run(self, shutdown: CancellationToken) {
         let mut last_sweep = tokio::time::Instant::now();
         let mut pause = POLL;
+        let mut unconfirmed_in_a_row = 0;
         loop {
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                () = self.wake.notified() => tokio::time::sleep(LINGER).await,
-                () = tokio::time::sleep(pause) => {}
+            if unconfirmed_in_a_row == 0 {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = self.wake.notified() => tokio::time::sleep(LINGER).await,
+                    () = tokio::time::sleep(pause) => {}
+                }
+            } else {
+                // Deaf to the bell: every new order rings it, and each pass would send the
+                // whole waiting outbox again.
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(pause) => {}
+                }
             }
             pause = POLL;
             let topology = self.cluster.topology();
             let passes = topology.shards.iter().map(|shard| self.drain(shard));
+            let mut unconfirmed = false;
             for (shard, result) in topology
                 .shards
                 .iter()
                 .zip(futures::future::join_all(passes).await)
             {
-                if let Err(error) = result {
-                    tracing::warn!(%error, shard = shard.index, "outbox relay paused");
-                    pause = Duration::from_secs(1);
+                match result {
+                    Ok(moved) => unconfirmed |= moved.unconfirmed,
+                    Err(error) => {
+                        tracing::warn!(%error, shard = shard.index, "outbox relay paused");
+                        pause = Duration::from_secs(1);
+                    }
                 }
+            }
+            if unconfirmed {
+                unconfirmed_in_a_row += 1;
+                pause = pause.max(unconfirmed_backoff(unconfirmed_in_a_row));
+                tracing::warn!(
+                    retry_in = ?pause,
+                    "Redis replicas did not confirm the relayed messages; outbox rows kept"
+                );
+            } else {
+                unconfirmed_in_a_row = 0;
             }
             if last_sweep.elapsed() >= SWEEP_EVERY {
                 last_sweep = tokio::time::Instant::now();
@@ -116,6 +179,7 @@ impl Relay {
             total.rows += moved.rows;
             total.dead += moved.dead;
             total.kept += moved.kept;
+            total.unconfirmed |= moved.unconfirmed;
             if moved.rows + moved.kept < BATCH as usize || moved.rows == 0 {
                 return Ok(total);
             }
@@ -165,53 +229,46 @@ impl Relay {
         }
         let mut moved = Moved::default();
         if !messages.is_empty() {
-            let mut redis = self.redis.connection();
-            let answers: Vec<RedisResult<String>> = self
-                .redis
-                .timed(
-                    "outbox_relay",
-                    Duration::from_secs(2),
-                    pipeline.query_async(&mut redis),
-                )
-                .await?;
-            let mut refused = Vec::new();
-            for (row, answer) in messages.into_iter().zip(answers) {
-                match answer {
-                    Ok(_) => done.push(row.id),
-                    Err(error) if refused_for_good(&error) => refused.push((row, error)),
-                    Err(error) => {
-                        tracing::warn!(%error, stream = row.stream, "Redis refused an outbox row for now; keeping it");
-                        moved.kept += 1;
-                    }
+            // Held until the batch is confirmed: `WAIT` answers for every write on the connection,
+            // so the shards take turns.
+            let mut slot = self.connection.lock().await;
+            let mut redis = match slot.clone() {
+                Some(connection) => connection,
+                None => {
+                    let connection = self.redis.dedicated().await?;
+                    *slot = Some(connection.clone());
+                    connection
                 }
+            };
+            let sent = self.send(&mut redis, &pipeline, messages, &mut done).await;
+            let sent = match sent {
+                Ok(sent) => sent,
+                Err(error) => {
+                    // Broken, or to a server that is no longer the primary: a new one next time.
+                    *slot = None;
+                    return Err(error.into());
+                }
+            };
+            moved.kept = sent.kept;
+            moved.dead = sent.dead;
+            if sent.not_primary {
+                *slot = None;
             }
-            for (row, error) in refused {
-                let reason = format!("relay: Redis refused the message: {error}");
-                let parked: Result<String, _> = self
+            if !done.is_empty() && self.redis.confirm_replicas() > 0 {
+                let confirmed = self
                     .redis
-                    .timed(
-                        "outbox_dead_letter",
-                        Duration::from_secs(2),
-                        redis::cmd("XADD")
-                            .arg(dead_letter_stream(&row.stream))
-                            .arg("*")
-                            .arg(PAYLOAD_FIELD)
-                            .arg(&row.payload)
-                            .arg("reason")
-                            .arg(&reason)
-                            .query_async(&mut redis),
-                    )
+                    .wait_for_replicas("outbox_relay", &mut redis, REPLICA_WAIT)
                     .await;
-                match parked {
-                    Ok(_) => {
-                        tracing::warn!(stream = row.stream, reason, "outbox row dead-lettered");
-                        done.push(row.id);
-                        moved.dead += 1;
+                if !matches!(confirmed, Ok(true)) {
+                    if let Err(error) = confirmed {
+                        tracing::warn!(%error, "cannot ask Redis whether its replicas hold the batch");
+                        *slot = None;
                     }
-                    Err(error) => {
-                        tracing::warn!(%error, stream = row.stream, "cannot dead-letter an outbox row; keeping it");
-                        moved.kept += 1;
-                    }
+                    // Rolled back with the transaction: every row stays, to be sent again.
+                    moved.kept += done.len();
+                    moved.dead = 0;
+                    moved.unconfirmed = true;
+                    return Ok(moved);
                 }
             }
         }
@@ -228,6 +285,84 @@ impl Relay {
         self.metrics.outbox_relayed.inc_by(moved.rows as u64);
         Ok(moved)
     }
+
+    /// Sends the batch's messages on `redis`, dead-letters those Redis refuses for good, and adds
+    /// the ids of both to `done`.
+    async fn send(
+        &self,
+        redis: &mut MultiplexedConnection,
+        pipeline: &redis::Pipeline,
+        messages: Vec<&outbox::OutboxRow>,
+        done: &mut Vec<i64>,
+    ) -> Result<Sent, RedisCallError> {
+        let answers: Vec<RedisResult<String>> = self
+            .redis
+            .timed(
+                "outbox_relay",
+                Duration::from_secs(2),
+                pipeline.query_async(redis),
+            )
+            .await?;
+        let mut sent = Sent::default();
+        let mut refused = Vec::new();
+        for (row, answer) in messages.into_iter().zip(answers) {
+            match answer {
+                Ok(_) => done.push(row.id),
+                Err(error) if refused_for_good(&error) => refused.push((row, error)),
+                Err(error) => {
+                    sent.not_primary |= self.redis.reconnect_if_not_primary(&error);
+                    tracing::warn!(%error, stream = row.stream, "Redis refused an outbox row for now; keeping it");
+                    sent.kept += 1;
+                }
+            }
+        }
+        for (row, error) in refused {
+            let reason = format!("relay: Redis refused the message: {error}");
+            let parked: Result<String, _> = self
+                .redis
+                .timed(
+                    "outbox_dead_letter",
+                    Duration::from_secs(2),
+                    redis::cmd("XADD")
+                        .arg(dead_letter_stream(&row.stream))
+                        .arg("*")
+                        .arg(PAYLOAD_FIELD)
+                        .arg(&row.payload)
+                        .arg("reason")
+                        .arg(&reason)
+                        .query_async(redis),
+                )
+                .await;
+            match parked {
+                Ok(_) => {
+                    tracing::warn!(stream = row.stream, reason, "outbox row dead-lettered");
+                    done.push(row.id);
+                    sent.dead += 1;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, stream = row.stream, "cannot dead-letter an outbox row; keeping it");
+                    sent.kept += 1;
+                }
+            }
+        }
+        Ok(sent)
+    }
+}
+
+/// What [`Relay::send`] did.
+#[derive(Default)]
+struct Sent {
+    kept: usize,
+    dead: usize,
+    /// Some row was refused by a server that is not the primary.
+    not_primary: bool,
+}
+
+/// The pause after the `in_a_row`-th unconfirmed pass in a row (from 1): doubling from
+/// [`UNCONFIRMED_BACKOFF`], at most [`MAX_UNCONFIRMED_BACKOFF`].
+pub fn unconfirmed_backoff(in_a_row: u32) -> Duration {
+    let doublings = in_a_row.saturating_sub(1).min(16);
+    (UNCONFIRMED_BACKOFF * 2u32.pow(doublings)).min(MAX_UNCONFIRMED_BACKOFF)
 }
 
 /// Whether Redis refused a command in a way that repeating it cannot fix (the key holds another
@@ -235,4 +370,18 @@ impl Relay {
 /// a read-only replica, a failover).
 fn refused_for_good(error: &redis::RedisError) -> bool {
     matches!(error.code(), Some("WRONGTYPE" | "ERR"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_unconfirmed_backoff_doubles_up_to_its_ceiling() {
+        assert_eq!(unconfirmed_backoff(1), UNCONFIRMED_BACKOFF);
+        assert_eq!(unconfirmed_backoff(2), UNCONFIRMED_BACKOFF * 2);
+        assert_eq!(unconfirmed_backoff(4), UNCONFIRMED_BACKOFF * 8);
+        assert_eq!(unconfirmed_backoff(7), MAX_UNCONFIRMED_BACKOFF);
+        assert_eq!(unconfirmed_backoff(u32::MAX), MAX_UNCONFIRMED_BACKOFF);
+    }
 }

@@ -215,13 +215,13 @@ impl Application {
                 .clone()
                 .listen_for_invalidations(background.clone()),
         );
-        let relay = Relay {
-            cluster: self.core.cluster.clone(),
-            redis: self.core.redis.clone(),
-            cache: self.state.cache.clone(),
-            wake: self.state.relay_wake.clone(),
-            metrics: self.core.metrics.clone(),
-        };
+        let relay = Relay::new(
+            self.core.cluster.clone(),
+            self.core.redis.clone(),
+            self.state.cache.clone(),
+            self.state.relay_wake.clone(),
+            self.core.metrics.clone(),
+        );
         tasks.spawn(relay.run(background.clone()));
         tasks.spawn(self.core.redis.clone().keep_connected(background.clone()));
         if let Some(path) = self.config_path.clone() {

@@ -445,6 +445,62 @@ impl RedisServer {
     }
 }
 
+impl RedisServer {
+    /// A command to this server, over a connection of its own.
+    pub fn command<T: redis::FromRedisValue>(&self, command: &redis::Cmd) -> T {
+        let client = redis::Client::open(self.url(0)).expect("a redis url");
+        let mut connection = client.get_connection().expect("connect to redis");
+        command.query(&mut connection).expect("a redis command")
+    }
+
+    /// Makes this server a replica of `primary` and waits until it has synchronised.
+    pub fn replicate(&self, primary: &RedisServer) {
+        // Redis waits 5 s by default for more replicas before a full sync without disk.
+        primary.command::<()>(
+            redis::cmd("CONFIG")
+                .arg("SET")
+                .arg("repl-diskless-sync-delay")
+                .arg(0),
+        );
+        self.command::<()>(redis::cmd("REPLICAOF").arg("127.0.0.1").arg(primary.port));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self
+            .command::<String>(redis::cmd("INFO").arg("replication"))
+            .contains("master_link_status:up")
+        {
+            assert!(Instant::now() < deadline, "the replica did not synchronise");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// A Redis primary and its replica, each a redis-server of its own.
+pub struct RedisPair {
+    /// Takes the writes.
+    pub primary: RedisServer,
+    /// Replicates the primary.
+    pub replica: RedisServer,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisPair {
+    /// Starts both servers and waits until the replica has synchronised.
+    pub fn start() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("scaled-app-redis-")
+            .tempdir()
+            .expect("create a temporary directory");
+        let primary = RedisServer::new(dir.path());
+        let replica = RedisServer::new(dir.path());
+        replica.replicate(&primary);
+        RedisPair {
+            primary,
+            replica,
+            _dir: dir,
+        }
+    }
+}
+
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
