@@ -22,13 +22,26 @@
 //! refused at once); a forged, altered or expired token is refused always. Cookies of the
 //! previous form (the bare 64-hex id) keep working with Redis only.
 //!
+//! With Redis replicated, opening a session and ending one (a sign-out, or a password change
+//! voiding them all) waits up to [`REPLICA_WAIT`] for the configured number of replicas to hold
+//! the write (`WAIT`, on a connection kept for such writes), so the session, or its end,
+//! survives a failover right after the answer. When they do not confirm in time (a replica down
+//! or far behind) the sign-in or sign-out succeeds all the same, and for [`SKIP_WAITS_FOR`]
+//! after that no session write waits, so sign-ins are not slowed while a replica is away. What
+//! that costs, plainly: a failover during a replica outage can lose the sessions opened in it
+//! (their users sign in again) and the sign-outs and password changes made in it (those
+//! sessions work again until their TTL or lifetime ends).
+//!
 //! Sessions are opened only by a sign-in with a password, and by the hidden `open-sessions`
 //! benchmark command, which needs the session secret and the store itself (whoever has both can
 //! forge sessions anyway). Versions before that opened a session for any user id without a
 //! credential; those sessions were stored under `session:<hash>`, and this store reads and writes
 //! `session:v2:<hash>` only, so none of them is honoured.
 
-use std::time::Duration;
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use chrono::{DateTime, Utc};
 use redis::AsyncCommands;
@@ -37,6 +50,13 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::redis_client::{RedisCallError, RedisClient};
+
+/// How long a session write waits for its replicas: a healthy replica answers within a round
+/// trip; this is spent only while one is down or far behind.
+pub const REPLICA_WAIT: Duration = Duration::from_millis(100);
+/// After a wait that was not confirmed, how long session writes do not wait at all: `WAIT`
+/// blocks its connection, and sign-ins waiting in turn would queue behind each other.
+pub const SKIP_WAITS_FOR: Duration = Duration::from_secs(1);
 
 /// Failures of the session store.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +77,8 @@ pub struct SessionStore {
     ttl: Duration,
     lifetime: Duration,
     budget: Duration,
+    /// When a wait for replicas last came back unconfirmed.
+    unconfirmed_at: Arc<Mutex<Option<Instant>>>,
 }
 
 impl SessionStore {
@@ -75,7 +97,54 @@ impl SessionStore {
             ttl,
             lifetime,
             budget,
+            unconfirmed_at: Arc::new(Mutex::new(None)),
         }
+    }
+
+    /// Runs `pipeline` (a session write) on the connection kept for such writes and waits for
+    /// the replicas (see the module docs); the write's own failure is the caller's error, an
+    /// unconfirmed wait is not.
+    async fn write_durably<T: redis::FromRedisValue>(
+        &self,
+        operation: &'static str,
+        pipeline: &redis::Pipeline,
+    ) -> Result<T, SessionError> {
+        let mut connection = self.redis.durable_connection();
+        let written: T = self
+            .redis
+            .timed(
+                operation,
+                self.budget,
+                pipeline.query_async(&mut connection),
+            )
+            .await?;
+        if self.redis.confirm_replicas() == 0 {
+            return Ok(written);
+        }
+        let skip = self
+            .unconfirmed_at
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_some_and(|at| at.elapsed() < SKIP_WAITS_FOR);
+        if skip {
+            self.redis.count_replication_wait(operation, "skipped");
+            return Ok(written);
+        }
+        let confirmed = self
+            .redis
+            .wait_for_replicas(operation, &mut connection, REPLICA_WAIT)
+            .await;
+        if !matches!(confirmed, Ok(true)) {
+            tracing::warn!(
+                operation,
+                "Redis replicas did not confirm a session write; a failover now would lose it"
+            );
+            *self
+                .unconfirmed_at
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Instant::now());
+        }
+        Ok(written)
     }
 
     /// Sliding lifetime: how long an unused session lives.
@@ -116,13 +185,7 @@ impl SessionStore {
         if let Some(old) = &replaces {
             pipeline.del(self.key(old)).ignore();
         }
-        let mut connection = self.redis.connection();
-        self.redis
-            .timed(
-                "session_create",
-                self.budget,
-                pipeline.query_async::<()>(&mut connection),
-            )
+        self.write_durably::<()>("session_create", &pipeline)
             .await?;
         Ok(token)
     }
@@ -216,15 +279,10 @@ impl SessionStore {
     /// key has no TTL: it must outlive every session it voids (and `volatile-*` eviction never
     /// picks it).
     pub async fn end_all(&self, user_id: i64) -> Result<u64, SessionError> {
-        let mut connection = self.redis.connection();
-        Ok(self
-            .redis
-            .timed(
-                "session_end_all",
-                self.budget,
-                connection.incr(generation_key(user_id), 1),
-            )
-            .await?)
+        let mut pipeline = redis::pipe();
+        pipeline.incr(generation_key(user_id), 1);
+        let (generation,): (u64,) = self.write_durably("session_revoke", &pipeline).await?;
+        Ok(generation)
     }
 
     /// The session's data, extending its sliding lifetime; `None` if unknown, idle too long, or
@@ -255,11 +313,9 @@ impl SessionStore {
 
     /// Deletes the session; true if it existed.
     pub async fn delete(&self, id: &str) -> Result<bool, SessionError> {
-        let mut connection = self.redis.connection();
-        let removed: i64 = self
-            .redis
-            .timed("session_delete", self.budget, connection.del(self.key(id)))
-            .await?;
+        let mut pipeline = redis::pipe();
+        pipeline.del(self.key(id));
+        let (removed,): (i64,) = self.write_durably("session_revoke", &pipeline).await?;
         Ok(removed > 0)
     }
 
@@ -413,6 +469,7 @@ mod tests {
         let settings = scaled_contract::RedisSettings {
             url: "redis://127.0.0.1:1/0".into(),
             password_required: false,
+            confirm_replicas: 0,
         };
         let redis =
             RedisClient::new(&settings, None, crate::metrics::Metrics::new()).expect("a valid URL");

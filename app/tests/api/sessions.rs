@@ -1,5 +1,6 @@
 //! Sign-in with a password (failure limits per client and account, a per-client limit), sessions
-//! in Redis (sliding and absolute lifetimes), password changes and password-set tokens.
+//! in Redis (sliding and absolute lifetimes, written through to a replica), password changes and
+//! password-set tokens.
 
 use std::time::{Duration, Instant};
 
@@ -9,7 +10,9 @@ use scaled_app::config::{AttemptPolicy, RoutePolicy};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::support::{PASSWORD, SESSION_SECRET, TestApp, eventually, hex_token, session_cookie};
+use crate::support::{
+    PASSWORD, RedisPair, SESSION_SECRET, TestApp, eventually, hex_token, session_cookie,
+};
 
 fn set_cookie(response: &reqwest::Response) -> String {
     response
@@ -913,4 +916,87 @@ async fn benchmark_sessions_from_the_cli_sign_seeded_users_in_and_a_second_run_r
         "{refused:?}"
     );
     assert!(!directory.path().join("none.txt").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_replica_required_sign_ins_and_sign_outs_reach_it_before_the_answer_and_succeed_without_it()
+ {
+    let pair = RedisPair::start();
+    let app = TestApp::spawn_with(|config| {
+        config.redis.url = pair.primary.url(1);
+        config.redis.confirm_replicas = 1;
+    })
+    .await;
+    let waits = |operation: &'static str, result: &'static str| {
+        let app = &app;
+        async move {
+            app.metric(
+                "redis_replication_waits_total",
+                &[
+                    &format!(r#"operation="{operation}""#),
+                    &format!(r#"result="{result}""#),
+                ],
+            )
+            .await
+        }
+    };
+    let mut replica = redis::Client::open(pair.replica.url(1))
+        .expect("a redis url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect to the replica");
+    let user = app.create_user().await;
+
+    // The answer comes once the replica holds the session, and once it holds its end.
+    let kept = sign_in(&app, &user["email"], PASSWORD).await;
+    assert_eq!(kept.status(), StatusCode::CREATED);
+    let kept = session_cookie(&kept).expect("a session");
+    assert_eq!(waits("session_create", "confirmed").await, 1.0);
+    let on_replica: bool = replica.exists(session_key(&kept)).await.expect("exists");
+    assert!(on_replica, "the replica holds the session at the answer");
+    let ended = sign_in(&app, &user["email"], PASSWORD).await;
+    let ended = session_cookie(&ended).expect("a second session");
+    assert_eq!(
+        current(&app, reqwest::Method::DELETE, &ended)
+            .await
+            .status(),
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(waits("session_revoke", "confirmed").await, 1.0);
+    let on_replica: bool = replica.exists(session_key(&ended)).await.expect("exists");
+    assert!(!on_replica, "the replica holds the sign-out at the answer");
+
+    // A failover: the replica takes over, and a pod on it honours the one and not the other.
+    pair.replica.promote();
+    let mut config = app.config.clone();
+    config.redis.url = pair.replica.url(1);
+    let after = TestApp::spawn_config(config).await;
+    assert_eq!(
+        current(&after, reqwest::Method::GET, &kept).await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        current(&after, reqwest::Method::GET, &ended).await.status(),
+        StatusCode::NOT_FOUND
+    );
+
+    // The old primary has no replica now: sign-ins and sign-outs on it still succeed, after at
+    // most one short wait, and the next ones do not wait at all.
+    let started = Instant::now();
+    let unconfirmed = sign_in(&app, &user["email"], PASSWORD).await;
+    assert_eq!(unconfirmed.status(), StatusCode::CREATED);
+    let unconfirmed = session_cookie(&unconfirmed).expect("a session");
+    assert_eq!(waits("session_create", "unconfirmed").await, 1.0);
+    assert_eq!(
+        current(&app, reqwest::Method::DELETE, &unconfirmed)
+            .await
+            .status(),
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(waits("session_revoke", "skipped").await, 1.0);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "sign-in and sign-out without a replica took {:?}",
+        started.elapsed()
+    );
 }
