@@ -75,6 +75,8 @@ pub struct Worker {
     counts: OutcomeCounts,
     faults: FaultInjection,
     next_sweep: Instant,
+    /// The last step failed on its connection: open a new one first.
+    reconnect: bool,
 }
 
 /// `queue_messages_total` series of one stream, resolved once.
@@ -121,12 +123,26 @@ impl Worker {
             counts: OutcomeCounts::new(&metrics, stream),
             faults,
             next_sweep: Instant::now(),
+            reconnect: false,
         })
     }
 
     /// Handles one batch: due retries and abandoned messages first (checked a few times per
-    /// backoff period), otherwise new messages.
+    /// backoff period), otherwise new messages. A step that failed on its connection (broken,
+    /// hung, or left on a demoted primary by a failover) makes the next one open a new one first.
     pub async fn step(&mut self) -> Result<Outcome, QueueError> {
+        if self.reconnect {
+            self.consumer.reconnect().await?;
+            self.reconnect = false;
+        }
+        let result = self.step_on_connection().await;
+        if let Err(QueueError::Redis(error)) = &result {
+            self.reconnect = error.calls_for_new_connection();
+        }
+        result
+    }
+
+    async fn step_on_connection(&mut self) -> Result<Outcome, QueueError> {
         let mut deliveries = Vec::new();
         if Instant::now() >= self.next_sweep {
             self.next_sweep = Instant::now() + self.sweep_interval();

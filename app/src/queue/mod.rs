@@ -87,6 +87,15 @@ impl StreamConsumer {
         })
     }
 
+    /// Opens a new connection in place of this one's (after it broke, or after a failover left
+    /// it on a server that is no longer the primary), joining the group again.
+    pub async fn reconnect(&mut self) -> Result<(), QueueError> {
+        let mut connection = self.redis.dedicated().await?;
+        ensure_group(&self.redis, &mut connection, &self.stream).await?;
+        self.connection = connection;
+        Ok(())
+    }
+
     /// The stream consumed.
     pub fn stream(&self) -> &str {
         &self.stream

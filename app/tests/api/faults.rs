@@ -1,4 +1,5 @@
-//! Faults: Redis down, replicas down or lagging, a primary down, a worker killed mid-message.
+//! Faults: Redis down or failed over, replicas down or lagging, a primary down, a worker killed
+//! mid-message.
 //! Tests that break a shared component use a stack (or a Redis) of their own.
 
 use std::{
@@ -10,7 +11,9 @@ use redis::AsyncCommands;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::support::{Stack, TestApp, app_on, eventually, hex_token, own_stack, test_config};
+use crate::support::{
+    Forwarder, RedisPair, Stack, TestApp, app_on, eventually, hex_token, own_stack, test_config,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_redis_stopped_reads_and_sign_ups_succeed_quickly_sign_ins_get_503_and_the_outbox_is_relayed_later()
@@ -810,4 +813,106 @@ async fn a_worker_pool_started_while_redis_is_down_joins_when_it_returns_and_han
         .await
         .expect("the pool stops on shutdown")
         .expect("the pool task");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_failover_a_pod_still_on_the_demoted_primary_degrades_then_reaches_the_new_one() {
+    let pair = RedisPair::start();
+    // The app reaches Redis through a "Service" that the failover repoints.
+    let service = Forwarder::start(pair.primary.port).await;
+    let app = TestApp::spawn_with(|config| {
+        config.redis.url = service.url(1);
+        config.cache.redis_timeout_ms = 200;
+    })
+    .await;
+    let user = app.create_user().await;
+    let token = app.session_of(&user).await;
+    let mut worker = crate::worker::worker(&app, scaled_app::queue::EMAIL_STREAM, "w-1").await;
+    let mut old = redis::Client::open(pair.primary.url(1))
+        .expect("a redis url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect to the old primary");
+    let group: String = redis::cmd("INFO")
+        .arg("replication")
+        .query_async(&mut old)
+        .await
+        .expect("info");
+    assert!(group.contains("connected_slaves:1"), "{group}");
+
+    // The failover as the operator runs it, except that the app's connections to the old
+    // primary are not killed: they stay open on a server that is now a replica.
+    pair.replica.promote();
+    pair.primary.replicate(&pair.replica);
+    service.point_at(pair.replica.port);
+
+    // Writes on the old connections are refused (READONLY): a signed-in order still goes
+    // through, its session verified on its signature, like during a Redis outage.
+    assert_eq!(order_with(&app, &token).await.status(), StatusCode::CREATED);
+    // And the next attempts reach the new primary through the Service: a sign-in (which needs
+    // Redis to count the attempt and store the session) and a worker step.
+    let signed_in = eventually(
+        "a sign-in on the new primary",
+        Duration::from_secs(10),
+        || async {
+            let response = app
+                .post(
+                    "/api/sessions",
+                    &json!({ "email": user["email"], "password": crate::support::PASSWORD }),
+                )
+                .await;
+            (response.status() == StatusCode::CREATED).then_some(response)
+        },
+    )
+    .await;
+    let session = crate::support::session_cookie(&signed_in).expect("a session");
+    assert!(
+        app.metric("redis_reconnects_total", &[r#"reason="not_primary""#])
+            .await
+            >= 1.0
+    );
+    let mut new = redis::Client::open(pair.replica.url(1))
+        .expect("a redis url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect to the new primary");
+    let sessions: Vec<String> = redis::cmd("KEYS")
+        .arg("session:v2:*")
+        .query_async(&mut new)
+        .await
+        .expect("keys");
+    assert_eq!(sessions.len(), 2, "both sessions are on the new primary");
+    // The limiter counts in Redis again (it sends its headers only then).
+    let limited = app
+        .client
+        .get(format!("{}/api/data", app.address))
+        .header(reqwest::header::COOKIE, format!("sid={session}"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(limited.status(), StatusCode::OK);
+    assert!(limited.headers().contains_key("x-ratelimit-limit"));
+
+    // The worker, on a connection of its own to the old primary, is refused once, then opens a
+    // new one and handles what the relay sends to the new primary.
+    app.create_order(&user).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut refusals = 0;
+    let handled = loop {
+        match worker.step().await {
+            Ok(scaled_app::worker::Outcome::Handled(count)) => break count,
+            Ok(scaled_app::worker::Outcome::Idle) => {}
+            Err(_) => refusals += 1,
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the worker never handled the order on the new primary"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        refusals >= 1,
+        "the worker's first step reached the old primary"
+    );
+    assert!(handled >= 1);
 }

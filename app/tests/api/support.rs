@@ -472,6 +472,11 @@ impl RedisServer {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+
+    /// Makes this server a primary (`REPLICAOF NO ONE`).
+    pub fn promote(&self) {
+        self.command::<()>(redis::cmd("REPLICAOF").arg("NO").arg("ONE"));
+    }
 }
 
 /// A Redis primary and its replica, each a redis-server of its own.
@@ -498,6 +503,49 @@ impl RedisPair {
             replica,
             _dir: dir,
         }
+    }
+}
+
+/// A TCP forwarder standing in for a Kubernetes Service: each new connection goes to the port it
+/// currently points at, and connections made earlier stay with the server they reached.
+pub struct Forwarder {
+    /// Where clients connect.
+    pub port: u16,
+    target: Arc<AtomicU32>,
+}
+
+impl Forwarder {
+    /// Forwards to `target` until the test's runtime ends.
+    pub async fn start(target: u16) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the forwarder");
+        let port = listener.local_addr().expect("its address").port();
+        let target = Arc::new(AtomicU32::new(u32::from(target)));
+        let to = target.clone();
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let port = to.load(Ordering::SeqCst) as u16;
+                tokio::spawn(async move {
+                    if let Ok(mut outbound) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", port)).await
+                    {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        Forwarder { port, target }
+    }
+
+    /// New connections go to `target` from now on.
+    pub fn point_at(&self, target: u16) {
+        self.target.store(u32::from(target), Ordering::SeqCst);
+    }
+
+    /// `redis://127.0.0.1:<port>/<database>`.
+    pub fn url(&self, database: u32) -> String {
+        format!("redis://127.0.0.1:{}/{database}", self.port)
     }
 }
 
