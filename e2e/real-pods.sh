@@ -9,12 +9,13 @@
 #    process the simulated-pod suite uses), under its ServiceAccount, with the metrics APIs
 #    registered; on the local cluster its namespace is annotated so its pods go to the real node;
 # 3. the real-pod tests run one at a time: the flows (real_pods), failover and switchover
-#    (failover_real), autoscaling on the operator's own metrics (autoscaling). They are
+#    (failover_real), Redis failover under an order load (redis_failover), autoscaling on the
+#    operator's own metrics (autoscaling). They are
 #    `#[ignore]`d in a plain `cargo test` (reported as ignored, never as passed), so this runs
 #    them with `--ignored`.
 #
 # Needs KUBECONFIG, SCALEDAPP_KUBECTL and SCALEDAPP_HELM (up.sh's exports). E2E_REAL_TESTS
-# (default "real_pods failover_real autoscaling") picks the test binaries.
+# (default "real_pods failover_real redis_failover autoscaling") picks the test binaries.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "${ROOT}"
@@ -49,7 +50,7 @@ export SCALEDAPP_REAL_PODS=1
 export SCALEDAPP_OPERATOR_NAMESPACE="${NAMESPACE}"
 export SCALEDAPP_APP_IMAGE="${SCALEDAPP_APP_IMAGE:-${PREFIX}/scaled-app:${VERSION}}"
 status=0
-for test in ${E2E_REAL_TESTS-real_pods failover_real autoscaling}; do
+for test in ${E2E_REAL_TESTS-real_pods failover_real redis_failover autoscaling}; do
   log "running ${test}"
   started=${SECONDS}
   if ! cargo test -q -p scaled-e2e --test "${test}" -- --ignored --test-threads=1 --nocapture; then

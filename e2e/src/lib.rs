@@ -4,6 +4,7 @@
 //! `e2e/run.sh` (via `make e2e`) provides the environment: `KUBECONFIG`, the kubectl and helm
 //! binaries, the operator's metrics address and its audit log.
 
+pub mod orders;
 pub mod real;
 
 use std::path::{Path, PathBuf};

@@ -540,14 +540,13 @@ pub fn stored_ids(namespace: &str, pod: &str) -> Result<std::collections::BTreeS
         .collect())
 }
 
-/// Cuts (or restores) a pod's access to the API server, from inside its network namespace, while
-/// everything else still reaches it. Only on the local real node, where the test runs on the node.
-pub fn cut_off_from_api_server(pod_ip: &str, cut: bool) -> Result<()> {
+/// The network namespace (as `ip netns` names it) holding `pod_ip`, on the local real node.
+fn netns_of(pod_ip: &str) -> Result<String> {
     let namespaces = std::process::Command::new("ip")
         .args(["netns", "list"])
         .output()?;
     let namespaces = String::from_utf8_lossy(&namespaces.stdout).into_owned();
-    let netns = namespaces
+    Ok(namespaces
         .lines()
         .filter_map(|line| line.split_whitespace().next())
         .find(|netns| {
@@ -560,7 +559,60 @@ pub fn cut_off_from_api_server(pod_ip: &str, cut: bool) -> Result<()> {
                 .unwrap_or(false)
         })
         .with_context(|| format!("no network namespace holds {pod_ip}"))?
-        .to_string();
+        .to_string())
+}
+
+/// Cuts (or restores) all of a pod's network but its loopback, from inside its network
+/// namespace: nothing reaches it and it reaches nothing, while its processes run on and its exec
+/// probes pass. Only on the local real node.
+pub fn cut_off_network(pod_ip: &str, cut: bool) -> Result<()> {
+    let netns = netns_of(pod_ip)?;
+    let action = if cut { "-I" } else { "-D" };
+    for chain in [["INPUT", "-i"], ["OUTPUT", "-o"]] {
+        let status = std::process::Command::new("ip")
+            .args([
+                "netns", "exec", &netns, "iptables", action, chain[0], "!", chain[1], "lo", "-j",
+                "DROP",
+            ])
+            .status()?;
+        if !status.success() {
+            bail!("iptables {action} {} in {netns} failed", chain[0]);
+        }
+    }
+    Ok(())
+}
+
+/// SIGKILLs the process named `command` (as `/proc/<pid>/comm` has it) running in the pod with
+/// uid `pod_uid`, from the host: a container's main process ignores signals sent from inside
+/// its own PID namespace. Only on the local real node. Returns the host PID killed.
+pub fn kill_in_pod(pod_uid: &str, command: &str) -> Result<i32> {
+    let underscored = pod_uid.replace('-', "_");
+    for entry in std::fs::read_dir("/proc")? {
+        let Ok(pid) = entry?.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if comm.trim() != command {
+            continue;
+        }
+        let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+        if cgroup.contains(pod_uid) || cgroup.contains(&underscored) {
+            let status = std::process::Command::new("kill")
+                .args(["-9", &pid.to_string()])
+                .status()?;
+            if !status.success() {
+                bail!("kill -9 {pid} failed");
+            }
+            return Ok(pid);
+        }
+    }
+    bail!("no {command} process in pod {pod_uid}")
+}
+
+/// Cuts (or restores) a pod's access to the API server, from inside its network namespace, while
+/// everything else still reaches it. Only on the local real node, where the test runs on the node.
+pub fn cut_off_from_api_server(pod_ip: &str, cut: bool) -> Result<()> {
+    let netns = netns_of(pod_ip)?;
     // The pod reaches the API server as the kubernetes Service (10.96.0.1:443, translated
     // outside its namespace); drop what it sends there, both before and after translation.
     let api = kubectl(&[
