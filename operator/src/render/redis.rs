@@ -70,7 +70,8 @@ pub fn start_script(spec: &RedisSpec, replicas: u32) -> String {
     } else {
         format!(
             "role='replicaof {FENCE_HOST} {FENCE_PORT}'\n\
-             if [ \"${{HOSTNAME##*-}}\" = 0 ] && [ ! -e {STARTED_MARKER} ]; then role=; fi\n\
+             name=$(cat /proc/sys/kernel/hostname)\n\
+             if [ \"${{name##*-}}\" = 0 ] && [ ! -e {STARTED_MARKER} ]; then role=; fi\n\
              touch {STARTED_MARKER}\n"
         )
     };
@@ -263,6 +264,24 @@ mod tests {
             "{script}"
         );
         assert!(script.contains("appendonly yes"), "{script}");
+    }
+
+    #[test]
+    fn with_replicas_every_start_is_fenced_but_the_first_pods_first_and_one_server_never_is() {
+        let spec = RedisSpec::default();
+        let replicated = start_script(&spec, 1);
+        assert!(
+            replicated.contains("role='replicaof 127.0.0.1 1'\n"),
+            "{replicated}"
+        );
+        assert!(
+            replicated.contains("if [ \"${name##*-}\" = 0 ] && [ ! -e /data/.scaled-started ]; then role=; fi\n"),
+            "{replicated}"
+        );
+        assert!(replicated.contains("masterauth ${REDIS_PASSWORD}\n"));
+        assert!(replicated.contains("${role}\nEOF\n"), "{replicated}");
+        let single = start_script(&spec, 0);
+        assert!(!single.contains("replicaof"), "{single}");
     }
 
     #[test]
