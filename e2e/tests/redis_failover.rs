@@ -8,6 +8,10 @@
 //! The load signs its users up and in right after the ScaledApp reports Ready, each on the first
 //! try: Ready means a signed-in write works.
 //!
+//! **Fails today** (first run 2026-12-07 23:36): the operator promoted the replica after the
+//! force-delete, but no order was acknowledged in the 30 s after it; the cause is not found yet,
+//! so `e2e/real-pods.sh` runs it only when named (`E2E_REAL_TESTS=redis_failover`).
+//!
 //! Run by `e2e/real-pods.sh` (it fails without `SCALEDAPP_REAL_PODS=1`). The SIGKILL and the
 //! network cut are done from the host's side of the pod (its process and its network
 //! namespace), which needs the local real node; elsewhere they fail, unless
