@@ -275,7 +275,9 @@ mod tests {
             "{replicated}"
         );
         assert!(
-            replicated.contains("if [ \"${name##*-}\" = 0 ] && [ ! -e /data/.scaled-started ]; then role=; fi\n"),
+            replicated.contains(
+                "if [ \"${name##*-}\" = 0 ] && [ ! -e /data/.scaled-started ]; then role=; fi\n"
+            ),
             "{replicated}"
         );
         assert!(replicated.contains("masterauth ${REDIS_PASSWORD}\n"));
