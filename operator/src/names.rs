@@ -86,3 +86,8 @@ pub fn redis_primary_service_name(app_name: &str) -> String {
 pub fn redis_secret_name(app_name: &str) -> String {
     child_name(app_name, REDIS_COMPONENT)
 }
+
+/// Label selector of one component's pods (and claims) of ScaledApp `app_name`.
+pub fn component_selector(app_name: &str, component: &str) -> String {
+    format!("{SCALEDAPP_NAME_LABEL}={app_name},{COMPONENT_LABEL}={component}")
+}

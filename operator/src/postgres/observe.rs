@@ -11,7 +11,7 @@ use kube::core::PartialObjectMeta;
 use kube::{Api, Client, ResourceExt};
 use scaled_contract::instance::InstanceStatus;
 
-use crate::names::{COMPONENT_LABEL, POSTGRES_COMPONENT, ROLE_LABEL, SCALEDAPP_NAME_LABEL};
+use crate::names::{POSTGRES_COMPONENT, ROLE_LABEL, component_selector};
 use crate::validate::ValidatedApp;
 
 use super::observation::{PodObservation, ShardObservation, ShardSet, shard_and_ordinal};
@@ -57,10 +57,7 @@ pub async fn read(
     http: &reqwest::Client,
     app: &ValidatedApp,
 ) -> Result<Reads, ObserveError> {
-    let selector = format!(
-        "{SCALEDAPP_NAME_LABEL}={},{COMPONENT_LABEL}={}",
-        app.name, POSTGRES_COMPONENT
-    );
+    let selector = component_selector(&app.name, POSTGRES_COMPONENT);
     let params = ListParams::default().labels(&selector);
     let list_error = |kind: &'static str| {
         move |source| ObserveError::List {

@@ -11,8 +11,8 @@ use redis::IntoConnectionInfo;
 use scaled_contract::Secret;
 
 use crate::names::{
-    COMPONENT_LABEL, REDIS_COMPONENT, REDIS_PASSWORD_KEY, REDIS_PORT, ROLE_LABEL,
-    SCALEDAPP_NAME_LABEL, redis_secret_name,
+    REDIS_COMPONENT, REDIS_PASSWORD_KEY, REDIS_PORT, ROLE_LABEL, component_selector,
+    redis_secret_name,
 };
 use crate::validate::ValidatedApp;
 
@@ -62,10 +62,7 @@ pub async fn read(client: &Client, app: &ValidatedApp) -> Result<RedisReads, Red
             source,
         }
     };
-    let selector = format!(
-        "{SCALEDAPP_NAME_LABEL}={},{COMPONENT_LABEL}={REDIS_COMPONENT}",
-        app.name
-    );
+    let selector = component_selector(&app.name, REDIS_COMPONENT);
     let pods = Api::<Pod>::namespaced(client.clone(), &app.namespace);
     let secrets = Api::<SecretObject>::namespaced(client.clone(), &app.namespace);
     let (pods, secret) = futures::try_join!(
