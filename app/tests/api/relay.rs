@@ -153,9 +153,19 @@ async fn with_a_replica_required_outbox_rows_go_only_once_it_holds_them_and_are_
         (outbox_rows(&app).await == 0).then_some(())
     })
     .await;
-    assert_eq!(sent_events(&pair.replica).await.len(), 5);
+    // Each event at least once, not exactly once: on a loaded machine (CI saw it) a 500 ms
+    // `WAIT` or the 2 s send can time out with the replica up, and then the batch is kept and
+    // sent again; delivery is at least once and the consumer dedups by event id.
+    let mut on_replica = sent_events(&pair.replica).await;
+    on_replica.sort();
+    on_replica.dedup();
+    assert_eq!(
+        on_replica.len(),
+        5,
+        "every event reached the replica: {on_replica:?}"
+    );
     assert!(waits("confirmed").await >= 1.0);
-    assert_eq!(waits("unconfirmed").await, 0.0);
+    let unconfirmed_before = waits("unconfirmed").await;
 
     // No replica: the primary takes the messages, but the rows stay.
     pair.replica.stop();
@@ -163,7 +173,7 @@ async fn with_a_replica_required_outbox_rows_go_only_once_it_holds_them_and_are_
     eventually(
         "a batch the replicas did not confirm",
         Duration::from_secs(10),
-        || async { (waits("unconfirmed").await >= 1.0).then_some(()) },
+        || async { (waits("unconfirmed").await > unconfirmed_before).then_some(()) },
     )
     .await;
     // Orders keep ringing the relay meanwhile; it backs off all the same (0.5 s, 1 s, 2 s, ...),
@@ -183,7 +193,7 @@ async fn with_a_replica_required_outbox_rows_go_only_once_it_holds_them_and_are_
         (5..=25).contains(&copies),
         "the unconfirmed batch was sent {copies} times over"
     );
-    let unconfirmed = waits("unconfirmed").await;
+    let unconfirmed = waits("unconfirmed").await - unconfirmed_before;
     assert!(
         unconfirmed <= 5.0,
         "{unconfirmed} unconfirmed passes in 4 s"
