@@ -7,7 +7,8 @@
 //! count those as a broken connection and would keep talking to it for good. So any such answer
 //! (see [`is_not_primary`]) replaces the shared connections with fresh ones, which reach the
 //! current primary through the Service; the call that saw it fails like any Redis outage and
-//! its caller degrades as it does for one.
+//! its caller degrades as it does for one. A call that runs out of its budget replaces them too:
+//! a primary whose pod vanished sends no reset, and its connections hang instead of failing.
 
 use std::{
     future::Future,
@@ -316,8 +317,31 @@ impl RedisClient {
                     .redis_errors
                     .with_label_values(&[operation])
                     .inc();
+                self.reconnect_after_timeout(operation, budget);
                 Err(RedisCallError::Timeout { operation, budget })
             }
+        }
+    }
+
+    /// Replaces the shared connections after a call ran out of its budget. A server whose pod
+    /// was deleted, or that was cut off the network, sends no reset: its connections hang
+    /// rather than fail, and the connection manager, which reconnects only on errors that say
+    /// the connection is gone, would keep sending into them until the kernel gives up (about
+    /// 15 minutes). A new connection reaches whatever the Service points at now. Which
+    /// connection the call used is not known here, so both are replaced (at most every
+    /// [`RECONNECT_AT_MOST_EVERY`]); on a Redis that is merely slow that costs a connection
+    /// set-up, and calls in flight finish on the old one.
+    fn reconnect_after_timeout(&self, operation: &'static str, budget: Duration) {
+        if self.shared.replace() | self.durable.replace() {
+            self.metrics
+                .redis_reconnects
+                .with_label_values(&["timeout"])
+                .inc();
+            tracing::warn!(
+                operation,
+                ?budget,
+                "a Redis call ran out of its budget; opening new connections in case the server is gone"
+            );
         }
     }
 

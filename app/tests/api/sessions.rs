@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 
 use crate::support::{
     PASSWORD, RedisPair, SESSION_SECRET, TestApp, eventually, hex_token, session_cookie,
+    session_key,
 };
 
 fn set_cookie(response: &reqwest::Response) -> String {
@@ -779,19 +780,6 @@ async fn an_account_without_a_password_gets_one_with_a_one_time_token_from_the_c
     assert!(String::from_utf8_lossy(&missing.stderr).contains("no user 424242"));
 }
 
-/// The Redis key of session `id` (`session:v2:<SHA-256(secret || id)>`).
-/// The Redis key of the session a cookie value names (a token's id is its second field).
-fn session_key(cookie: &str) -> String {
-    let id = match cookie.strip_prefix("v3.") {
-        Some(rest) => rest.split('.').next().expect("an id"),
-        None => cookie,
-    };
-    let mut hasher = Sha256::new();
-    hasher.update(SESSION_SECRET.as_bytes());
-    hasher.update(id.as_bytes());
-    format!("session:v2:{}", hex::encode(hasher.finalize()))
-}
-
 #[tokio::test]
 async fn benchmark_sessions_from_the_cli_sign_seeded_users_in_and_a_second_run_replaces_them() {
     use std::os::unix::fs::PermissionsExt;
@@ -947,22 +935,43 @@ async fn with_a_replica_required_sign_ins_and_sign_outs_reach_it_before_the_answ
         .expect("connect to the replica");
     let user = app.create_user().await;
 
-    // The answer comes once the replica holds the session, and once it holds its end.
-    let kept = sign_in(&app, &user["email"], PASSWORD).await;
-    assert_eq!(kept.status(), StatusCode::CREATED);
-    let kept = session_cookie(&kept).expect("a session");
-    assert_eq!(waits("session_create", "confirmed").await, 1.0);
+    // An answer after a confirmed wait comes once the replica holds the session, and once it
+    // holds its end. On a loaded machine a 100 ms `WAIT` can time out with the replica up (the
+    // sign-in succeeds all the same, and waits are skipped for a second after): the claim is
+    // about confirmed answers, so each step is tried until one is confirmed.
+    let mut kept = None;
+    for _ in 0..10 {
+        let before = waits("session_create", "confirmed").await;
+        let response = sign_in(&app, &user["email"], PASSWORD).await;
+        assert_eq!(response.status(), StatusCode::CREATED);
+        let session = session_cookie(&response).expect("a session");
+        if waits("session_create", "confirmed").await > before {
+            kept = Some(session);
+            break;
+        }
+        tokio::time::sleep(scaled_app::sessions::SKIP_WAITS_FOR).await;
+    }
+    let kept = kept.expect("a sign-in confirmed by the replica in 10 tries");
     let on_replica: bool = replica.exists(session_key(&kept)).await.expect("exists");
     assert!(on_replica, "the replica holds the session at the answer");
-    let ended = sign_in(&app, &user["email"], PASSWORD).await;
-    let ended = session_cookie(&ended).expect("a second session");
-    assert_eq!(
-        current(&app, reqwest::Method::DELETE, &ended)
-            .await
-            .status(),
-        StatusCode::NO_CONTENT
-    );
-    assert_eq!(waits("session_revoke", "confirmed").await, 1.0);
+    let mut ended = None;
+    for _ in 0..10 {
+        let response = sign_in(&app, &user["email"], PASSWORD).await;
+        let session = session_cookie(&response).expect("a second session");
+        tokio::time::sleep(scaled_app::sessions::SKIP_WAITS_FOR).await;
+        let before = waits("session_revoke", "confirmed").await;
+        assert_eq!(
+            current(&app, reqwest::Method::DELETE, &session)
+                .await
+                .status(),
+            StatusCode::NO_CONTENT
+        );
+        if waits("session_revoke", "confirmed").await > before {
+            ended = Some(session);
+            break;
+        }
+    }
+    let ended = ended.expect("a sign-out confirmed by the replica in 10 tries");
     let on_replica: bool = replica.exists(session_key(&ended)).await.expect("exists");
     assert!(!on_replica, "the replica holds the sign-out at the answer");
 
@@ -981,22 +990,28 @@ async fn with_a_replica_required_sign_ins_and_sign_outs_reach_it_before_the_answ
     );
 
     // The old primary has no replica now: sign-ins and sign-outs on it still succeed, after at
-    // most one short wait, and the next ones do not wait at all.
-    let started = Instant::now();
+    // most one short wait (counted, not timed: the sign-in's password hash takes longer than
+    // the wait on a loaded machine), and the next ones do not wait at all.
+    tokio::time::sleep(scaled_app::sessions::SKIP_WAITS_FOR).await;
+    let (unconfirmed_before, skipped_before) = (
+        waits("session_create", "unconfirmed").await,
+        waits("session_revoke", "skipped").await,
+    );
     let unconfirmed = sign_in(&app, &user["email"], PASSWORD).await;
     assert_eq!(unconfirmed.status(), StatusCode::CREATED);
     let unconfirmed = session_cookie(&unconfirmed).expect("a session");
-    assert_eq!(waits("session_create", "unconfirmed").await, 1.0);
+    assert_eq!(
+        waits("session_create", "unconfirmed").await - unconfirmed_before,
+        1.0
+    );
     assert_eq!(
         current(&app, reqwest::Method::DELETE, &unconfirmed)
             .await
             .status(),
         StatusCode::NO_CONTENT
     );
-    assert_eq!(waits("session_revoke", "skipped").await, 1.0);
-    assert!(
-        started.elapsed() < Duration::from_secs(1),
-        "sign-in and sign-out without a replica took {:?}",
-        started.elapsed()
+    assert_eq!(
+        waits("session_revoke", "skipped").await - skipped_before,
+        1.0
     );
 }

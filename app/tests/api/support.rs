@@ -512,7 +512,12 @@ pub struct Forwarder {
     /// Where clients connect.
     pub port: u16,
     target: Arc<AtomicU32>,
+    /// Bumped by [`Forwarder::blackhole_existing`]; each connection watches it.
+    cuts: tokio::sync::watch::Sender<u64>,
 }
+
+/// The two ends of a connection [`Forwarder::blackhole_existing`] cut: kept open, never read.
+type HeldOpen = Arc<Mutex<Vec<(tokio::net::TcpStream, tokio::net::TcpStream)>>>;
 
 impl Forwarder {
     /// Forwards to `target` until the test's runtime ends.
@@ -522,20 +527,39 @@ impl Forwarder {
             .expect("bind the forwarder");
         let port = listener.local_addr().expect("its address").port();
         let target = Arc::new(AtomicU32::new(u32::from(target)));
+        let (cuts, _) = tokio::sync::watch::channel(0u64);
         let to = target.clone();
+        let watch = cuts.clone();
+        let held: HeldOpen = Arc::default();
         tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
                 let port = to.load(Ordering::SeqCst) as u16;
+                let mut cut = watch.subscribe();
+                cut.mark_unchanged();
+                let held = held.clone();
                 tokio::spawn(async move {
-                    if let Ok(mut outbound) =
+                    let Ok(mut outbound) =
                         tokio::net::TcpStream::connect(("127.0.0.1", port)).await
-                    {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut.changed() => {
+                            held.lock().expect("held lock").push((inbound, outbound));
+                        }
                     }
                 });
             }
         });
-        Forwarder { port, target }
+        Forwarder { port, target, cuts }
+    }
+
+    /// Stops carrying bytes on every connection open now, in both directions, without closing
+    /// either end: like a server whose pod was deleted or cut off the network, from which no
+    /// reset ever comes. New connections are forwarded as before.
+    pub fn blackhole_existing(&self) {
+        self.cuts.send_modify(|generation| *generation += 1);
     }
 
     /// New connections go to `target` from now on.
@@ -1259,4 +1283,17 @@ pub async fn app_on(stack: &Stack, tweak: impl FnOnce(&mut RuntimeConfig)) -> Te
     let mut config = test_config(stack, &database, 1);
     tweak(&mut config);
     TestApp::spawn_config(config).await
+}
+
+/// The Redis key of the session a cookie value names (a token's id is its second field).
+pub fn session_key(cookie: &str) -> String {
+    let id = match cookie.strip_prefix("v3.") {
+        Some(rest) => rest.split('.').next().expect("an id"),
+        None => cookie,
+    };
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    hasher.update(SESSION_SECRET.as_bytes());
+    hasher.update(id.as_bytes());
+    format!("session:v2:{}", hex::encode(hasher.finalize()))
 }
