@@ -13,6 +13,7 @@
 //! and external metrics they scale on (requests/s and p95 per app pod, queue backlog per
 //! ScaledApp and queue).
 
+pub mod annotation_request;
 pub mod api_docs;
 pub mod apply;
 pub mod children;

@@ -82,14 +82,18 @@ enum Command {
         #[arg(long, default_value = "auto", value_parser = ["auto", "always", "never"])]
         color: String,
     },
-    /// Move a shard's primary to one of its replicas (planned; one short write pause), and wait
-    /// until the new primary accepts writes.
+    /// Move a shard's primary (or with --redis the Redis primary) to one of its replicas
+    /// (planned; one short write pause, nothing written lost), and wait until the new primary
+    /// accepts writes.
     Switchover {
         /// ScaledApp name.
         name: String,
         /// Shard whose primary moves.
+        #[arg(long, required_unless_present = "redis", conflicts_with = "redis")]
+        shard: Option<u32>,
+        /// Move the Redis primary instead of a shard's.
         #[arg(long)]
-        shard: u32,
+        redis: bool,
         /// Pod to promote (default: the most caught-up ready replica).
         #[arg(long)]
         to: Option<String>,
@@ -238,6 +242,7 @@ async fn main() -> ExitCode {
         Command::Switchover {
             name,
             shard,
+            redis,
             to,
             namespace,
             wait,
@@ -247,16 +252,22 @@ async fn main() -> ExitCode {
                     format!("failed to connect to the cluster (check KUBECONFIG): {e}")
                 })?;
                 let namespace = namespace.unwrap_or_else(|| client.default_namespace().to_string());
-                scaledapp_operator::switchover::request(
-                    client,
-                    &namespace,
-                    &name,
-                    shard,
-                    to,
-                    std::time::Duration::from_secs(wait),
-                    &mut std::io::stdout(),
-                )
-                .await
+                let wait = std::time::Duration::from_secs(wait);
+                let mut out = std::io::stdout();
+                match shard.filter(|_| !redis) {
+                    Some(shard) => {
+                        scaledapp_operator::switchover::request(
+                            client, &namespace, &name, shard, to, wait, &mut out,
+                        )
+                        .await
+                    }
+                    None => {
+                        scaledapp_operator::switchover::request_redis(
+                            client, &namespace, &name, to, wait, &mut out,
+                        )
+                        .await
+                    }
+                }
                 .map_err(|e| e.to_string())
             }
             .await;

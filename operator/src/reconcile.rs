@@ -250,6 +250,7 @@ async fn reconcile_children(
         .clocks
         .previous(&clock_key(app), app.status.as_ref());
     let switchover = postgres::pending_switchover(app);
+    let redis_switchover = redis::pending_redis_switchover(app);
     let topology = postgres::decide(
         postgres::Inputs {
             app: &validated,
@@ -270,6 +271,7 @@ async fn reconcile_children(
                 .and_then(|status| status.redis_replication.as_ref()),
             paused: app.spec.paused,
             now,
+            switchover: redis_switchover.as_ref(),
         },
         &redis_reads.pods,
     );

@@ -1,10 +1,11 @@
 //! `scaledapp-operator switchover`: asks the operator, through the API, to move a shard's primary
-//! (like `kubectl cnpg promote`), then follows the ScaledApp's status until the new primary
-//! accepts writes.
+//! (like `kubectl cnpg promote`) or the Redis primary (`--redis`), then follows the ScaledApp's
+//! status until the new primary accepts writes.
 //!
-//! The request is the annotation [`SWITCHOVER_ANNOTATION`] with a fresh id; the operator acts on
-//! each id once and records it in `status.lastSwitchoverRequest`. Nothing here writes status: the
-//! operator stays the only writer of the primary record.
+//! The request is the annotation [`SWITCHOVER_ANNOTATION`] (or [`REDIS_SWITCHOVER_ANNOTATION`])
+//! with a fresh id; the operator acts on each id once and records it in
+//! `status.lastSwitchoverRequest` (`status.redisReplication.lastSwitchoverRequest`). Nothing here
+//! writes status: the operator stays the only writer of the primary record.
 
 use std::time::{Duration, Instant};
 
@@ -15,6 +16,7 @@ use rand::distr::{Alphanumeric, SampleString};
 use crate::crd::SWITCHOVER;
 use crate::crd::ScaledApp;
 use crate::postgres::{SWITCHOVER_ANNOTATION, SwitchoverRequest};
+use crate::redis::{REDIS_SWITCHOVER_ANNOTATION, RedisSwitchoverRequest};
 
 /// Why a switchover request failed or did not finish.
 #[derive(Debug, thiserror::Error)]
@@ -71,35 +73,14 @@ pub async fn request(
     let request = SwitchoverRequest {
         shard,
         to,
-        id: format!(
-            "switchover-{}",
-            Alphanumeric
-                .sample_string(&mut rand::rng(), 10)
-                .to_lowercase()
-        ),
+        id: fresh_id(),
     };
-    let value = serde_json::to_string(&request).expect("a request serialises");
-    let patch = serde_json::json!({"metadata": {"annotations": {SWITCHOVER_ANNOTATION: value}}});
-    apps.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .map_err(|source| SwitchoverError::Request {
-            namespace: namespace.to_string(),
-            name: name.to_string(),
-            source,
-        })?;
+    annotate(&apps, namespace, name, SWITCHOVER_ANNOTATION, &request).await?;
     let _ = writeln!(out, "requested {} (shard {shard})", request.id);
     let started = Instant::now();
     let mut last_line = String::new();
     while started.elapsed() < wait {
-        let app = apps
-            .get(name)
-            .await
-            .map_err(|source| SwitchoverError::Read {
-                namespace: namespace.to_string(),
-                name: name.to_string(),
-                source,
-            })?;
-        let status = app.status.unwrap_or_default();
+        let status = read_status(&apps, namespace, name).await?;
         let shard_status = status.shards.iter().find(|s| s.index == shard as i32);
         let acted_on = status.last_switchover_request.as_deref() == Some(request.id.as_str());
         let ours = |reason: &str| reason.contains(&request.id);
@@ -140,4 +121,119 @@ pub async fn request(
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     Err(SwitchoverError::Timeout(wait))
+}
+
+/// Asks for a switchover of the Redis primary (to `to`, or the most caught-up replica in sync)
+/// and waits up to `wait` for it to complete; prints progress lines to `out`.
+pub async fn request_redis(
+    client: Client,
+    namespace: &str,
+    name: &str,
+    to: Option<String>,
+    wait: Duration,
+    out: &mut impl std::io::Write,
+) -> Result<(), SwitchoverError> {
+    let apps: Api<ScaledApp> = Api::namespaced(client, namespace);
+    let request = RedisSwitchoverRequest { to, id: fresh_id() };
+    annotate(
+        &apps,
+        namespace,
+        name,
+        REDIS_SWITCHOVER_ANNOTATION,
+        &request,
+    )
+    .await?;
+    let _ = writeln!(out, "requested {} (Redis)", request.id);
+    let started = Instant::now();
+    let mut last_line = String::new();
+    while started.elapsed() < wait {
+        let status = read_status(&apps, namespace, name).await?;
+        let redis = status.redis_replication.unwrap_or_default();
+        let ours = |reason: &str| reason.contains(&request.id);
+        if let Some(done) = redis
+            .last_failover
+            .as_ref()
+            .filter(|done| done.kind == SWITCHOVER && ours(&done.reason))
+        {
+            let seconds = done
+                .completed_at
+                .as_ref()
+                .map(|completed| completed.0.duration_since(done.started_at.0).as_secs_f64())
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "done: {} is the Redis primary (was {}), {seconds:.1}s",
+                done.to, done.from
+            );
+            return Ok(());
+        }
+        let in_progress = redis
+            .switchover
+            .as_ref()
+            .filter(|progress| ours(&progress.reason));
+        let acted_on = redis.last_switchover_request.as_deref() == Some(request.id.as_str());
+        if acted_on && in_progress.is_none() {
+            // Refused, or handed over too slowly and given up (the Events say which).
+            return Err(SwitchoverError::Refused {
+                name: name.to_string(),
+            });
+        }
+        let line = match in_progress {
+            Some(progress) => format!("handing over to {} (was {})", progress.to, progress.from),
+            None => "waiting for the operator".to_string(),
+        };
+        if line != last_line {
+            let _ = writeln!(out, "{line}");
+            last_line = line;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    Err(SwitchoverError::Timeout(wait))
+}
+
+/// A request id nobody used before.
+fn fresh_id() -> String {
+    format!(
+        "switchover-{}",
+        Alphanumeric
+            .sample_string(&mut rand::rng(), 10)
+            .to_lowercase()
+    )
+}
+
+/// Writes `request` into `annotation` on the ScaledApp.
+async fn annotate(
+    apps: &Api<ScaledApp>,
+    namespace: &str,
+    name: &str,
+    annotation: &str,
+    request: &impl serde::Serialize,
+) -> Result<(), SwitchoverError> {
+    let value = serde_json::to_string(request).expect("a request serialises");
+    let patch = serde_json::json!({"metadata": {"annotations": {annotation: value}}});
+    apps.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(|source| SwitchoverError::Request {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            source,
+        })?;
+    Ok(())
+}
+
+/// The ScaledApp's status as the API holds it now.
+async fn read_status(
+    apps: &Api<ScaledApp>,
+    namespace: &str,
+    name: &str,
+) -> Result<crate::crd::ScaledAppStatus, SwitchoverError> {
+    let app = apps
+        .get(name)
+        .await
+        .map_err(|source| SwitchoverError::Read {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            source,
+        })?;
+    Ok(app.status.unwrap_or_default())
 }

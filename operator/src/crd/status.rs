@@ -155,6 +155,14 @@ pub struct RedisReplicationStatus {
     /// The last failover or switchover.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_failover: Option<FailoverStatus>,
+    /// A switchover in progress: the primary was told to hand over (`FAILOVER TO`: it pauses
+    /// writes, waits until the replica has every write, and turns into its replica).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub switchover: Option<FailoverStatus>,
+    /// Id of the last Redis switchover request (annotation `scaled.dev/redis-switchover`)
+    /// acted on, so each request is acted on once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_switchover_request: Option<String>,
     /// Every Redis pod: `Primary`, `Replica` (following the primary), `Fenced` (started as a
     /// replica of nobody, read-only, not yet given a primary), `Unknown` (did not answer).
     /// `lagMib` is how far a replica is behind the primary's replication stream.

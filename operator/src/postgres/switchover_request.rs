@@ -1,8 +1,7 @@
 //! A user's request to move a shard's primary: the [`SWITCHOVER_ANNOTATION`] on the ScaledApp
 //! (written by `scaledapp-operator switchover`), acted on once per id.
 
-use kube::ResourceExt;
-
+use crate::annotation_request::{Request, pending};
 use crate::crd::ScaledApp;
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -16,6 +15,12 @@ pub struct SwitchoverRequest {
     pub id: String,
 }
 
+impl Request for SwitchoverRequest {
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
+
 /// Annotation on a ScaledApp asking for a switchover (set by `scaledapp-operator switchover`).
 pub const SWITCHOVER_ANNOTATION: &str = "scaled.dev/switchover";
 
@@ -23,23 +28,14 @@ pub const SWITCHOVER_ANNOTATION: &str = "scaled.dev/switchover";
 /// (`status.lastSwitchoverRequest`); a request that cannot be read comes back as
 /// `Err((id, why))`, so it is refused once, with the reason.
 pub fn pending_switchover(app: &ScaledApp) -> Option<Result<SwitchoverRequest, (String, String)>> {
-    let raw = app.annotations().get(SWITCHOVER_ANNOTATION)?;
-    let request = serde_json::from_str::<SwitchoverRequest>(raw).map_err(|error| {
-        (
-            raw.chars().take(64).collect::<String>(),
-            format!(
-                "the {SWITCHOVER_ANNOTATION} annotation is not a request ({error}); use \
-                 `scaledapp-operator switchover`"
-            ),
-        )
-    });
-    let id = match &request {
-        Ok(request) => request.id.clone(),
-        Err((id, _)) => id.clone(),
-    };
     let done = app
         .status
         .as_ref()
         .and_then(|status| status.last_switchover_request.as_deref());
-    (done != Some(id.as_str())).then_some(request)
+    pending(
+        app,
+        SWITCHOVER_ANNOTATION,
+        done,
+        "scaledapp-operator switchover",
+    )
 }

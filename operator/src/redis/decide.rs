@@ -17,18 +17,24 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
 use scaled_contract::instance::pod_name;
 
 use crate::crd::{
-    FAILOVER, FailoverStatus, InstanceSummary, PrimaryUnhealthy, RedisReplicationStatus,
+    FAILOVER, FailoverStatus, InstanceSummary, PrimaryUnhealthy, RedisReplicationStatus, SWITCHOVER,
 };
 use crate::names::{PRIMARY_ROLE, REDIS_COMPONENT, REPLICA_ROLE, child_name};
 use crate::postgres::News;
 use crate::validate::ValidatedApp;
 
 use super::observation::{RedisPod, Report};
+use super::switchover_request::RedisSwitchoverRequest;
 
 /// How long a primary that exists but does not answer is waited for before a replica takes
 /// over: long enough for a lost packet or a slow fork, short because the app degrades (no new
 /// sign-ins, queue delivery paused) until a primary answers.
 pub const UNANSWERED_DELAY: Duration = Duration::from_secs(3);
+/// How long the primary may take to hand over before it is told to give up: Redis waits for
+/// the replica to catch up
+/// ([`HAND_OVER_TIMEOUT`](super::enact::HAND_OVER_TIMEOUT)), writes paused, and otherwise
+/// aborts and takes writes again; past this the switchover is reported failed.
+pub const SWITCHOVER_GIVE_UP: Duration = Duration::from_secs(15);
 
 /// What the Redis stage takes.
 #[derive(Clone, Copy, Debug)]
@@ -41,6 +47,8 @@ pub struct Inputs<'a> {
     pub paused: bool,
     /// Now.
     pub now: &'a Time,
+    /// A switchover request not acted on yet (see [`super::pending_redis_switchover`]).
+    pub switchover: Option<&'a Result<RedisSwitchoverRequest, (String, String)>>,
 }
 
 /// What the Redis stage decided this pass.
@@ -86,6 +94,13 @@ pub enum Action {
         /// Drop the server's client connections.
         disconnect_clients: bool,
     },
+    /// `FAILOVER TO <ip> <port> TIMEOUT <ms>`, to the primary: pause writes, wait until the
+    /// replica at `to_ip` has every write, make it the primary and follow it. Nothing written is
+    /// lost; writes wait (or are refused, as by any replica) until the labels move.
+    HandOver {
+        /// The replica taking over.
+        to_ip: String,
+    },
 }
 
 /// Why the recorded primary cannot take writes now.
@@ -114,16 +129,43 @@ pub fn decide(inputs: Inputs<'_>, pods: &[RedisPod]) -> Option<RedisDecision> {
     let mut decision = RedisDecision {
         status: RedisReplicationStatus {
             last_failover: current.last_failover.clone(),
+            last_switchover_request: current.last_switchover_request.clone(),
             ..RedisReplicationStatus::default()
         },
         ..RedisDecision::default()
     };
-    let recorded = current
+    let mut recorded = current
         .primary_pod
         .clone()
         .filter(|pod| expected.contains(pod));
+    let mut recorded_uid = current.primary_pod_uid.clone();
 
-    let primary = match recorded {
+    // A switchover in progress is waited for (nothing else is decided meanwhile: steering the
+    // servers would fight the hand-over), then recorded, or given up on.
+    if let Some(progress) = current
+        .switchover
+        .clone()
+        .filter(|progress| recorded.as_ref() == Some(&progress.from))
+    {
+        match follow_switchover(&mut decision, inputs, &progress, find(&progress.to)) {
+            Switch::Waiting => {
+                decision.status.switchover = Some(progress);
+                decision.status.primary_pod = recorded;
+                decision.status.primary_pod_uid = recorded_uid;
+                let primary = decision.status.primary_pod.as_deref().and_then(find);
+                decision.status.instances = summaries(&pods, primary);
+                decision.in_question = true;
+                return Some(decision);
+            }
+            Switch::Done => {
+                recorded_uid = find(&progress.to).and_then(|pod| pod.uid.clone());
+                recorded = Some(progress.to);
+            }
+            Switch::GaveUp => {}
+        }
+    }
+
+    let primary = match recorded.clone() {
         None => {
             // A new ScaledApp (its first pod starts primary by itself), or one whose Redis ran
             // before replication: the server with the most data, else the first pod.
@@ -145,7 +187,7 @@ pub fn decide(inputs: Inputs<'_>, pods: &[RedisPod]) -> Option<RedisDecision> {
         }
         Some(recorded) => {
             let pod = find(&recorded);
-            match health(&recorded, pod, current.primary_pod_uid.as_deref()) {
+            match health(&recorded, pod, recorded_uid.as_deref()) {
                 Health::Healthy => recorded,
                 Health::NoWriter(why) => {
                     decision.status.primary_health = Some(why.clone());
@@ -185,16 +227,27 @@ pub fn decide(inputs: Inputs<'_>, pods: &[RedisPod]) -> Option<RedisDecision> {
     }
     let primary_pod = find(&primary);
     decision.status.primary_pod_uid = primary_pod.and_then(|pod| pod.uid.clone()).or_else(|| {
-        current
-            .primary_pod_uid
+        recorded_uid
             .clone()
-            .filter(|_| current.primary_pod.as_deref() == Some(&primary))
+            .filter(|_| recorded.as_deref() == Some(&primary))
     });
     decision.status.primary_pod = Some(primary.clone());
     decision.status.instances = summaries(&pods, primary_pod);
     let answering = pods.iter().any(|pod| pod.report.answered().is_some());
     decision.in_question = decision.status.primary_health.is_some() && answering;
-    if !inputs.paused {
+    // A request is taken up only while the primary is settled: healthy, no change of primary
+    // this pass, nothing paused. Until then it waits.
+    let settled = decision.status.primary_health.is_none()
+        && decision.status.last_failover == current.last_failover
+        && decision.status.switchover.is_none()
+        && !inputs.paused;
+    let handing_over = match (inputs.switchover, primary_pod) {
+        (Some(request), Some(primary_pod)) if settled => {
+            start_switchover(&mut decision, inputs, &pods, primary_pod, request)
+        }
+        _ => false,
+    };
+    if !inputs.paused && !handing_over {
         steer(&mut decision, &pods, primary_pod);
     }
     let primary_answers = primary_pod
@@ -203,6 +256,164 @@ pub fn decide(inputs: Inputs<'_>, pods: &[RedisPod]) -> Option<RedisDecision> {
     decision.watching = primary_answers && app.redis_replicas > 0;
     decision.in_question |= !decision.commands.is_empty();
     Some(decision)
+}
+
+/// Where a switchover in progress stands.
+enum Switch {
+    /// The replica is not the primary yet, and there is time left.
+    Waiting,
+    /// The replica answers as the primary: it is recorded as such.
+    Done,
+    /// It did not happen within [`SWITCHOVER_GIVE_UP`]; the primary stays.
+    GaveUp,
+}
+
+fn follow_switchover(
+    decision: &mut RedisDecision,
+    inputs: Inputs<'_>,
+    progress: &FailoverStatus,
+    target: Option<&RedisPod>,
+) -> Switch {
+    let promoted = target
+        .filter(|pod| !pod.deleting)
+        .and_then(|pod| pod.report.answered())
+        .is_some_and(|report| report.master);
+    if promoted {
+        let mut done = progress.clone();
+        done.completed_at = Some(inputs.now.clone());
+        let seconds = inputs
+            .now
+            .0
+            .duration_since(progress.started_at.0)
+            .as_secs_f64();
+        decision.news.push(News {
+            warning: false,
+            reason: "RedisSwitchover",
+            note: format!(
+                "Redis primary {} handed over to {} ({}), {seconds:.1}s",
+                progress.from, progress.to, progress.reason
+            ),
+        });
+        decision.status.last_failover = Some(done);
+        return Switch::Done;
+    }
+    let waited = inputs.now.0.duration_since(progress.started_at.0);
+    if waited.as_secs_f64() < SWITCHOVER_GIVE_UP.as_secs_f64() {
+        return Switch::Waiting;
+    }
+    decision.news.push(News {
+        warning: true,
+        reason: "RedisSwitchoverFailed",
+        note: format!(
+            "Redis primary {} did not hand over to {} within {SWITCHOVER_GIVE_UP:?} ({}); it \
+             stays the primary",
+            progress.from, progress.to, progress.reason
+        ),
+    });
+    Switch::GaveUp
+}
+
+/// Takes up a switchover request: refuses it (once, with the reason) or tells the primary to
+/// hand over to the replica asked for, else the most caught-up one in sync. True when the
+/// hand-over was started.
+fn start_switchover(
+    decision: &mut RedisDecision,
+    inputs: Inputs<'_>,
+    pods: &[&RedisPod],
+    primary: &RedisPod,
+    request: &Result<RedisSwitchoverRequest, (String, String)>,
+) -> bool {
+    let refuse = |decision: &mut RedisDecision, id: &str, why: String| {
+        decision.status.last_switchover_request = Some(id.to_string());
+        decision.news.push(News {
+            warning: true,
+            reason: "RedisSwitchoverRefused",
+            note: format!("Redis switchover request {id}: {why}"),
+        });
+        false
+    };
+    let request = match request {
+        Ok(request) => request,
+        Err((id, why)) => return refuse(decision, id, why.clone()),
+    };
+    let (Some(primary_ip), Some(report)) = (&primary.ip, primary.report.answered()) else {
+        return false;
+    };
+    if !report.master {
+        return false;
+    }
+    let in_sync = |pod: &&RedisPod| {
+        pod.name != primary.name
+            && !pod.deleting
+            && pod.report.answered().is_some_and(|report| {
+                !report.master && report.link_up && report.master_host.as_ref() == Some(primary_ip)
+            })
+    };
+    let target = match &request.to {
+        Some(to) if *to == primary.name => {
+            return refuse(
+                decision,
+                &request.id,
+                format!("{to} is the primary already"),
+            );
+        }
+        Some(to) => match pods.iter().copied().find(|pod| pod.name == *to) {
+            Some(pod) if in_sync(&pod) => pod,
+            Some(_) => {
+                return refuse(
+                    decision,
+                    &request.id,
+                    format!(
+                        "{to} is not a replica in sync with the primary {}",
+                        primary.name
+                    ),
+                );
+            }
+            None => {
+                return refuse(decision, &request.id, format!("no Redis pod {to}"));
+            }
+        },
+        None => match best(pods.iter().copied().filter(in_sync)) {
+            Some(pod) => pod,
+            None => {
+                return refuse(
+                    decision,
+                    &request.id,
+                    format!(
+                        "no replica in sync with the primary {} to hand over to",
+                        primary.name
+                    ),
+                );
+            }
+        },
+    };
+    let Some(to_ip) = target.ip.clone() else {
+        return false;
+    };
+    decision.status.last_switchover_request = Some(request.id.clone());
+    decision.status.switchover = Some(FailoverStatus {
+        kind: SWITCHOVER.into(),
+        reason: format!("switchover {}", request.id),
+        from: primary.name.clone(),
+        to: target.name.clone(),
+        started_at: inputs.now.clone(),
+        completed_at: None,
+        timeline: None,
+    });
+    decision.commands.push(Command {
+        pod: primary.name.clone(),
+        ip: primary_ip.clone(),
+        action: Action::HandOver { to_ip },
+    });
+    decision.news.push(News {
+        warning: false,
+        reason: "RedisSwitchover",
+        note: format!(
+            "Redis primary {} hands over to {} (switchover {})",
+            primary.name, target.name, request.id
+        ),
+    });
+    true
 }
 
 fn health(name: &str, pod: Option<&RedisPod>, recorded_uid: Option<&str>) -> Health {

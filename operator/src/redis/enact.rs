@@ -10,6 +10,9 @@ use super::decide::{Action, Command};
 
 /// How long one command may take, connection included.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a primary told to hand over waits, writes paused, for the replica to catch up
+/// before it aborts and takes writes again (the `TIMEOUT` of `FAILOVER`).
+pub const HAND_OVER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A command a server did not carry out.
 #[derive(Debug, thiserror::Error)]
@@ -38,12 +41,16 @@ pub async fn enact(
         let what = match command.action {
             Action::Promote => "promote",
             Action::Follow { .. } => "follow the primary",
+            Action::HandOver { .. } => "hand over to a replica",
         };
         match tokio::time::timeout(COMMAND_TIMEOUT, send(command, password.expose())).await {
             Ok(Ok(())) => done.push(match &command.action {
                 Action::Promote => format!("Redis {} (promoted)", command.pod),
                 Action::Follow { primary_ip, .. } => {
                     format!("Redis {} (replica of {primary_ip})", command.pod)
+                }
+                Action::HandOver { to_ip } => {
+                    format!("Redis {} (handing over to {to_ip})", command.pod)
                 }
             }),
             Ok(Err(error)) => failed.push(CommandError {
@@ -92,6 +99,18 @@ async fn send(command: &Command, password: &str) -> redis::RedisResult<()> {
                     .await;
             }
             Ok(())
+        }
+        Action::HandOver { to_ip } => {
+            // Answers at once; the hand-over goes on in the server (`INFO` shows it), and the
+            // next passes follow it through the replica's role.
+            redis::cmd("FAILOVER")
+                .arg("TO")
+                .arg(to_ip)
+                .arg(REDIS_PORT)
+                .arg("TIMEOUT")
+                .arg(HAND_OVER_TIMEOUT.as_millis() as u64)
+                .query_async::<()>(&mut connection)
+                .await
         }
     }
 }

@@ -9,8 +9,11 @@ use crate::crd::{PrimaryUnhealthy, RedisReplicationStatus};
 use crate::test_support::validated_example;
 use crate::validate::ValidatedApp;
 
-use super::decide::{Action, Command, Inputs, RedisDecision, UNANSWERED_DELAY, decide};
+use super::decide::{
+    Action, Command, Inputs, RedisDecision, SWITCHOVER_GIVE_UP, UNANSWERED_DELAY, decide,
+};
 use super::observation::{FENCE_HOST, RedisPod, Replication, Report};
+use super::switchover_request::RedisSwitchoverRequest;
 
 fn at(seconds: f64) -> Time {
     Time(Timestamp::from_millisecond((seconds * 1000.0) as i64).expect("valid"))
@@ -82,6 +85,7 @@ fn run(
             current,
             paused: false,
             now: &at(now),
+            switchover: None,
         },
         pods,
     )
@@ -354,6 +358,7 @@ fn while_paused_nothing_is_promoted_repointed_or_relabelled() {
             current: Some(&recorded(0)),
             paused: true,
             now: &at(100.0),
+            switchover: None,
         },
         &pods,
     )
@@ -395,9 +400,225 @@ fn pods_beyond_the_replica_count_are_ignored_and_an_external_redis_has_no_decisi
                 current: None,
                 paused: false,
                 now: &at(1.0),
+                switchover: None,
             },
             &pods,
         )
         .is_none()
+    );
+}
+
+fn asked(
+    app: &ValidatedApp,
+    current: &RedisReplicationStatus,
+    now: f64,
+    pods: &[RedisPod],
+    request: Result<RedisSwitchoverRequest, (String, String)>,
+) -> RedisDecision {
+    decide(
+        Inputs {
+            app,
+            current: Some(current),
+            paused: false,
+            now: &at(now),
+            switchover: Some(&request),
+        },
+        pods,
+    )
+    .expect("operator-run Redis")
+}
+
+fn request(to: Option<&str>) -> Result<RedisSwitchoverRequest, (String, String)> {
+    Ok(RedisSwitchoverRequest {
+        to: to.map(String::from),
+        id: "sw-1".into(),
+    })
+}
+
+fn three_pods() -> ValidatedApp {
+    let mut app = validated_example("shop");
+    app.redis_pods = 3;
+    app.redis_replicas = 2;
+    app
+}
+
+#[test]
+fn a_switchover_hands_over_to_the_most_caught_up_replica_then_records_it_once_it_is_primary() {
+    let app = three_pods();
+    let settled = [
+        pod(0, Some("primary"), master(9000, 10)),
+        pod(1, Some("replica"), replica_of(0, 8000)),
+        pod(2, Some("replica"), replica_of(0, 8500)),
+    ];
+    let start = asked(&app, &recorded(0), 100.0, &settled, request(None));
+    assert_eq!(
+        start.commands,
+        vec![Command {
+            pod: "shop-redis-0".into(),
+            ip: ip(0),
+            action: Action::HandOver { to_ip: ip(2) },
+        }]
+    );
+    assert!(start.relabel.is_empty(), "labels move only once it is done");
+    let progress = start.status.switchover.clone().expect("in progress");
+    assert_eq!(
+        (progress.from.as_str(), progress.to.as_str()),
+        ("shop-redis-0", "shop-redis-2")
+    );
+    assert_eq!(
+        start.status.last_switchover_request.as_deref(),
+        Some("sw-1")
+    );
+    assert_eq!(start.status.primary_pod.as_deref(), Some("shop-redis-0"));
+    assert!(start.in_question, "followed closely");
+
+    // Mid-way (writes paused, the replica catching up): nothing is steered, even though the
+    // replica's view of things looks wrong to a plain decision.
+    let midway = [
+        pod(0, Some("primary"), replica_of(2, 9000)),
+        pod(1, Some("replica"), replica_of(0, 8000)),
+        pod(2, Some("replica"), replica_of(0, 9000)),
+    ];
+    let waiting = run(&app, Some(&start.status), 101.0, &midway);
+    assert!(waiting.commands.is_empty() && waiting.relabel.is_empty());
+    assert_eq!(waiting.status.primary_pod.as_deref(), Some("shop-redis-0"));
+    assert!(waiting.status.switchover.is_some() && waiting.news.is_empty());
+
+    // Handed over: pod 2 answers as the primary, pod 0 follows it.
+    let after = [
+        pod(0, Some("primary"), replica_of(2, 9000)),
+        pod(1, Some("replica"), replica_of(0, 8000)),
+        pod(2, Some("replica"), master(9000, 10)),
+    ];
+    let done = run(&app, Some(&waiting.status), 101.5, &after);
+    assert_eq!(done.status.primary_pod.as_deref(), Some("shop-redis-2"));
+    assert_eq!(done.status.primary_pod_uid.as_deref(), Some("uid-2"));
+    assert!(done.status.switchover.is_none());
+    let last = done.status.last_failover.as_ref().expect("recorded");
+    assert_eq!(
+        (last.kind.as_str(), last.from.as_str(), last.to.as_str()),
+        ("Switchover", "shop-redis-0", "shop-redis-2")
+    );
+    assert_eq!(last.completed_at, Some(at(101.5)));
+    assert_eq!(
+        labels(&done),
+        vec![("shop-redis-2", "primary"), ("shop-redis-0", "replica")]
+    );
+    assert_eq!(
+        done.commands,
+        vec![follow(1, 2, false)],
+        "the other replica follows too"
+    );
+    assert!(
+        done.news
+            .iter()
+            .any(|news| news.reason == "RedisSwitchover" && !news.warning)
+    );
+    // Settled on the new primary.
+    let again = run(
+        &app,
+        Some(&done.status),
+        102.0,
+        &[
+            pod(0, Some("replica"), replica_of(2, 9000)),
+            pod(1, Some("replica"), replica_of(2, 9000)),
+            pod(2, Some("primary"), master(9000, 10)),
+        ],
+    );
+    assert!(again.commands.is_empty() && again.relabel.is_empty() && again.news.is_empty());
+    assert_eq!(
+        again.status.last_switchover_request.as_deref(),
+        Some("sw-1")
+    );
+}
+
+#[test]
+fn a_switchover_that_does_not_happen_in_time_is_given_up_and_the_primary_stays() {
+    let app = validated_example("shop");
+    let pods = [
+        pod(0, Some("primary"), master(9000, 10)),
+        pod(1, Some("replica"), replica_of(0, 100)),
+    ];
+    let start = asked(
+        &app,
+        &recorded(0),
+        100.0,
+        &pods,
+        request(Some("shop-redis-1")),
+    );
+    assert!(start.status.switchover.is_some());
+    let waiting = run(&app, Some(&start.status), 110.0, &pods);
+    assert!(waiting.status.switchover.is_some());
+    let late = 100.0 + SWITCHOVER_GIVE_UP.as_secs_f64() + 0.5;
+    let given_up = run(&app, Some(&waiting.status), late, &pods);
+    assert!(given_up.status.switchover.is_none());
+    assert_eq!(given_up.status.primary_pod.as_deref(), Some("shop-redis-0"));
+    assert!(given_up.status.last_failover.is_none());
+    assert!(
+        given_up
+            .news
+            .iter()
+            .any(|news| news.reason == "RedisSwitchoverFailed" && news.warning)
+    );
+}
+
+#[test]
+fn a_switchover_request_that_cannot_be_done_is_refused_once_with_the_reason() {
+    let app = validated_example("shop");
+    let lagging = [
+        pod(0, Some("primary"), master(9000, 10)),
+        pod(
+            1,
+            Some("replica"),
+            Report::Answered(Replication {
+                link_up: false,
+                ..replica_of(0, 10).answered().cloned().expect("answered")
+            }),
+        ),
+    ];
+    for (request, why) in [
+        (request(None), "no replica in sync"),
+        (request(Some("shop-redis-1")), "not a replica in sync"),
+        (request(Some("shop-redis-0")), "is the primary already"),
+        (request(Some("shop-redis-7")), "no Redis pod shop-redis-7"),
+        (
+            Err(("garbage".to_string(), "not a request".to_string())),
+            "not a request",
+        ),
+    ] {
+        let decision = asked(&app, &recorded(0), 100.0, &lagging, request);
+        assert!(decision.status.switchover.is_none(), "{why}");
+        assert!(
+            decision
+                .commands
+                .iter()
+                .all(|c| !matches!(c.action, Action::HandOver { .. })),
+            "{why}"
+        );
+        assert!(
+            decision.status.last_switchover_request.is_some(),
+            "{why}: handled"
+        );
+        let news = decision
+            .news
+            .iter()
+            .find(|news| news.reason == "RedisSwitchoverRefused")
+            .unwrap_or_else(|| panic!("{why}: refused"));
+        assert!(news.note.contains(why), "{}", news.note);
+    }
+}
+
+#[test]
+fn a_switchover_waits_while_the_primary_is_in_question() {
+    let app = validated_example("shop");
+    let pods = [
+        pod(0, Some("primary"), Report::Unreachable("timeout".into())),
+        pod(1, Some("replica"), replica_of(0, 100)),
+    ];
+    let decision = asked(&app, &recorded(0), 100.0, &pods, request(None));
+    assert!(decision.status.switchover.is_none());
+    assert!(
+        decision.status.last_switchover_request.is_none(),
+        "kept for later"
     );
 }
