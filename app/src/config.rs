@@ -14,7 +14,8 @@ use std::{
 
 use scaled_contract::{
     CONFIG_PATH, ConfigError as ContractError, ENV_CONFIG_PATH, ENV_DATABASE_PASSWORD,
-    ENV_POD_NAME, ENV_REDIS_PASSWORD, ENV_SESSION_SECRET, RuntimeConfig, ShardEndpoints,
+    ENV_POD_NAME, ENV_REDIS_PASSWORD, ENV_SESSION_SECRET, ENV_SESSION_SECRET_PREVIOUS,
+    RuntimeConfig, ShardEndpoints,
 };
 
 use scaled_contract::Secret;
@@ -43,6 +44,9 @@ pub enum ConfigError {
     /// A required environment variable is missing.
     #[error("environment variable {0} is required but not set")]
     MissingEnv(&'static str),
+    /// An environment variable is set to something that is not UTF-8.
+    #[error("environment variable {0} is not valid UTF-8")]
+    NotUnicode(&'static str),
     /// A local config could not be built from the arguments given.
     #[error("failed to build a local config")]
     Local(#[source] ContractError),
@@ -141,6 +145,9 @@ pub struct Settings {
     pub redis_password: Option<Secret>,
     /// Key mixed into session-id hashes, so ids leaked from Redis cannot be replayed.
     pub session_secret: Secret,
+    /// The session secret before the last rotation: tokens made under it are still accepted,
+    /// nothing new is made with it (see [`crate::sessions`]). `None` when unset or empty.
+    pub session_secret_previous: Option<Secret>,
     /// Queue consumer name (the pod name in Kubernetes).
     pub pod_name: String,
     /// Address the servers bind (all interfaces in a pod; loopback in tests).
@@ -169,6 +176,10 @@ impl Settings {
         let session_secret = std::env::var(ENV_SESSION_SECRET)
             .map(Secret::new)
             .map_err(|_| ConfigError::MissingEnv(ENV_SESSION_SECRET))?;
+        let session_secret_previous = optional_secret(
+            ENV_SESSION_SECRET_PREVIOUS,
+            std::env::var(ENV_SESSION_SECRET_PREVIOUS),
+        )?;
         let session_lifetime = Duration::from_secs(runtime.sessions.max_lifetime_seconds);
         Ok(Settings {
             runtime,
@@ -176,6 +187,7 @@ impl Settings {
             database_password: std::env::var(ENV_DATABASE_PASSWORD).ok().map(Secret::new),
             redis_password,
             session_secret,
+            session_secret_previous,
             pod_name: pod_name_from_env(),
             bind_address: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             sign_in: AttemptPolicy::default(),
@@ -193,12 +205,27 @@ impl Settings {
             database_password: None,
             redis_password: None,
             session_secret,
+            session_secret_previous: None,
             pod_name: pod_name_from_env(),
             bind_address: IpAddr::V4(Ipv4Addr::LOCALHOST),
             sign_in: AttemptPolicy::default(),
             limits: RequestLimits::default(),
             session_lifetime,
         }
+    }
+}
+
+/// The value of the optional secret variable `name` as `std::env::var` read it: none when unset or
+/// empty (a Secret key the operator left blank), an error when it is not text.
+fn optional_secret(
+    name: &'static str,
+    value: Result<String, std::env::VarError>,
+) -> Result<Option<Secret>, ConfigError> {
+    match value {
+        Ok(value) if value.is_empty() => Ok(None),
+        Ok(value) => Ok(Some(Secret::new(value))),
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(_)) => Err(ConfigError::NotUnicode(name)),
     }
 }
 
@@ -256,4 +283,30 @@ pub fn local_config(
     config.http_port = http_port;
     config.metrics_port = metrics_port;
     Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_previous_session_secret_is_none_when_unset_or_empty_and_refused_when_not_text() {
+        let read = |value| optional_secret(ENV_SESSION_SECRET_PREVIOUS, value);
+        assert!(matches!(
+            read(Err(std::env::VarError::NotPresent)),
+            Ok(None)
+        ));
+        assert!(matches!(read(Ok(String::new())), Ok(None)));
+        let set = read(Ok("old secret".into())).expect("a secret");
+        assert_eq!(
+            set.map(|secret| secret.expose().to_string()),
+            Some("old secret".into())
+        );
+        let error =
+            read(Err(std::env::VarError::NotUnicode("\u{fffd}".into()))).expect_err("not text");
+        assert!(
+            error.to_string().contains(ENV_SESSION_SECRET_PREVIOUS),
+            "{error}"
+        );
+    }
 }

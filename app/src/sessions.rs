@@ -32,6 +32,42 @@
 //! (their users sign in again) and the sign-outs and password changes made in it (those
 //! sessions work again until their TTL or lifetime ends).
 //!
+//! Rotation. The store holds the session secret and, optionally, the one before it
+//! ([`scaled_contract::ENV_SESSION_SECRET_PREVIOUS`]). Every new token is signed with the
+//! current secret and its session stored under the current secret's key; a token is accepted
+//! when its MAC holds under either (each comparison constant-time), and its session is looked up
+//! under the key of the secret that signed it, so sessions opened before a rotation go on, with
+//! Redis up and on the token alone with Redis away. Ending a session by id (a sign-out, a
+//! sign-in or password change replacing it, its lifetime running out) deletes it under every
+//! configured key: an id names one session whichever secret stored it. To rotate: set the
+//! previous secret to the current value and the current one to a new value, and roll the pods;
+//! once the absolute lifetime (`sessions.maxLifetimeSeconds`) has passed since the roll
+//! finished, remove the previous secret and roll again. Every session under the old secret was
+//! signed in before the rotation, so by then none is left. Once the previous secret is removed,
+//! its tokens are refused like forged ones, even with Redis holding their sessions. What it
+//! costs, plainly: while the roll is under way, pods still on the old secret alone refuse the
+//! tokens of sign-ins on pods already rotated (401, until the request reaches a new pod; the
+//! session itself is unharmed); two rolls avoid that, the first adding the new value as the
+//! previous secret (accepted, not used), the second swapping the two. While both are set, a
+//! token that verifies under neither costs two MACs, and the previous secret forges tokens as
+//! well as the current one does while Redis is away: a secret that leaked is retired by
+//! dropping it at once (every session under it ends, its users sign in again), not by keeping it
+//! as the previous one. A cookie of the bare-id form is looked up under the current secret's key
+//! only, so it does not survive a rotation. Password-set tokens, keyed with the same secret, are
+//! redeemed under either ([`crate::password_tokens`]). Read-your-writes tokens, signed with it
+//! too, are checked under the current one only: one from before the rotation is ignored, which
+//! makes a read at most as stale as it would be without the token, for the seconds it lives.
+//!
+//! Sessions are not moved to the current secret when they are used, only when they are
+//! replaced (a sign-in or a password change, through `replaces`, issues a token under the
+//! current secret and deletes the old record). Moving them on any request would need a
+//! `Set-Cookie` on whatever response the request gets, while the session is read by an
+//! extractor that cannot touch the response, and `replaces` deletes the old record in the same
+//! round trip, which would sign out a browser's concurrent requests still carrying the old
+//! cookie (a copy under the same id, signed anew, would not). What moving them would buy: the
+//! previous secret could go one sliding TTL after the roll instead of one absolute lifetime,
+//! at the price of refusing the old tokens of sessions used only while Redis was away.
+//!
 //! Sessions are opened only by a sign-in with a password, and by the hidden `open-sessions`
 //! benchmark command, which needs the session secret and the store itself (whoever has both can
 //! forge sessions anyway). Versions before that opened a session for any user id without a
@@ -74,6 +110,8 @@ pub enum SessionError {
 pub struct SessionStore {
     redis: RedisClient,
     secret: Secret,
+    /// The secret before the last rotation: verifies, never signs.
+    previous: Option<Secret>,
     ttl: Duration,
     lifetime: Duration,
     budget: Duration,
@@ -83,10 +121,12 @@ pub struct SessionStore {
 
 impl SessionStore {
     /// A store whose sessions live `ttl` since their last use and at most `lifetime` since their
-    /// sign-in.
+    /// sign-in, signing with `secret` and still accepting tokens of `previous` (see the module
+    /// docs on rotation).
     pub fn new(
         redis: RedisClient,
         secret: Secret,
+        previous: Option<Secret>,
         ttl: Duration,
         lifetime: Duration,
         budget: Duration,
@@ -94,6 +134,7 @@ impl SessionStore {
         SessionStore {
             redis,
             secret,
+            previous,
             ttl,
             lifetime,
             budget,
@@ -183,7 +224,7 @@ impl SessionStore {
             .set_ex(self.key(&id), data.to_string(), expiry)
             .ignore();
         if let Some(old) = &replaces {
-            pipeline.del(self.key(old)).ignore();
+            pipeline.del(self.keys(old)).ignore();
         }
         self.write_durably::<()>("session_create", &pipeline)
             .await?;
@@ -209,13 +250,11 @@ impl SessionStore {
             return Some(SessionCookie {
                 id: value.to_string(),
                 claims: None,
+                signed_with: SignedWith::Current,
             });
         }
         let (signed, mac) = value.rsplit_once('.')?;
-        let expected = hex::encode(self.secret.mac(signed.as_bytes()));
-        if mac.len() != expected.len() || !constant_time_eq(mac.as_bytes(), expected.as_bytes()) {
-            return None;
-        }
+        let signed_with = self.verify(signed, mac)?;
         let mut parts = signed.split('.');
         let (Some(TOKEN_VERSION), Some(id), Some(user), Some(generation), Some(at), None) = (
             parts.next(),
@@ -238,7 +277,25 @@ impl SessionStore {
         Some(SessionCookie {
             id: id.to_string(),
             claims: Some(claims),
+            signed_with,
         })
+    }
+
+    /// The configured secret under which `mac` signs `signed`, if any. Each comparison takes the
+    /// same time however much of the MAC is right; whether the current secret matched may show
+    /// in the time taken, which says nothing about either secret.
+    fn verify(&self, signed: &str, mac: &str) -> Option<SignedWith> {
+        let holds = |secret: &Secret| {
+            let expected = hex::encode(secret.mac(signed.as_bytes()));
+            constant_time_eq(mac.as_bytes(), expected.as_bytes())
+        };
+        if holds(&self.secret) {
+            return Some(SignedWith::Current);
+        }
+        self.previous
+            .as_ref()
+            .filter(|previous| holds(previous))
+            .map(|_| SignedWith::Previous)
     }
 
     /// Whether a session signed in at `signed_in_at` is still within its absolute lifetime.
@@ -285,16 +342,21 @@ impl SessionStore {
         Ok(generation)
     }
 
-    /// The session's data, extending its sliding lifetime; `None` if unknown, idle too long, or
-    /// past its absolute lifetime (then it is deleted, too).
-    pub async fn load(&self, id: &str) -> Result<Option<Value>, SessionError> {
+    /// The data of the session `cookie` names, found under the key of the secret that signed it,
+    /// extending its sliding lifetime; `None` if unknown, idle too long, or past its absolute
+    /// lifetime (then it is deleted, too).
+    pub async fn load(&self, cookie: &SessionCookie) -> Result<Option<Value>, SessionError> {
+        let Some(key) = self.key_of(cookie) else {
+            // Signed with a previous secret this store no longer has (built by hand).
+            return Ok(None);
+        };
         let mut connection = self.redis.connection();
         let raw: Option<String> = self
             .redis
             .timed(
                 "session_load",
                 self.budget,
-                connection.get_ex(self.key(id), redis::Expiry::EX(self.ttl.as_secs())),
+                connection.get_ex(key, redis::Expiry::EX(self.ttl.as_secs())),
             )
             .await?;
         let Some(raw) = raw else {
@@ -305,26 +367,51 @@ impl SessionStore {
             return Ok(Some(data));
         }
         // Refused either way; deleting it only saves the memory until its TTL would have.
-        if let Err(error) = self.delete(id).await {
+        if let Err(error) = self.delete(&cookie.id).await {
             tracing::warn!(%error, "a session past its lifetime stays stored until its TTL");
         }
         Ok(None)
     }
 
-    /// Deletes the session; true if it existed.
+    /// Deletes the session, under every configured secret's key; true if it existed.
     pub async fn delete(&self, id: &str) -> Result<bool, SessionError> {
         let mut pipeline = redis::pipe();
-        pipeline.del(self.key(id));
+        pipeline.del(self.keys(id));
         let (removed,): (i64,) = self.write_durably("session_revoke", &pipeline).await?;
         Ok(removed > 0)
     }
 
+    /// Where a new session `id` is stored: under the current secret.
     fn key(&self, id: &str) -> String {
-        let mut hasher = Sha256::new();
-        hasher.update(self.secret.expose().as_bytes());
-        hasher.update(id.as_bytes());
-        format!("session:v2:{}", hex::encode(hasher.finalize()))
+        key_under(&self.secret, id)
     }
+
+    /// Where the session `cookie` names is stored: under the secret that signed it.
+    fn key_of(&self, cookie: &SessionCookie) -> Option<String> {
+        match cookie.signed_with {
+            SignedWith::Current => Some(self.key(&cookie.id)),
+            SignedWith::Previous => self
+                .previous
+                .as_ref()
+                .map(|previous| key_under(previous, &cookie.id)),
+        }
+    }
+
+    /// Every key session `id` may be stored under (one per configured secret).
+    fn keys(&self, id: &str) -> Vec<String> {
+        std::iter::once(&self.secret)
+            .chain(&self.previous)
+            .map(|secret| key_under(secret, id))
+            .collect()
+    }
+}
+
+/// `session:v2:<SHA-256(secret || id)>`.
+fn key_under(secret: &Secret, id: &str) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(secret.expose().as_bytes());
+    hasher.update(id.as_bytes());
+    format!("session:v2:{}", hex::encode(hasher.finalize()))
 }
 
 /// First field of a session token: its format.
@@ -337,6 +424,18 @@ pub struct SessionCookie {
     pub id: String,
     /// What the signed token says; `None` for a cookie of the previous form (a bare id).
     pub claims: Option<Claims>,
+    /// The secret its token verified under, and so the key its session is stored under
+    /// ([`SignedWith::Current`] for a bare id).
+    pub signed_with: SignedWith,
+}
+
+/// Which of the configured session secrets a token verified under.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SignedWith {
+    /// The current secret, which signs every new token.
+    Current,
+    /// The secret before the last rotation (a session opened before it).
+    Previous,
 }
 
 /// What a session token says, under the session secret's signature.
@@ -466,6 +565,11 @@ mod tests {
     }
 
     fn store(secret: &str) -> SessionStore {
+        rotated(secret, None)
+    }
+
+    /// A store signing with `secret` and still accepting `previous`.
+    fn rotated(secret: &str, previous: Option<&str>) -> SessionStore {
         let settings = scaled_contract::RedisSettings {
             url: "redis://127.0.0.1:1/0".into(),
             password_required: false,
@@ -477,6 +581,7 @@ mod tests {
         SessionStore::new(
             redis,
             Secret::new(secret),
+            previous.map(Secret::new),
             day,
             day,
             Duration::from_millis(50),
@@ -522,10 +627,95 @@ mod tests {
             sessions.identify(&id),
             Some(SessionCookie {
                 id: id.clone(),
-                claims: None
+                claims: None,
+                signed_with: SignedWith::Current,
             })
         );
         assert_eq!(sessions.identify("v3.junk"), None);
+    }
+
+    /// Tokens that differ from `token` in one place each: a claim, the id, the MAC.
+    fn altered(token: &str) -> Vec<String> {
+        let last = if token.ends_with('0') { '1' } else { '0' };
+        let (signed, mac) = token.rsplit_once('.').expect("a MAC");
+        vec![
+            token.replacen(".7.", ".8.", 1),
+            token.replacen(".3.", ".4.", 1),
+            format!("{}{last}", &token[..token.len() - 1]),
+            // A MAC one digit short, and one digit long.
+            format!("{signed}.{}", &mac[..mac.len() - 1]),
+            format!("{token}0"),
+        ]
+    }
+
+    #[tokio::test]
+    async fn after_a_rotation_tokens_of_the_previous_secret_verify_and_name_its_key_and_new_ones_use_the_current()
+     {
+        let id = "cd".repeat(32);
+        let data = new_data(7, 3, Utc::now());
+        let before = store("old secret");
+        let old_token = before.token(&id, &data);
+        let after = rotated("new secret", Some("old secret"));
+
+        let cookie = after
+            .identify(&old_token)
+            .expect("verifies under the previous secret");
+        assert_eq!(cookie.id, id);
+        assert_eq!(cookie.signed_with, SignedWith::Previous);
+        assert_eq!(cookie.claims.as_ref().map(|claims| claims.user_id), Some(7));
+        // Its session is where the store before the rotation put it.
+        assert_eq!(after.key_of(&cookie), Some(before.key(&id)));
+        assert_ne!(after.key(&id), before.key(&id));
+        assert_eq!(after.keys(&id), vec![after.key(&id), before.key(&id)]);
+        for forged in altered(&old_token) {
+            assert_ne!(forged, old_token);
+            assert_eq!(after.identify(&forged), None, "{forged}");
+        }
+
+        // New tokens are the current secret's: a store with it alone accepts them, one with the
+        // previous alone does not.
+        let new_token = after.token(&id, &data);
+        assert_ne!(new_token, old_token);
+        let current = store("new secret");
+        let cookie = current.identify(&new_token).expect("verifies");
+        assert_eq!(cookie.signed_with, SignedWith::Current);
+        assert_eq!(current.key_of(&cookie), Some(after.key(&id)));
+        assert_eq!(
+            after.identify(&new_token).map(|cookie| cookie.signed_with),
+            Some(SignedWith::Current)
+        );
+        assert_eq!(before.identify(&new_token), None);
+
+        // Once the previous secret is removed, its tokens are refused however well-formed.
+        assert!(is_well_formed(&old_token));
+        assert_eq!(current.identify(&old_token), None);
+        // A third secret is no previous one.
+        assert_eq!(
+            rotated("new secret", Some("another")).identify(&old_token),
+            None
+        );
+        // A cookie claiming the previous secret names no key on a store without one.
+        let claimed = SessionCookie {
+            id: id.clone(),
+            claims: None,
+            signed_with: SignedWith::Previous,
+        };
+        assert_eq!(current.key_of(&claimed), None);
+        assert_eq!(current.keys(&id), vec![current.key(&id)]);
+    }
+
+    #[test]
+    fn the_mac_comparison_needs_every_byte_and_the_length_to_match() {
+        let mac = b"0123456789abcdef";
+        assert!(constant_time_eq(mac, mac));
+        for index in [0, 7, 15] {
+            let mut other = *mac;
+            other[index] ^= 1;
+            assert!(!constant_time_eq(mac, &other), "byte {index}");
+        }
+        assert!(!constant_time_eq(mac, &mac[..15]));
+        assert!(!constant_time_eq(&mac[..15], mac));
+        assert!(!constant_time_eq(b"", mac));
     }
 
     #[tokio::test]

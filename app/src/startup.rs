@@ -113,6 +113,7 @@ fn session_store(settings: &Settings, redis: RedisClient) -> SessionStore {
     SessionStore::new(
         redis,
         settings.session_secret.clone(),
+        settings.session_secret_previous.clone(),
         Duration::from_secs(settings.runtime.sessions.ttl_seconds),
         settings.session_lifetime,
         decision_budget(settings),
@@ -162,6 +163,7 @@ impl Application {
             password_tokens: PasswordTokens::new(
                 core.redis.clone(),
                 settings.session_secret.clone(),
+                settings.session_secret_previous.clone(),
                 decision_budget,
             ),
             sign_in: AttemptLimiter::new(core.redis.clone(), settings.sign_in, decision_budget),
@@ -542,6 +544,7 @@ pub async fn issue_password_token(
     PasswordTokens::new(
         core.redis.clone(),
         settings.session_secret.clone(),
+        settings.session_secret_previous.clone(),
         decision_budget(&settings),
     )
     .issue(user_id)

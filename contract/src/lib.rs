@@ -44,6 +44,12 @@ pub const ENV_REDIS_PASSWORD: &str = "SCALED_REDIS_PASSWORD";
 /// Environment variable carrying the secret that keys the hash under which session ids are stored
 /// in Redis (a dump of Redis then yields no usable cookie). ETags are plain content hashes.
 pub const ENV_SESSION_SECRET: &str = "SCALED_SESSION_SECRET";
+/// Environment variable carrying the session secret in use before the last rotation; unset or
+/// empty when there is none. The app still accepts session tokens (and password-set tokens)
+/// made under it, finding their sessions under the key it derives, but makes nothing new with
+/// it: sessions survive a change of [`ENV_SESSION_SECRET`]. It can be removed once the absolute
+/// session lifetime (`sessions.maxLifetimeSeconds`) has passed since the change.
+pub const ENV_SESSION_SECRET_PREVIOUS: &str = "SCALED_SESSION_SECRET_PREVIOUS";
 /// Environment variable naming the config file (defaults to [`CONFIG_PATH`]).
 pub const ENV_CONFIG_PATH: &str = "SCALED_CONFIG";
 /// Environment variable with the pod name, used as the queue consumer name.

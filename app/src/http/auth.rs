@@ -70,7 +70,7 @@ pub async fn signed_in(state: &AppState, parts: &Parts) -> Result<Option<SignedI
         }
         _ => Err(AppError::from(error)),
     };
-    let data = match state.sessions.load(&cookie.id).await {
+    let data = match state.sessions.load(&cookie).await {
         Ok(Some(data)) => data,
         Ok(None) => return Ok(None),
         Err(error) => return offline(cookie, error),

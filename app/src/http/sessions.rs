@@ -26,7 +26,7 @@ use super::{
     extract::JsonBody,
     limits::{self, Client},
 };
-use crate::{db::users, passwords::Password, ratelimit::LimitedRoute};
+use crate::{db::users, passwords::Password, ratelimit::LimitedRoute, sessions::SessionCookie};
 
 /// Session routes.
 pub fn router() -> Router<AppState> {
@@ -79,11 +79,9 @@ fn current_value(state: &AppState, headers: &HeaderMap) -> Option<String> {
         .filter(|value| crate::sessions::is_well_formed(value))
 }
 
-/// The id of the session the caller's cookie names (a token must verify).
-fn current_id(state: &AppState, headers: &HeaderMap) -> Option<String> {
-    current_value(state, headers)
-        .and_then(|value| state.sessions.identify(&value))
-        .map(|cookie| cookie.id)
+/// The session the caller's cookie names (a token must verify).
+fn current_cookie(state: &AppState, headers: &HeaderMap) -> Option<SessionCookie> {
+    current_value(state, headers).and_then(|value| state.sessions.identify(&value))
 }
 
 async fn create(
@@ -141,10 +139,10 @@ async fn create(
 }
 
 async fn read(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, AppError> {
-    let id = current_id(&state, &headers).ok_or(AppError::NotFound("session"))?;
+    let cookie = current_cookie(&state, &headers).ok_or(AppError::NotFound("session"))?;
     let data = state
         .sessions
-        .load(&id)
+        .load(&cookie)
         .await?
         .ok_or(AppError::NotFound("session"))?;
     // A session voided by a password change is no session.
@@ -161,8 +159,8 @@ async fn read(State(state): State<AppState>, headers: HeaderMap) -> Result<Respo
 }
 
 async fn remove(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, AppError> {
-    let id = current_id(&state, &headers).ok_or(AppError::NotFound("session"))?;
-    if !state.sessions.delete(&id).await? {
+    let cookie = current_cookie(&state, &headers).ok_or(AppError::NotFound("session"))?;
+    if !state.sessions.delete(&cookie.id).await? {
         return Err(AppError::NotFound("session"));
     }
     let mut response = StatusCode::NO_CONTENT.into_response();

@@ -1015,3 +1015,220 @@ async fn with_a_replica_required_sign_ins_and_sign_outs_reach_it_before_the_answ
         1.0
     );
 }
+
+/// The session secret before a rotation in the rotation tests, and the one after it.
+const OLD_SECRET: &str = "the session secret before the rotation";
+const NEW_SECRET: &str = "the session secret after the rotation";
+
+/// Process settings with `current` as the session secret and `previous` as the one before it.
+fn secrets(
+    current: &'static str,
+    previous: Option<&'static str>,
+) -> impl FnOnce(&mut scaled_app::config::Settings) {
+    move |settings| {
+        settings.session_secret = scaled_contract::Secret::new(current);
+        settings.session_secret_previous = previous.map(scaled_contract::Secret::new);
+    }
+}
+
+/// Another pod on `app`'s database and Redis, with the given secrets.
+async fn pod_with(app: &TestApp, current: &'static str, previous: Option<&'static str>) -> TestApp {
+    TestApp::spawn_settings(app.config.clone(), secrets(current, previous)).await
+}
+
+/// The Redis key of the session `cookie` names if it was stored under `secret`.
+fn key_under(secret: &str, cookie: &str) -> String {
+    let id = cookie
+        .strip_prefix("v3.")
+        .and_then(|rest| rest.split('.').next())
+        .expect("a token");
+    let mut hasher = Sha256::new();
+    hasher.update(secret.as_bytes());
+    hasher.update(id.as_bytes());
+    format!("session:v2:{}", hex::encode(hasher.finalize()))
+}
+
+/// The status of `GET /api/me` with the session cookie `cookie`.
+async fn me_with(app: &TestApp, cookie: &str) -> StatusCode {
+    app.client
+        .get(format!("{}/api/me", app.address))
+        .header(header::COOKIE, format!("sid={cookie}"))
+        .send()
+        .await
+        .expect("sent")
+        .status()
+}
+
+async fn stored(app: &TestApp, key: &str) -> bool {
+    let mut redis = app.redis().await;
+    redis.exists(key).await.expect("exists")
+}
+
+#[tokio::test]
+async fn a_session_from_before_a_rotation_works_after_it_and_signing_out_deletes_it_under_the_old_key()
+ {
+    let before = TestApp::spawn_tuned(|_| {}, secrets(OLD_SECRET, None)).await;
+    let user = before.create_user().await;
+    let token = session_cookie(&sign_in(&before, &user["email"], PASSWORD).await).expect("token");
+    let rotated = pod_with(&before, NEW_SECRET, Some(OLD_SECRET)).await;
+    let retired = pod_with(&before, NEW_SECRET, None).await;
+
+    assert_eq!(me_with(&rotated, &token).await, StatusCode::OK);
+    let read = current(&rotated, reqwest::Method::GET, &token).await;
+    assert_eq!(read.status(), StatusCode::OK);
+    let body: Value = read.json().await.expect("json");
+    assert_eq!(body["session"]["user_id"], user["id"]);
+    assert!(stored(&rotated, &key_under(OLD_SECRET, &token)).await);
+    assert!(!stored(&rotated, &key_under(NEW_SECRET, &token)).await);
+
+    // Without the previous secret the token is refused although well-formed and its session is
+    // still in Redis.
+    assert_eq!(token.split('.').count(), 6, "{token}");
+    assert_eq!(me_with(&retired, &token).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        current(&retired, reqwest::Method::GET, &token)
+            .await
+            .status(),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(me_with(&rotated, &token).await, StatusCode::OK);
+
+    // Signing out on the rotated pod ends it everywhere.
+    assert_eq!(
+        current(&rotated, reqwest::Method::DELETE, &token)
+            .await
+            .status(),
+        StatusCode::NO_CONTENT
+    );
+    assert!(!stored(&rotated, &key_under(OLD_SECRET, &token)).await);
+    assert_eq!(me_with(&rotated, &token).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(me_with(&before, &token).await, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn after_a_rotation_sign_ins_carry_tokens_of_the_new_secret_and_replace_a_session_of_the_old()
+{
+    let before = TestApp::spawn_tuned(|_| {}, secrets(OLD_SECRET, None)).await;
+    let user = before.create_user().await;
+    let old = session_cookie(&sign_in(&before, &user["email"], PASSWORD).await).expect("token");
+    let rotated = pod_with(&before, NEW_SECRET, Some(OLD_SECRET)).await;
+    let retired = pod_with(&before, NEW_SECRET, None).await;
+
+    let new =
+        session_cookie(&sign_in_replacing(&rotated, &user["email"], PASSWORD, Some(&old)).await)
+            .expect("a new token");
+    assert!(stored(&rotated, &key_under(NEW_SECRET, &new)).await);
+    assert_eq!(me_with(&retired, &new).await, StatusCode::OK);
+    assert_eq!(me_with(&rotated, &new).await, StatusCode::OK);
+    // A pod that knows only the old secret cannot verify it.
+    assert_eq!(me_with(&before, &new).await, StatusCode::UNAUTHORIZED);
+    // The session it replaced is gone, from Redis too.
+    assert!(!stored(&rotated, &key_under(OLD_SECRET, &old)).await);
+    assert_eq!(me_with(&rotated, &old).await, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn a_password_change_with_a_session_of_the_old_secret_moves_it_to_the_new_one() {
+    let before = TestApp::spawn_tuned(|_| {}, secrets(OLD_SECRET, None)).await;
+    let user = before.create_user().await;
+    let old = session_cookie(&sign_in(&before, &user["email"], PASSWORD).await).expect("token");
+    let rotated = pod_with(&before, NEW_SECRET, Some(OLD_SECRET)).await;
+    let retired = pod_with(&before, NEW_SECRET, None).await;
+
+    let changed = set_password(
+        &rotated,
+        &user["id"],
+        Some(&old),
+        &json!({ "password": "a passphrase after the rotation", "current_password": PASSWORD }),
+    )
+    .await;
+    assert_eq!(changed.status(), StatusCode::NO_CONTENT);
+    let new = session_cookie(&changed).expect("the caller's session, under a new id");
+    assert_eq!(me_with(&retired, &new).await, StatusCode::OK);
+    assert!(!stored(&rotated, &key_under(OLD_SECRET, &old)).await);
+    assert_eq!(me_with(&rotated, &old).await, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn a_password_set_token_issued_before_a_rotation_is_redeemed_after_it_until_the_old_secret_goes()
+ {
+    let before = TestApp::spawn_tuned(|_| {}, secrets(OLD_SECRET, None)).await;
+    let user = before.create_user().await;
+    let user_id = user["id"].as_i64().expect("id");
+    let rotated = pod_with(&before, NEW_SECRET, Some(OLD_SECRET)).await;
+    let retired = pod_with(&before, NEW_SECRET, None).await;
+    let issue = || async {
+        before
+            .state
+            .password_tokens
+            .issue(user_id)
+            .await
+            .expect("a token")
+    };
+    let redeem = |app, token| redeem_password_token(app, &user["id"], token);
+    assert_eq!(
+        redeem(&retired, issue().await).await,
+        StatusCode::UNAUTHORIZED
+    );
+    let token = issue().await;
+    assert_eq!(
+        redeem(&rotated, token.clone()).await,
+        StatusCode::NO_CONTENT
+    );
+    // Used up: once only.
+    assert_eq!(redeem(&rotated, token).await, StatusCode::UNAUTHORIZED);
+}
+
+/// The status of setting `user_id`'s password with the password-set token `token`.
+async fn redeem_password_token(app: &TestApp, user_id: &Value, token: String) -> StatusCode {
+    set_password(
+        app,
+        user_id,
+        None,
+        &json!({ "token": token, "password": "set with a password-set token" }),
+    )
+    .await
+    .status()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_away_a_session_from_before_a_rotation_is_honoured_on_its_token_until_the_old_secret_goes()
+ {
+    // A Redis of this test's own: it is stopped.
+    let dir = tempfile::Builder::new()
+        .prefix("scaled-app-redis-")
+        .tempdir()
+        .expect("create a temporary directory");
+    let redis = crate::support::RedisServer::stopped(dir.path());
+    redis.start();
+    let stack = crate::support::Stack::shared();
+    let database = stack.create_database().await;
+    let mut config = crate::support::test_config(stack, &database, 0);
+    config.redis.url = redis.url(0);
+    let before = TestApp::spawn_settings(config, secrets(OLD_SECRET, None)).await;
+    let user = before.create_user().await;
+    let old = session_cookie(&sign_in(&before, &user["email"], PASSWORD).await).expect("token");
+    let rotated = pod_with(&before, NEW_SECRET, Some(OLD_SECRET)).await;
+    let retired = pod_with(&before, NEW_SECRET, None).await;
+    let new = session_cookie(&sign_in(&rotated, &user["email"], PASSWORD).await).expect("token");
+    let forged = old.replacen(
+        &format!(".{}.", user["id"]),
+        &format!(".{}.", user["id"].as_i64().expect("id") + 1),
+        1,
+    );
+    assert_ne!(forged, old);
+
+    redis.stop();
+    let offline_before = rotated.metric("sessions_verified_offline_total", &[]).await;
+    assert_eq!(me_with(&rotated, &old).await, StatusCode::OK);
+    assert_eq!(
+        rotated.metric("sessions_verified_offline_total", &[]).await - offline_before,
+        1.0,
+        "signed in on the token alone"
+    );
+    assert_eq!(me_with(&rotated, &new).await, StatusCode::OK);
+    assert_eq!(me_with(&rotated, &forged).await, StatusCode::UNAUTHORIZED);
+    // Without the previous secret: the new secret's token is honoured, the old one's is not.
+    assert_eq!(me_with(&retired, &new).await, StatusCode::OK);
+    assert_eq!(me_with(&retired, &old).await, StatusCode::UNAUTHORIZED);
+}
