@@ -151,13 +151,18 @@ pub struct RedisSettings {
     pub confirm_replicas: u32,
 }
 
-/// What the rate limiter does when Redis cannot be reached.
+/// What the rate limiter does when Redis cannot be reached. Written as the variant's name
+/// (`"FailOpen"`, `"FailClosed"`, `"Local"`); an app older than a variant refuses a document
+/// that names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FailureMode {
     /// Allow the request (availability over strictness).
     FailOpen,
     /// Reject the request with 503 (strictness over availability).
     FailClosed,
+    /// Each pod limits each client itself, with the same limits and windows, until Redis answers
+    /// again: with N serving pods a client gets at most N times the limit.
+    Local,
 }
 
 /// Sliding-window rate limiting per client.
@@ -433,5 +438,18 @@ mod tests {
         config.rate_limit.limit = 0;
         let error = config.validate().expect_err("must refuse");
         assert!(error.to_string().contains("rateLimit.limit"), "{error}");
+    }
+
+    #[test]
+    fn every_failure_mode_is_written_by_its_name() {
+        for (mode, name) in [
+            (FailureMode::FailOpen, "FailOpen"),
+            (FailureMode::FailClosed, "FailClosed"),
+            (FailureMode::Local, "Local"),
+        ] {
+            assert_eq!(serde_json::to_value(mode).expect("json"), name);
+            let read: FailureMode = serde_json::from_value(name.into()).expect("parses");
+            assert_eq!(read, mode);
+        }
     }
 }

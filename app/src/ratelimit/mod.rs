@@ -12,21 +12,40 @@
 //! account and client, and per account. Keys are built only from a user id, a parsed and
 //! normalised IP address, or a hash, so nothing a client sends becomes a Redis key as it is.
 //!
-//! Without Redis, request limits follow the configured `rateLimit.failureMode` (open: let the
-//! request through; closed: 503), on every route alike. Failed sign-ins are never counted
-//! without Redis: an attempt is refused with 503 (fail closed), which costs nothing, since a
-//! sign-in cannot open its session without Redis either.
+//! Without Redis, request limits follow the configured `rateLimit.failureMode`, on every route
+//! alike: `FailOpen` lets the request through, `FailClosed` answers 503, and `Local` has each
+//! pod count each client itself (`local.rs`, in bounded memory) with the same keys, limits and
+//! windows, recording only the requests it allows.
+//!
+//! The policy of `Local`, plainly: with N serving pods, a client can get up to N times the limit
+//! per window while Redis is away, since each pod counts alone. That is the defensible trade:
+//! one shared count needs a store every pod reaches, which is exactly what is missing, and
+//! coordinating pods some other way would be a second Redis; N times the limit (N at most
+//! `app.replicas.max`) is still a limit, where failing open is none and failing closed makes a
+//! Redis outage an outage of every limited route. Every request asks Redis first, so as soon as
+//! Redis answers again, counting returns to Redis. What the pods counted alone is not carried
+//! over: a window spanning the outage's end may give a client the pods' share on top of
+//! Redis's. Answers decided locally carry the same headers as Redis's (`X-RateLimit-*` when
+//! allowed; 429 with `Retry-After` when not), describing the answering pod's count; fail open
+//! sends none, as nothing was counted.
+//!
+//! Failed sign-ins are never counted without Redis, whatever the mode: an attempt is refused
+//! with 503 (fail closed), which costs nothing, since a sign-in cannot open its session without
+//! Redis either.
+
+mod local;
 
 use std::{
     net::IpAddr,
     sync::{Arc, RwLock},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use redis::Script;
 use scaled_contract::{FailureMode, RateLimitSettings};
 use sha2::{Digest, Sha256};
 
+use self::local::LocalWindows;
 use crate::{
     config::{AttemptPolicy, RequestLimits, RoutePolicy},
     metrics::Metrics,
@@ -50,7 +69,8 @@ local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 return {0, 0, tonumber(oldest[2]) + window_us - now_us}
 ";
 
-/// The limiter's answer for one request.
+/// The limiter's answer for one request. Under `FailureMode::Local` without Redis, the pod's
+/// own count answers [`Decision::Allowed`] or [`Decision::Rejected`] as Redis would.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Decision {
     /// Go ahead.
@@ -69,7 +89,7 @@ pub enum Decision {
         /// Seconds until a request would be allowed.
         retry_after_seconds: u64,
     },
-    /// Redis could not decide; the configured failure mode did.
+    /// Redis could not decide; the configured failure mode (open or closed) did.
     Degraded {
         /// Whether the request may proceed.
         allowed: bool,
@@ -152,6 +172,8 @@ pub const NOTICE_INTERVAL: Duration = Duration::from_secs(60 * 60);
 #[derive(Clone)]
 pub struct RateLimiter {
     window: SlidingWindow,
+    /// This pod's own count, used only under `FailureMode::Local` while Redis is away.
+    local: Arc<LocalWindows>,
     settings: Arc<RwLock<RateLimitSettings>>,
     routes: RequestLimits,
     metrics: Metrics,
@@ -169,6 +191,7 @@ impl RateLimiter {
     ) -> Self {
         RateLimiter {
             window: SlidingWindow::new(redis, budget),
+            local: Arc::new(LocalWindows::new()),
             settings: Arc::new(RwLock::new(settings)),
             routes,
             metrics,
@@ -236,37 +259,49 @@ impl RateLimiter {
 
     async fn decide(&self, key: &str, policy: RoutePolicy, failure_mode: FailureMode) -> Decision {
         let limit = policy.requests;
-        match self
+        let error = match self
             .window
             .take(key, limit, policy.window, &new_member())
             .await
         {
-            Ok(Taken::Yes {
+            Ok(taken) => return self.decision(limit, taken),
+            Err(error) => error,
+        };
+        let (mode, decision) = match failure_mode {
+            FailureMode::FailOpen => ("fail_open", Decision::Degraded { allowed: true }),
+            FailureMode::FailClosed => ("fail_closed", Decision::Degraded { allowed: false }),
+            FailureMode::Local => {
+                let taken = self.local.take(key, limit, policy.window, Instant::now());
+                ("local", self.decision(limit, taken))
+            }
+        };
+        tracing::warn!(%error, mode, "rate limiter without Redis; applying the failure mode");
+        self.metrics
+            .rate_limit_degraded
+            .with_label_values(&[mode])
+            .inc();
+        decision
+    }
+
+    /// What a counted window (Redis's, or this pod's own) says, with refusals counted.
+    fn decision(&self, limit: u32, taken: Taken) -> Decision {
+        match taken {
+            Taken::Yes {
                 remaining,
                 reset_seconds,
-            }) => Decision::Allowed {
+            } => Decision::Allowed {
                 limit,
                 remaining,
                 reset_seconds,
             },
-            Ok(Taken::No {
+            Taken::No {
                 retry_after_seconds,
-            }) => {
+            } => {
                 self.metrics.rate_limit_rejections.inc();
                 Decision::Rejected {
                     limit,
                     retry_after_seconds,
                 }
-            }
-            Err(error) => {
-                let allowed = failure_mode == FailureMode::FailOpen;
-                tracing::warn!(%error, allowed, "rate limiter without Redis; applying the failure mode");
-                let mode = if allowed { "fail_open" } else { "fail_closed" };
-                self.metrics
-                    .rate_limit_degraded
-                    .with_label_values(&[mode])
-                    .inc();
-                Decision::Degraded { allowed }
             }
         }
     }

@@ -1,11 +1,14 @@
 //! The rate limiter on `/api/data`: keyed by the signed-in user, else the client address; headers
-//! the client controls do not move it to another bucket.
+//! the client controls do not move it to another bucket. With Redis stopped and
+//! `failureMode: Local`, each pod limits each client itself.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use reqwest::{StatusCode, header};
+use scaled_contract::{FailureMode, RuntimeConfig};
+use serde_json::Value;
 
-use crate::support::{TestApp, eventually};
+use crate::support::{TestApp, app_with_own_redis, eventually};
 
 /// `count` concurrent requests, each with the headers `headers(index)` gives.
 async fn fire_with(
@@ -209,4 +212,181 @@ async fn rate_limit_settings_are_reloaded_from_the_config_file_without_a_restart
                 || response.headers()["x-ratelimit-limit"] == "3")
     );
     shutdown.cancel();
+}
+
+/// Local mode with a small limit and a short window, behind one trusted proxy (so that tests can
+/// speak for several clients). Every decision first waits for Redis up to its budget (the
+/// least, 250 ms, here), so the window is long beside it.
+fn local_mode(config: &mut RuntimeConfig) {
+    config.rate_limit.failure_mode = FailureMode::Local;
+    config.rate_limit.limit = 5;
+    config.rate_limit.window_seconds = 3;
+    config.rate_limit.trusted_proxy_hops = 1;
+    config.cache.redis_timeout_ms = 50;
+}
+
+/// `count` concurrent requests from the client at `address` (as the trusted proxy reports it).
+async fn fire_from(app: &TestApp, count: usize, address: &str) -> Vec<reqwest::Response> {
+    fire_with(app, count, |_| {
+        vec![("x-forwarded-for", address.to_string())]
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_stopped_a_local_limiter_lets_exactly_the_limit_through_then_answers_429() {
+    let (app, redis, _dir) = app_with_own_redis(local_mode).await;
+    redis.stop();
+    let responses = fire_from(&app, 12, "198.51.100.1").await;
+    assert_eq!(allowed(&responses), 5);
+    let (ok, refused): (Vec<_>, Vec<_>) = responses
+        .into_iter()
+        .partition(|response| response.status() == StatusCode::OK);
+    let mut remaining: Vec<u32> = ok
+        .iter()
+        .map(|response| {
+            assert_eq!(response.headers()["x-ratelimit-limit"], "5");
+            response.headers()["x-ratelimit-remaining"]
+                .to_str()
+                .expect("ascii")
+                .parse()
+                .expect("a number")
+        })
+        .collect();
+    remaining.sort_unstable();
+    assert_eq!(
+        remaining,
+        [0, 1, 2, 3, 4],
+        "each allowed request counted once"
+    );
+    assert_eq!(refused.len(), 7);
+    for response in refused {
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        let headers = response.headers();
+        let retry_after: u64 = headers["retry-after"]
+            .to_str()
+            .expect("ascii")
+            .parse()
+            .expect("seconds");
+        assert!((1..=3).contains(&retry_after), "{retry_after}");
+        assert_eq!(headers["x-ratelimit-limit"], "5");
+        assert_eq!(headers["x-ratelimit-remaining"], "0");
+        let body: Value = response.json().await.expect("a JSON error");
+        assert_eq!(body["error"]["code"], "rate_limited", "{body}");
+    }
+    // Every decision was the pod's own, and the refusals count as refusals.
+    assert_eq!(
+        app.metric("rate_limit_degraded_total", &[r#"mode="local""#])
+            .await,
+        12.0
+    );
+    assert_eq!(
+        app.metric("rate_limit_degraded_total", &[r#"mode="fail_open""#])
+            .await,
+        0.0
+    );
+    assert_eq!(app.metric("rate_limit_rejections_total", &[]).await, 7.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_stopped_a_client_that_keeps_sending_is_allowed_again_once_the_window_passes() {
+    let (app, redis, _dir) = app_with_own_redis(local_mode).await;
+    redis.stop();
+    let window = Duration::from_secs(3);
+    let client = "198.51.100.2";
+    let started = Instant::now();
+    assert_eq!(allowed(&fire_from(&app, 5, client).await), 5);
+    let counted = started.elapsed(); // every allowed request was counted by now
+    // Hammer: refused until the oldest of the five leaves the window, and the refusals do not
+    // hold it shut (if they counted, a client sending this often would never get through).
+    let mut refused = 0;
+    let reopened = loop {
+        let response = &fire_from(&app, 1, client).await[0];
+        if response.status() == StatusCode::OK {
+            break started.elapsed();
+        }
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        refused += 1;
+        assert!(
+            started.elapsed() < counted + window + Duration::from_secs(2),
+            "still refused {:?} after the burst, with a {window:?} window ({refused} refusals)",
+            started.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(refused >= 3, "the client kept sending ({refused} refusals)");
+    assert!(
+        reopened >= window,
+        "allowed again after {reopened:?}, inside the window"
+    );
+    // Once all five have left, the new window holds only the request that got through: four
+    // more pass, the refusals took no place.
+    tokio::time::sleep(
+        (counted + window + Duration::from_millis(300)).saturating_sub(started.elapsed()),
+    )
+    .await;
+    assert_eq!(allowed(&fire_from(&app, 10, client).await), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_stopped_a_local_limiter_limits_each_client_apart() {
+    let (app, redis, _dir) = app_with_own_redis(|config| {
+        local_mode(config);
+        config.rate_limit.window_seconds = 60;
+    })
+    .await;
+    redis.stop();
+    let (first, second) = tokio::join!(
+        fire_from(&app, 10, "198.51.100.3"),
+        fire_from(&app, 10, "198.51.100.4")
+    );
+    assert_eq!(allowed(&first), 5);
+    assert_eq!(allowed(&second), 5);
+    // One client used up does not use up another.
+    assert_eq!(allowed(&fire_from(&app, 3, "198.51.100.5").await), 3);
+    // The key is the Redis limiter's: an IPv6 client is one client across its /64.
+    let same_network = fire_with(&app, 10, |index| {
+        vec![("x-forwarded-for", format!("2001:db8:7:8::{index:x}"))]
+    })
+    .await;
+    assert_eq!(allowed(&same_network), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_redis_returns_a_local_limiter_counts_in_redis_again() {
+    let (app, redis, _dir) = app_with_own_redis(|config| {
+        local_mode(config);
+        config.rate_limit.window_seconds = 60;
+    })
+    .await;
+    let client = "198.51.100.6";
+    redis.stop();
+    assert_eq!(allowed(&fire_from(&app, 8, client).await), 5);
+    // The restarted Redis is empty, while this pod's own window for the client is full for a
+    // minute: a request let through now was counted in Redis.
+    redis.start();
+    eventually(
+        "a request counted in Redis again",
+        Duration::from_secs(20),
+        || async { (fire_from(&app, 1, client).await[0].status() == StatusCode::OK).then_some(()) },
+    )
+    .await;
+    let local = app
+        .metric("rate_limit_degraded_total", &[r#"mode="local""#])
+        .await;
+    let responses = fire_from(&app, 10, client).await;
+    assert_eq!(allowed(&responses), 4, "Redis's limit: 5 with the first");
+    assert_eq!(
+        app.metric("rate_limit_degraded_total", &[r#"mode="local""#])
+            .await,
+        local,
+        "no decision taken locally once Redis answered"
+    );
+    let mut connection = app.redis().await;
+    let counted: u64 = redis::cmd("ZCARD")
+        .arg(format!("ratelimit:ip:{client}"))
+        .query_async(&mut connection)
+        .await
+        .expect("zcard");
+    assert_eq!(counted, 5);
 }

@@ -1297,3 +1297,23 @@ pub fn session_key(cookie: &str) -> String {
     hasher.update(id.as_bytes());
     format!("session:v2:{}", hex::encode(hasher.finalize()))
 }
+
+/// An app on the shared Postgres with a Redis of its own, running, so that a test can stop and
+/// restart it without touching other tests' Redis. Drop order (app, server, directory) stops the
+/// app first and removes the directory last.
+pub async fn app_with_own_redis(
+    tweak: impl FnOnce(&mut RuntimeConfig),
+) -> (TestApp, RedisServer, tempfile::TempDir) {
+    let dir = tempfile::Builder::new()
+        .prefix("scaled-app-redis-")
+        .tempdir()
+        .expect("create a temporary directory");
+    let redis = RedisServer::stopped(dir.path());
+    redis.start();
+    let stack = Stack::shared();
+    let database = stack.create_database().await;
+    let mut config = test_config(stack, &database, 0);
+    config.redis.url = redis.url(0);
+    tweak(&mut config);
+    (TestApp::spawn_config(config).await, redis, dir)
+}

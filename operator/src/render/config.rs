@@ -56,6 +56,7 @@ pub fn runtime_config(app: &ValidatedApp) -> RuntimeConfig {
             failure_mode: match spec.rate_limit.failure_mode {
                 RateLimitFailureMode::FailOpen => FailureMode::FailOpen,
                 RateLimitFailureMode::FailClosed => FailureMode::FailClosed,
+                RateLimitFailureMode::Local => FailureMode::Local,
             },
             trusted_proxy_hops: spec.rate_limit.trusted_proxy_hops as u32,
         },
