@@ -6,8 +6,8 @@
 //! `X-Forwarded-For`) changes it. `/api/data` is limited by the configured `rateLimit`; sign-in,
 //! sign-up and orders by limits of their own ([`crate::config::RequestLimits`]). On every route an
 //! allowed request's response carries `X-RateLimit-*`, a refused one is 429 with `Retry-After`,
-//! and without Redis `rateLimit.failureMode` decides (fail open: let it through; fail closed:
-//! 503).
+//! and without Redis `rateLimit.failureMode` decides (local, the default: each pod limits each
+//! client itself, with the same headers; fail open: let it through; fail closed: 503).
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -57,7 +57,8 @@ impl FromRequestParts<AppState> for Client {
 pub(super) struct Allowance(Option<(u32, u32, u64)>);
 
 impl Allowance {
-    /// Adds `X-RateLimit-Limit`, `-Remaining` and `-Reset` (nothing when Redis could not count).
+    /// Adds `X-RateLimit-Limit`, `-Remaining` and `-Reset` (nothing when nobody counted: Redis
+    /// could not, and the failure mode is not `Local`).
     pub(super) fn stamp(self, response: &mut Response) {
         let Some((limit, remaining, reset_seconds)) = self.0 else {
             return;
