@@ -28,7 +28,9 @@ use crate::kinds::{Child, Inventory, Shelving, manifest};
 use crate::metrics::Metrics;
 use crate::names::{
     APPLIED_HASH_ANNOTATION, MANAGED_BY_LABEL, MANAGER, ROLE_LABEL, SCALEDAPP_NAME_LABEL,
+    SESSION_SECRET_ROTATION_ANNOTATION,
 };
+use crate::session_rotation::{OutOfStep, Rotated, rotated};
 
 /// Failures talking to the API server; all transient from the reconciler's point of view.
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +83,24 @@ pub enum ApplyError {
         name: String,
         /// ScaledApp name.
         scaledapp: String,
+    },
+    /// The app Secret does not hold the step a session-secret rotation in progress goes on
+    /// from: it was replaced or edited during the rotation, and the operator swaps only values
+    /// it staged itself.
+    #[error(
+        "Secret {namespace}/{name} is not at step {expected} of its session-secret rotation (its {SESSION_SECRET_ROTATION_ANNOTATION} annotation is {found:?}): it was replaced or edited during the rotation, and the operator swaps only values it staged; to finish the rotation with the values the Secret holds now, set that annotation to {signing:?}"
+    )]
+    SessionSecretOutOfStep {
+        /// Namespace.
+        namespace: String,
+        /// Secret name.
+        name: String,
+        /// The marker the rotation expected.
+        expected: String,
+        /// The marker that ends the rotation as it stands.
+        signing: String,
+        /// The marker found, if any.
+        found: Option<String>,
     },
     /// Setting a Postgres pod's role label failed.
     #[error("failed to label pod {namespace}/{pod} as {role}: {source}")]
@@ -137,13 +157,17 @@ impl ApplyError {
     pub fn reason(&self) -> &'static str {
         match self {
             ApplyError::SecretConflict { .. } => "SecretConflict",
+            ApplyError::SessionSecretOutOfStep { .. } => "SessionSecretOutOfStep",
             _ => "ApplyFailed",
         }
     }
 
     /// Whether only a person can resolve it (retrying will not), so the ScaledApp is not ready.
     pub fn needs_a_person(&self) -> bool {
-        matches!(self, ApplyError::SecretConflict { .. })
+        matches!(
+            self,
+            ApplyError::SecretConflict { .. } | ApplyError::SessionSecretOutOfStep { .. }
+        )
     }
 }
 
@@ -470,8 +494,10 @@ impl<'a> Applier<'a> {
         Ok(pruned)
     }
 
-    /// Creates a Secret with fresh random values if it does not exist; never overwrites values.
-    /// Labels and owner references are then kept by server-side apply of the metadata alone.
+    /// Creates a Secret with fresh random values if it does not exist; never overwrites values,
+    /// but for the session secret's rotation steps ([`crate::session_rotation`]). Labels and
+    /// owner references are then kept by server-side apply of the metadata alone (with the
+    /// rotated keys and their marker, once a rotation wrote them).
     async fn ensure_secret(
         &self,
         template: &SecretTemplate,
@@ -496,14 +522,12 @@ impl<'a> Applier<'a> {
                 scaledapp: self.app_name.to_string(),
             });
         }
+        let mut created = None;
         if existing.is_none() {
             let data: BTreeMap<String, ByteString> = template
                 .keys
                 .iter()
-                .map(|key| {
-                    let value = Alphanumeric.sample_string(&mut rand::rng(), 32);
-                    (key.to_string(), ByteString(value.into_bytes()))
-                })
+                .map(|key| (key.to_string(), generated_value()))
                 .collect();
             let secret = Secret {
                 metadata: kube::api::ObjectMeta {
@@ -530,16 +554,57 @@ impl<'a> Applier<'a> {
                 )
                 .await
             {
-                Ok(_) => changes.created.push(format!("Secret/{name}")),
+                Ok(secret) => {
+                    changes.created.push(format!("Secret/{name}"));
+                    created = Some(secret);
+                }
                 // Another operator replica (or an earlier, interrupted pass) created it first.
-                Err(kube::Error::Api(status)) if status.code == 409 => {}
+                Err(kube::Error::Api(status)) if status.code == 409 => {
+                    // Read, so a rotation step is taken on the values that are there.
+                    if template.rotation.is_some() {
+                        created = Some(api.get(&name).await.map_err(secret_error)?);
+                    }
+                }
                 Err(source) => return Err(secret_error(source)),
             }
         }
-        let metadata = Secret {
+        let live = existing.as_ref().or(created.as_ref());
+        let rotation = match (&template.rotation, live) {
+            (Some(step), Some(live)) => rotated(live, step, generated_value).map_err(
+                |OutOfStep {
+                     expected,
+                     finished,
+                     found,
+                 }| ApplyError::SessionSecretOutOfStep {
+                    namespace: self.namespace.to_string(),
+                    name: name.clone(),
+                    expected,
+                    signing: finished,
+                    found,
+                },
+            )?,
+            _ => None,
+        };
+        let mut desired = Secret {
             metadata: template.meta.clone(),
             ..Secret::default()
         };
+        if let Some(Rotated { marker, data }) = &rotation {
+            desired.metadata.annotations = Some(BTreeMap::from([(
+                SESSION_SECRET_ROTATION_ANNOTATION.to_string(),
+                marker.clone(),
+            )]));
+            desired.data = Some(data.clone());
+        }
+        let stepped = rotation
+            .as_ref()
+            .filter(|rotated| {
+                live.is_none_or(|live| rotation_marker(live) != Some(&rotated.marker))
+            })
+            .map(|rotated| rotated.marker.clone());
+        let rotation_matches = rotation
+            .as_ref()
+            .is_none_or(|rotated| live.is_some_and(|live| holds(live, rotated)));
         let live_matches = existing.as_ref().is_some_and(|live| {
             let labels_match = template
                 .meta
@@ -561,10 +626,10 @@ impl<'a> Applier<'a> {
                 .collect();
             labels_match && owners == wanted
         });
-        if live_matches {
+        if live_matches && rotation_matches {
             return Ok(());
         }
-        let manifest = manifest(&metadata);
+        let manifest = manifest(&desired);
         self.metrics.record_write("Secret");
         api.patch(
             &name,
@@ -573,8 +638,37 @@ impl<'a> Applier<'a> {
         )
         .await
         .map_err(secret_error)?;
+        if let Some(marker) = stepped {
+            // The marker only: the values are never in Events or logs.
+            changes.updated.push(format!(
+                "Secret/{name} (session secret at rotation step {marker})"
+            ));
+        }
         Ok(())
     }
+}
+
+/// The session-secret rotation step a live Secret is at.
+fn rotation_marker(live: &Secret) -> Option<&String> {
+    live.annotations().get(SESSION_SECRET_ROTATION_ANNOTATION)
+}
+
+/// Whether a live Secret holds what the rotation wants, marker and values.
+fn holds(live: &Secret, rotated: &Rotated) -> bool {
+    rotation_marker(live) == Some(&rotated.marker)
+        && rotated
+            .data
+            .iter()
+            .all(|(key, value)| live.data.as_ref().and_then(|data| data.get(key)) == Some(value))
+}
+
+/// A generated Secret value: 32 random alphanumerics (190 bits).
+fn generated_value() -> ByteString {
+    ByteString(
+        Alphanumeric
+            .sample_string(&mut rand::rng(), 32)
+            .into_bytes(),
+    )
 }
 
 impl Applier<'_> {

@@ -25,6 +25,7 @@ use crate::kinds::Child;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::kinds::manifest;
+use crate::session_rotation::SecretStep;
 
 /// A stage of the pipeline: how it holds one child object.
 pub trait Stage {
@@ -100,6 +101,9 @@ pub struct SecretTemplate {
     pub meta: ObjectMeta,
     /// Keys that get a fresh random value on creation.
     pub keys: Vec<&'static str>,
+    /// The session secret's rotation step this pass (the `<app>-app` Secret only; the values
+    /// of every other Secret never change).
+    pub rotation: Option<SecretStep>,
 }
 
 impl SecretTemplate {

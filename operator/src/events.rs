@@ -19,7 +19,8 @@ pub struct Note {
     pub warning: bool,
     /// CamelCase reason.
     pub reason: &'static str,
-    /// The stage that acted (`Validate`, `Apply`, `Observe`, `Failover`, `Switchover`).
+    /// The stage that acted (`Validate`, `Apply`, `Observe`, `Failover`, `Switchover`,
+    /// `SessionSecretRotation`).
     pub action: &'static str,
     /// What happened, naming the objects.
     pub text: String,
@@ -58,6 +59,7 @@ pub fn notes(outcome: &Outcome, previous: Option<&ScaledAppStatus>, written: boo
             changes,
             topology,
             redis,
+            session_rotation,
             ..
         } => {
             let mut notes: Vec<Note> = [
@@ -95,6 +97,14 @@ pub fn notes(outcome: &Outcome, previous: Option<&ScaledAppStatus>, written: boo
                     }),
                 );
             }
+            notes.extend(session_rotation.news.iter().map(|news| {
+                note(
+                    news.warning,
+                    news.reason,
+                    "SessionSecretRotation",
+                    news.note.clone(),
+                )
+            }));
             notes
         }
         _ => Vec::new(),

@@ -40,6 +40,16 @@ impl FakeApi {
         self.lock().get(&format!("{collection}/{name}")).cloned()
     }
 
+    /// Every object stored directly under `collection` (e.g. the Events published).
+    pub fn list(&self, collection: &str) -> Vec<Value> {
+        let prefix = format!("{collection}/");
+        self.lock()
+            .iter()
+            .filter(|(key, _)| key.starts_with(&prefix) && !key[prefix.len()..].contains('/'))
+            .map(|(_, object)| object.clone())
+            .collect()
+    }
+
     /// Removes an object, as a user's `kubectl delete` would.
     pub fn remove(&self, collection: &str, name: &str) {
         self.lock().remove(&format!("{collection}/{name}"));

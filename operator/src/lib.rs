@@ -2,8 +2,9 @@
 //!
 //! read (the ScaledApp) -> [`validate`] (spec -> `ValidatedApp`) -> observe (the only reads:
 //! the live children, [`postgres::observe`] for the Postgres pods and their instance managers)
-//! -> [`render`] (-> `Children<Rendered>`, every child typed) and [`postgres::decide`] (-> the
-//! `Topology`: each shard's primary, failovers, pod labels and replacements) -> [`apply`] (one
+//! -> [`render`] (-> `Children<Rendered>`, every child typed), [`postgres::decide`] (-> the
+//! `Topology`: each shard's primary, failovers, pod labels and replacements) and
+//! [`session_rotation::decide`] (the session secret's rotation step) -> [`apply`] (one
 //! applier, server-side apply in a fixed order, the pod changes, prune the rest ->
 //! `Children<Applied>`) -> [`status`] (computed from the outcome, one status patch when
 //! something changed) -> [`events`]. [`children`] is the one child set the stages hand on;
@@ -29,8 +30,10 @@ pub mod postgres;
 pub mod reconcile;
 pub mod redis;
 pub mod render;
+pub mod rotate;
 pub mod run;
 pub mod server;
+pub mod session_rotation;
 pub mod shards;
 pub mod status;
 pub mod status_view;

@@ -1,5 +1,6 @@
 //! `scaledapp-operator`: `run` the controller, print the `crd`, or `render` a ScaledApp's
-//! children without a cluster.
+//! children without a cluster; `status`, `switchover` and `rotate-session-secret` talk to a
+//! cluster's operator through the API.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -102,6 +103,19 @@ enum Command {
         namespace: Option<String>,
         /// Seconds to wait for the switchover to complete.
         #[arg(long, default_value_t = 120)]
+        wait: u64,
+    },
+    /// Rotate the app's session secret without signing anyone out: two rolls of the app pods,
+    /// the first making every pod accept a new value, the second making them sign with it (the
+    /// old one still accepted until the next rotation). Waits until both are done.
+    RotateSessionSecret {
+        /// ScaledApp name.
+        name: String,
+        /// Namespace (defaults to the kubeconfig context's).
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+        /// Seconds to wait for the rotation to complete (it goes on after that).
+        #[arg(long, default_value_t = 600)]
         wait: u64,
     },
     /// Print every child a ScaledApp would get, as a YAML stream, without a cluster.
@@ -268,6 +282,35 @@ async fn main() -> ExitCode {
                         .await
                     }
                 }
+                .map_err(|e| e.to_string())
+            }
+            .await;
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(message) => {
+                    eprintln!("error: {message}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::RotateSessionSecret {
+            name,
+            namespace,
+            wait,
+        } => {
+            let result = async {
+                let client = kube::Client::try_default().await.map_err(|e| {
+                    format!("failed to connect to the cluster (check KUBECONFIG): {e}")
+                })?;
+                let namespace = namespace.unwrap_or_else(|| client.default_namespace().to_string());
+                scaledapp_operator::rotate::request(
+                    client,
+                    &namespace,
+                    &name,
+                    std::time::Duration::from_secs(wait),
+                    &mut std::io::stdout(),
+                )
+                .await
                 .map_err(|e| e.to_string())
             }
             .await;

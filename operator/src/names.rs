@@ -24,6 +24,8 @@ pub const ROLE_LABEL: &str = "scaled.dev/role";
 /// Worker pool of a pod.
 pub const POOL_LABEL: &str = "scaled.dev/worker-pool";
 
+/// Component label of the app pods.
+pub const APP_COMPONENT: &str = "app";
 /// Component label of the Postgres pods.
 pub const POSTGRES_COMPONENT: &str = "postgres";
 /// Component label of the Redis pods.
@@ -45,10 +47,24 @@ pub const REDIS_PORT: i32 = 6379;
 
 /// Key of the Redis password in the generated Redis Secret.
 pub const REDIS_PASSWORD_KEY: &str = "password";
+/// Key of the session signing secret in the `<app>-app` Secret.
+pub const SESSION_SECRET_KEY: &str = "session-secret";
+/// Key of the session secret before the last rotation in the `<app>-app` Secret: absent until
+/// a first rotation, which writes it.
+pub const SESSION_SECRET_PREVIOUS_KEY: &str = "session-secret-previous";
+/// Annotation on the app pod template and on the `<app>-app` Secret naming the session-secret
+/// rotation step they are at (`<id>/accepting`, `<id>/signing`): a new step rolls the pods, and
+/// the Secret's tells the applier which step its values are at. Absent until a first rotation.
+pub const SESSION_SECRET_ROTATION_ANNOTATION: &str = "scaled.dev/session-secret-rotation";
 
 /// A child's name: `<app>-<component>`.
 pub fn child_name(app_name: &str, component: &str) -> String {
     format!("{app_name}-{component}")
+}
+
+/// The app Deployment (also its Service and PodDisruptionBudget).
+pub fn app_deployment_name(app_name: &str) -> String {
+    child_name(app_name, APP_COMPONENT)
 }
 
 /// Name of shard `index`'s StatefulSet (and headless Service); its pods are

@@ -27,10 +27,11 @@ use crate::crd::{ScaledApp, ScaledAppStatus};
 use crate::events;
 use crate::kinds::Inventory;
 use crate::metrics::Metrics;
-use crate::names::MANAGER;
+use crate::names::{MANAGER, app_deployment_name};
 use crate::postgres::{self, ObserveError, Topology};
 use crate::redis::{self, RedisObserveError};
 use crate::render::render;
+use crate::session_rotation::{self, Rollout};
 use crate::status::{self, Observed, Outcome, READY, RedisPass};
 use crate::validate::validate;
 
@@ -48,6 +49,10 @@ const PRIMARY_CHECK: Duration = Duration::from_secs(1);
 /// switchover, a clone in progress) is looked at again: its pod may stay Ready to the kubelet
 /// throughout (a fence and rewind take seconds), so no StatefulSet change would report it.
 const INSTANCE_CHECK: Duration = Duration::from_secs(5);
+/// How soon a ScaledApp whose session secret is being rotated (or has a rotation request
+/// waiting for one) is looked at again: a Deployment whose rollout completes is noticed by the
+/// child watch, but this bounds the wait if that event is missed or debounced away.
+const ROTATION_CHECK: Duration = Duration::from_secs(5);
 /// How often a Redis primary that answers, and has a replica to fail over to, is asked again: a
 /// redis-server that crashes restarts in place and a pod cut off the network changes no object,
 /// so no watch would report either. Each look is one pass (the lists and one `INFO` per Redis
@@ -90,6 +95,9 @@ impl ReconcileError {
             ReconcileError::Apply(ApplyError::Apply { .. }) => "apply",
             ReconcileError::Apply(ApplyError::Secret { .. }) => "secret",
             ReconcileError::Apply(ApplyError::SecretConflict { .. }) => "secret_conflict",
+            ReconcileError::Apply(ApplyError::SessionSecretOutOfStep { .. }) => {
+                "session_secret_out_of_step"
+            }
             ReconcileError::Apply(ApplyError::Prune { .. }) => "prune",
             ReconcileError::Apply(ApplyError::Label { .. } | ApplyError::Replace { .. }) => "pods",
             ReconcileError::Instances(_) => "instances",
@@ -167,13 +175,19 @@ async fn run(app: &ScaledApp, context: &Context) -> Result<Action, ReconcileErro
         Outcome::InstancesFailed(error) => Err(error.into()),
         Outcome::RedisFailed(error) => Err(error.into()),
         Outcome::Applied {
-            topology, redis, ..
+            topology,
+            redis,
+            session_rotation,
+            ..
         } => {
             let ready = status
                 .conditions
                 .iter()
                 .any(|condition| condition.type_ == READY && condition.status == "True");
-            let look = next_look(ready, &topology);
+            let mut look = next_look(ready, &topology);
+            if session_rotation.busy {
+                look = look.min(ROTATION_CHECK);
+            }
             Ok(Action::requeue(match redis.as_ref().map(|r| &r.decision) {
                 Some(redis) if redis.in_question => look.min(PRIMARY_CHECK),
                 Some(redis) if redis.watching => look.min(REDIS_WATCH),
@@ -215,15 +229,16 @@ async fn reconcile_children(
     namespace: &str,
     now: &Time,
 ) -> Outcome {
-    let validated = match validate(app, &context.defaults) {
+    let mut validated = match validate(app, &context.defaults) {
         Ok(validated) => validated,
         Err(invalid) => return Outcome::Invalid(invalid),
     };
+    let name = validated.name.clone();
     // Observe: the only reads.
     let applier = Applier::new(
         context.client.clone(),
         namespace,
-        &validated.name,
+        &name,
         &context.applied,
         &context.metrics,
     );
@@ -244,7 +259,20 @@ async fn reconcile_children(
         Ok(reads) => postgres::shards(&validated, reads, &shard_sets(&inventory, &validated)),
         Err(error) => return Outcome::InstancesFailed(error),
     };
-    // Render and decide: pure.
+    // Render and decide: pure. The rotation first, since the app's pod template and Secret
+    // carry its step.
+    let rotation_request = session_rotation::pending_rotation(app);
+    let rotation = session_rotation::decide(session_rotation::Inputs {
+        current: app
+            .status
+            .as_ref()
+            .and_then(|status| status.session_secret_rotation.as_ref()),
+        request: rotation_request.as_ref(),
+        rollout: &Rollout::of(inventory.deployments.get(&app_deployment_name(&name))),
+        paused: app.spec.paused,
+        now,
+    });
+    validated.session_secret = rotation.plan.clone();
     let rendered = render(&validated);
     let clocks = context
         .clocks
@@ -314,6 +342,7 @@ async fn reconcile_children(
         changes,
         topology,
         redis: redis_pass.map(Box::new),
+        session_rotation: Box::new(rotation),
     }
 }
 

@@ -19,6 +19,7 @@ use crate::crd::{
 use crate::names::POSTGRES_PORT;
 use crate::postgres::{ObserveError, ShardDecision, Topology};
 use crate::redis::{CommandError, RedisDecision, RedisObserveError};
+use crate::session_rotation::RotationDecision;
 use crate::shards::describe_slots;
 use crate::validate::{InvalidSpec, ValidatedApp};
 
@@ -59,6 +60,8 @@ pub enum Outcome {
         topology: Topology,
         /// What the Redis stage decided and did (none with an external Redis).
         redis: Option<Box<RedisPass>>,
+        /// What the session-secret rotation stage decided.
+        session_rotation: Box<RotationDecision>,
     },
 }
 
@@ -369,6 +372,7 @@ pub fn compute(
             children,
             topology,
             redis,
+            session_rotation,
             ..
         } => {
             let shards = &topology.shards;
@@ -387,6 +391,7 @@ pub fn compute(
                 status.last_switchover_request = topology.switchover_handled.clone();
             }
             status.redis_replication = redis.as_ref().map(|pass| pass.decision.status.clone());
+            status.session_secret_rotation = session_rotation.status.clone();
             status
         }
     }

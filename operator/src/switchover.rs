@@ -73,7 +73,7 @@ pub async fn request(
     let request = SwitchoverRequest {
         shard,
         to,
-        id: fresh_id(),
+        id: fresh_id("switchover"),
     };
     annotate(&apps, namespace, name, SWITCHOVER_ANNOTATION, &request).await?;
     let _ = writeln!(out, "requested {} (shard {shard})", request.id);
@@ -134,7 +134,10 @@ pub async fn request_redis(
     out: &mut impl std::io::Write,
 ) -> Result<(), SwitchoverError> {
     let apps: Api<ScaledApp> = Api::namespaced(client, namespace);
-    let request = RedisSwitchoverRequest { to, id: fresh_id() };
+    let request = RedisSwitchoverRequest {
+        to,
+        id: fresh_id("switchover"),
+    };
     annotate(
         &apps,
         namespace,
@@ -191,10 +194,10 @@ pub async fn request_redis(
     Err(SwitchoverError::Timeout(wait))
 }
 
-/// A request id nobody used before.
-fn fresh_id() -> String {
+/// A request id nobody used before: `<kind>-` and ten random characters.
+pub(crate) fn fresh_id(kind: &str) -> String {
     format!(
-        "switchover-{}",
+        "{kind}-{}",
         Alphanumeric
             .sample_string(&mut rand::rng(), 10)
             .to_lowercase()

@@ -123,5 +123,6 @@ pub fn applied(app: &ValidatedApp, children: Observed) -> Outcome {
             ..Topology::default()
         },
         redis: None,
+        session_rotation: Default::default(),
     }
 }

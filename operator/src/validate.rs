@@ -8,6 +8,7 @@ use kube::ResourceExt;
 use scaled_contract::{ShardMap, ShardMapError};
 
 use crate::crd::{MAX_NAME_LENGTH, ScaledApp, ScaledAppSpec};
+use crate::session_rotation::SessionSecretPlan;
 use crate::shards;
 
 /// Most connections one Postgres primary is allowed to be asked for. Beyond this a primary
@@ -87,6 +88,10 @@ pub struct ValidatedApp {
     pub app_image: String,
     /// Namespace of the operator's pods (from [`Defaults`]).
     pub operator_namespace: String,
+    /// The session-secret rotation's marker for the app pod template and step for the app
+    /// Secret: what status records; the reconcile driver replaces it with what the rotation
+    /// stage decided this pass.
+    pub session_secret: SessionSecretPlan,
 }
 
 /// UID of the `postgres` user in the official images: 70 in the Alpine variants, 999 in the
@@ -260,6 +265,11 @@ pub fn validate(app: &ScaledApp, defaults: &Defaults) -> Result<ValidatedApp, In
             .image
             .clone()
             .unwrap_or_else(|| defaults.app_image.clone()),
+        session_secret: SessionSecretPlan::of(
+            app.status
+                .as_ref()
+                .and_then(|status| status.session_secret_rotation.as_ref()),
+        ),
     })
 }
 

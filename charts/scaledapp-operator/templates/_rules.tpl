@@ -67,8 +67,11 @@ granted cluster-wide by a ClusterRole, or, with watchNamespaces, by a Role in ea
 # Generated credentials (Postgres and Redis passwords): read by name (get) to see whether a
 # Secret exists, created once with random values (create), then only their labels and owner
 # references are kept up to date (patch, server-side apply of metadata). Values are never
-# overwritten. The metrics APIs get a ScaledApp's Redis password (<name>-redis, or the Secret its
-# externalRedis names) by name to read queue backlogs. No list/watch: the operator never needs
+# overwritten, but for a rotation of the session secret (requested with `scaledapp-operator
+# rotate-session-secret`), which reads <name>-app by name (get) and writes its two keys
+# session-secret and session-secret-previous (patch, server-side apply). The metrics APIs get
+# a ScaledApp's Redis password (<name>-redis, or the Secret its externalRedis names) by name to
+# read queue backlogs. No list/watch: the operator never needs
 # to read Secrets it was not told about. It cannot be narrower with a ClusterRole: resourceNames
 # take exact names, not patterns, and these names come from ScaledApp names users choose. To keep
 # the operator away from the Secrets of namespaces it does not serve, set watchNamespaces.

@@ -3,6 +3,7 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, MicroTime, Time};
 use kube::KubeSchema;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// Observed state, written only by the operator.
@@ -49,6 +50,66 @@ pub struct ScaledAppStatus {
     /// Endpoints the app is configured with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoints: Option<Endpoints>,
+    /// Rotations of the app's session secret (`scaledapp-operator rotate-session-secret`): the
+    /// one in progress, the last one completed, and the last request acted on. Absent until the
+    /// first request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_secret_rotation: Option<SessionSecretRotationStatus>,
+}
+
+/// Rotations of the session secret (key `session-secret` of the `<name>-app` Secret). Each takes
+/// two rolls of the app pods, so that no pod ever refuses a token another pod signed: first
+/// every pod also accepts a new value while still signing with the old one (`Accepting`), then
+/// every pod signs with the new value and still accepts the old one (`Signing`). The values
+/// themselves are only ever in the Secret.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionSecretRotationStatus {
+    /// Id of the last rotation request (annotation `scaled.dev/rotate-session-secret`) acted on,
+    /// started or refused, so each request is acted on once. A request that arrives while a
+    /// rotation is in progress waits for it to complete.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_request: Option<String>,
+    /// The rotation in progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_progress: Option<SessionSecretRotation>,
+    /// The last completed rotation. Its id stays on the app pod template (annotation
+    /// `scaled.dev/session-secret-rotation`), so the pods are not rolled again once it is done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_completed: Option<SessionSecretRotation>,
+}
+
+/// One rotation of the session secret.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionSecretRotation {
+    /// The request's id.
+    pub id: String,
+    /// Where it is: `Accepting` (`session-secret-previous` holds the new value; the app pods
+    /// roll to accept it), `Signing` (the two values swapped; the app pods roll to sign with the
+    /// new one), `Completed` (both rolls done).
+    pub phase: SessionSecretRotationPhase,
+    /// When the operator acted on the request (the start of `Accepting`).
+    pub started_at: Time,
+    /// When the app Deployment had rolled out the `Signing` step (completed rotations only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<Time>,
+}
+
+/// The phases of a session-secret rotation.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionSecretRotationPhase {
+    /// `session-secret-previous` holds a new value, `session-secret` is unchanged: the app pods
+    /// roll, each signing with the current value and accepting the new one. Left once the app
+    /// Deployment has rolled out completely (no pod of an older template left).
+    Accepting,
+    /// The two values are swapped: the app pods roll again, each signing with the new value and
+    /// accepting the old one (which pods still in `Accepting` sign with). Left, completed, once
+    /// the app Deployment has rolled out completely again.
+    Signing,
+    /// Both rolls are done: every app pod signs with the new value and accepts the old one until
+    /// the next rotation replaces it.
+    Completed,
 }
 
 /// Readiness of one Deployment or StatefulSet.

@@ -16,24 +16,25 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use scaled_contract::{
     CONFIG_DIR, CONFIG_PATH, ENV_CONFIG_PATH, ENV_DATABASE_PASSWORD, ENV_POD_NAME,
-    ENV_REDIS_PASSWORD, ENV_SESSION_SECRET,
+    ENV_REDIS_PASSWORD, ENV_SESSION_SECRET, ENV_SESSION_SECRET_PREVIOUS,
 };
 
 use super::config::config_hash;
 use super::secrets::{
-    POSTGRES_APP_KEY, REDIS_PASSWORD_KEY, SESSION_SECRET_KEY, app_secret, postgres_secret,
-    redis_secret,
+    POSTGRES_APP_KEY, REDIS_PASSWORD_KEY, SESSION_SECRET_KEY, SESSION_SECRET_PREVIOUS_KEY,
+    app_secret, postgres_secret, redis_secret,
 };
 use super::{
-    APP_UID, autoscaling, child_name, field_env, image_pull_secrets, object_meta, plain_env,
-    resources, restricted_container, restricted_pod, secret_env, selector_labels,
+    APP_UID, autoscaling, child_name, field_env, image_pull_secrets, object_meta,
+    optional_secret_env, plain_env, resources, restricted_container, restricted_pod, secret_env,
+    selector_labels,
 };
 use crate::children::{AppObjects, Rendered};
-use crate::names::CONFIG_HASH_ANNOTATION;
+use crate::names::{CONFIG_HASH_ANNOTATION, SESSION_SECRET_ROTATION_ANNOTATION};
 use crate::validate::ValidatedApp;
 
 /// Component label of app pods.
-pub const COMPONENT: &str = "app";
+pub const COMPONENT: &str = crate::names::APP_COMPONENT;
 
 /// The app's objects.
 pub fn objects(app: &ValidatedApp) -> AppObjects<Rendered> {
@@ -64,7 +65,7 @@ fn deployment(app: &ValidatedApp) -> Deployment {
                 ..ContainerPort::default()
             },
         ]),
-        env: Some(env(app)),
+        env: Some(app_env(app)),
         resources: Some(resources(&spec.resources)),
         readiness_probe: Some(http_probe("/ready", 5, 3)),
         liveness_probe: Some(http_probe("/health", 10, 6)),
@@ -82,6 +83,16 @@ fn deployment(app: &ValidatedApp) -> Deployment {
         liveness_probe: None,
         ..container.clone()
     };
+    let mut template = pod_template(app, selector.clone(), vec![migrate], container);
+    // A new rotation step rolls the app pods, so they read the Secret's new values.
+    if let Some(marker) = &app.session_secret.template {
+        template
+            .metadata
+            .get_or_insert_default()
+            .annotations
+            .get_or_insert_default()
+            .insert(SESSION_SECRET_ROTATION_ANNOTATION.into(), marker.clone());
+    }
     Deployment {
         metadata: object_meta(app, child_name(app, COMPONENT), COMPONENT),
         spec: Some(DeploymentSpec {
@@ -98,7 +109,7 @@ fn deployment(app: &ValidatedApp) -> Deployment {
                     max_surge: Some(IntOrString::String("25%".into())),
                 }),
             }),
-            template: pod_template(app, selector, vec![migrate], container),
+            template,
             ..DeploymentSpec::default()
         }),
         status: None,
@@ -216,6 +227,29 @@ pub fn env(app: &ValidatedApp) -> Vec<EnvVar> {
     env
 }
 
+/// Environment of the app containers: [`env`], and, once a session-secret rotation has
+/// started, the secret before the last rotation (optional: absent until phase 1 writes it).
+/// Only from then on, so a ScaledApp never rotated keeps its pod template byte for byte: a new
+/// variable for every ScaledApp would roll every app pod on an operator upgrade.
+fn app_env(app: &ValidatedApp) -> Vec<EnvVar> {
+    let mut env = env(app);
+    if app.session_secret.template.is_some() {
+        let after_secret = env
+            .iter()
+            .position(|variable| variable.name == ENV_SESSION_SECRET)
+            .map_or(env.len(), |at| at + 1);
+        env.insert(
+            after_secret,
+            optional_secret_env(
+                ENV_SESSION_SECRET_PREVIOUS,
+                app_secret(app),
+                SESSION_SECRET_PREVIOUS_KEY,
+            ),
+        );
+    }
+    env
+}
+
 fn http_probe(path: &str, period_seconds: i32, failure_threshold: i32) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
@@ -307,6 +341,106 @@ mod tests {
             Some(app.spec.app.replicas.min)
         );
         assert!(objects(&app).autoscaler.is_none());
+    }
+
+    fn template(deployment: &Deployment) -> serde_json::Value {
+        serde_json::to_value(&deployment.spec.as_ref().expect("spec").template).expect("json")
+    }
+
+    #[test]
+    fn a_scaledapp_never_rotated_renders_no_rotation_marker_and_no_previous_secret() {
+        let app = validated_example("shop");
+        assert_eq!(app.session_secret, Default::default());
+        let pod = template(&deployment(&app));
+        let annotations = pod["metadata"]["annotations"]
+            .as_object()
+            .expect("annotations");
+        assert!(
+            annotations.keys().all(|key| key == CONFIG_HASH_ANNOTATION
+                || app.spec.app.pod_annotations.contains_key(key)),
+            "{annotations:?}"
+        );
+        let names: Vec<&str> = pod["spec"]["containers"][0]["env"]
+            .as_array()
+            .expect("env")
+            .iter()
+            .map(|variable| variable["name"].as_str().expect("named"))
+            .collect();
+        assert_eq!(
+            names[..5],
+            [
+                ENV_CONFIG_PATH,
+                ENV_POD_NAME,
+                ENV_DATABASE_PASSWORD,
+                ENV_SESSION_SECRET,
+                ENV_REDIS_PASSWORD
+            ],
+            "the environment of before rotations existed"
+        );
+        assert!(!names.contains(&ENV_SESSION_SECRET_PREVIOUS), "{names:?}");
+    }
+
+    #[test]
+    fn a_rotation_step_changes_only_the_marker_and_the_optional_previous_secret() {
+        use crate::session_rotation::{SecretStep, SessionSecretPlan};
+        let never = validated_example("shop");
+        let step = |marker: &str| {
+            let mut app = never.clone();
+            app.session_secret = SessionSecretPlan {
+                template: Some(marker.into()),
+                secret: SecretStep::Accept("r1".into()),
+            };
+            template(&deployment(&app))
+        };
+        let accepting = step("r1/accepting");
+        let signing = step("r1/signing");
+        let marker = |pod: &serde_json::Value| {
+            pod["metadata"]["annotations"][SESSION_SECRET_ROTATION_ANNOTATION].clone()
+        };
+        assert_eq!(marker(&accepting), "r1/accepting");
+        assert_eq!(marker(&signing), "r1/signing");
+        assert_ne!(accepting, signing, "each step rolls the pods");
+        for container in ["containers", "initContainers"] {
+            let env = accepting["spec"][container][0]["env"]
+                .as_array()
+                .expect("env");
+            let at = env
+                .iter()
+                .position(|variable| variable["name"] == ENV_SESSION_SECRET)
+                .expect("the session secret");
+            assert_eq!(
+                env[at + 1],
+                serde_json::json!({"name": ENV_SESSION_SECRET_PREVIOUS, "valueFrom": {"secretKeyRef": {
+                    "name": "shop-app", "key": "session-secret-previous", "optional": true}}}),
+                "{container}"
+            );
+        }
+        // Take both away again and the template is the one of a ScaledApp never rotated.
+        let mut stripped = accepting.clone();
+        stripped["metadata"]["annotations"]
+            .as_object_mut()
+            .expect("annotations")
+            .remove(SESSION_SECRET_ROTATION_ANNOTATION);
+        for container in ["containers", "initContainers"] {
+            stripped["spec"][container][0]["env"]
+                .as_array_mut()
+                .expect("env")
+                .retain(|variable| variable["name"] != ENV_SESSION_SECRET_PREVIOUS);
+        }
+        assert_eq!(stripped, template(&deployment(&never)));
+    }
+
+    #[test]
+    fn worker_pods_are_not_rolled_by_a_rotation() {
+        use crate::session_rotation::{SecretStep, SessionSecretPlan};
+        let never = validated_example("shop");
+        let mut rotating = never.clone();
+        rotating.session_secret = SessionSecretPlan {
+            template: Some("r1/accepting".into()),
+            secret: SecretStep::Accept("r1".into()),
+        };
+        let workers = |app: &ValidatedApp| crate::render::render(app).workers;
+        assert_eq!(workers(&rotating), workers(&never));
     }
 
     #[test]

@@ -195,6 +195,23 @@ pub fn secret_env(name: &str, secret: String, key: &str) -> EnvVar {
     }
 }
 
+/// An environment variable from a key of a Secret that may lack it (or not exist): then the
+/// variable is unset and the pod starts all the same.
+pub fn optional_secret_env(name: &str, secret: String, key: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret,
+                key: key.into(),
+                optional: Some(true),
+            }),
+            ..EnvVarSource::default()
+        }),
+    }
+}
+
 /// An environment variable from a field of the pod itself (downward API).
 pub fn field_env(name: &str, field_path: &str) -> EnvVar {
     EnvVar {
