@@ -772,3 +772,99 @@ fn audit_writes(namespace: &str) -> AuditCounts {
         events: events.len(),
     }
 }
+
+#[tokio::test]
+async fn rotating_the_session_secret_stages_the_new_value_then_swaps_it_after_each_rollout() {
+    use scaledapp_operator::names::{
+        SESSION_SECRET_PREVIOUS_KEY, SESSION_SECRET_ROTATION_ANNOTATION,
+    };
+    let namespace = ready_shop("rotate").await;
+    let secrets = namespace.api::<Secret>();
+    let value = |secret: &Secret, key: &str| {
+        secret
+            .data
+            .as_ref()
+            .and_then(|data| data.get(key))
+            .map(|bytes| bytes.0.clone())
+    };
+    let before = secrets.get("shop-app").await.expect("app secret");
+    let old = value(&before, "session-secret").expect("a session secret");
+    assert_eq!(value(&before, SESSION_SECRET_PREVIOUS_KEY), None);
+
+    let mut out = Vec::new();
+    scaledapp_operator::rotate::request(
+        client().await,
+        &namespace.name,
+        "shop",
+        Duration::from_secs(240),
+        &mut out,
+    )
+    .await
+    .unwrap_or_else(|error| {
+        panic!(
+            "rotation: {error}; it printed: {}",
+            String::from_utf8_lossy(&out)
+        )
+    });
+
+    let after = secrets.get("shop-app").await.expect("app secret");
+    let new = value(&after, "session-secret").expect("a session secret");
+    assert_ne!(new, old, "the signing secret is new");
+    assert_eq!(
+        value(&after, SESSION_SECRET_PREVIOUS_KEY).as_ref(),
+        Some(&old),
+        "the old secret is still accepted"
+    );
+    let deployment = namespace
+        .api::<Deployment>()
+        .get("shop-app")
+        .await
+        .expect("app deployment");
+    let template = deployment.spec.expect("spec").template;
+    let marker = template
+        .metadata
+        .as_ref()
+        .and_then(|meta| meta.annotations.as_ref())
+        .and_then(|annotations| annotations.get(SESSION_SECRET_ROTATION_ANNOTATION))
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        marker.ends_with("/signing"),
+        "pod template marker {marker:?}"
+    );
+    let env = template.spec.expect("pod spec").containers[0]
+        .env
+        .clone()
+        .unwrap_or_default();
+    let previous = env
+        .iter()
+        .find(|var| var.name == "SCALED_SESSION_SECRET_PREVIOUS")
+        .expect("the previous secret reaches the app");
+    let reference = previous
+        .value_from
+        .as_ref()
+        .and_then(|from| from.secret_key_ref.as_ref())
+        .expect("from the Secret");
+    assert_eq!(reference.key, SESSION_SECRET_PREVIOUS_KEY);
+    assert_eq!(reference.optional, Some(true));
+    let app = namespace.apps().get("shop").await.expect("scaledapp");
+    let status = serde_json::to_string(&app.status).expect("status");
+    for secret in [&old, &new] {
+        let text = String::from_utf8_lossy(secret);
+        assert!(
+            !status.contains(text.as_ref()),
+            "a secret value is in status"
+        );
+    }
+    let rotation = app
+        .status
+        .and_then(|status| status.session_secret_rotation)
+        .expect("rotation status");
+    assert!(rotation.in_progress.is_none());
+    assert!(
+        rotation
+            .last_completed
+            .is_some_and(|done| done.completed_at.is_some())
+    );
+    namespace.delete().await;
+}
