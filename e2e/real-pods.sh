@@ -15,8 +15,7 @@
 #    them with `--ignored`.
 #
 # Needs KUBECONFIG, SCALEDAPP_KUBECTL and SCALEDAPP_HELM (up.sh's exports). E2E_REAL_TESTS
-# (default "real_pods failover_real autoscaling"; redis_failover runs only when named: it fails
-# today, see its header) picks the test binaries.
+# (default "real_pods failover_real redis_failover autoscaling") picks the test binaries.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "${ROOT}"
@@ -51,7 +50,7 @@ export SCALEDAPP_REAL_PODS=1
 export SCALEDAPP_OPERATOR_NAMESPACE="${NAMESPACE}"
 export SCALEDAPP_APP_IMAGE="${SCALEDAPP_APP_IMAGE:-${PREFIX}/scaled-app:${VERSION}}"
 status=0
-for test in ${E2E_REAL_TESTS-real_pods failover_real autoscaling}; do
+for test in ${E2E_REAL_TESTS-real_pods failover_real redis_failover autoscaling}; do
   log "running ${test}"
   started=${SECONDS}
   if ! cargo test -q -p scaled-e2e --test "${test}" -- --ignored --test-threads=1 --nocapture; then

@@ -4,11 +4,15 @@
 //! e-mail, and measure how long orders (and reads) failed around a fault.
 //!
 //! Each client signs up and signs in once, on the first try (a ScaledApp that reports Ready must
-//! serve that), then alternates an order (`POST /api/orders`) and a read of its own account
-//! (`GET /api/me`) until stopped.
+//! serve that), then places an order (`POST /api/orders`) and reads its own account
+//! (`GET /api/me`) every [`PACE`] until stopped. The pace keeps each user under the app's order
+//! limit (120 a minute per user): a client ordering as fast as it can spends the minute's budget
+//! in a few seconds and is refused (429) for the rest of the minute, which a fault's outage
+//! would be measured in.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
@@ -109,10 +113,20 @@ impl LoadRecord {
     }
 }
 
+/// How often each client orders (and reads): 100 orders a minute, under the app's limit of 120
+/// a minute per user.
+pub const PACE: Duration = Duration::from_millis(600);
+
+/// Failed attempts by kind and status: how many, and the first one's answer.
+type Failures = BTreeMap<String, (usize, String)>;
+
 /// A running load.
 pub struct OrderLoad {
     stop: Arc<AtomicBool>,
     acknowledged: Arc<AtomicUsize>,
+    /// Failures of every client so far: per kind and status, how many and the first one's
+    /// answer, for a timeout's message.
+    recent_failures: Arc<Mutex<Failures>>,
     clients: Vec<tokio::task::JoinHandle<LoadRecord>>,
 }
 
@@ -128,6 +142,7 @@ impl OrderLoad {
             .build()?;
         let stop = Arc::new(AtomicBool::new(false));
         let acknowledged = Arc::new(AtomicUsize::new(0));
+        let recent_failures = Arc::new(Mutex::new(Failures::default()));
         let mut handles = Vec::new();
         for client in 0..clients {
             let email = format!("load-{tag}-{client}@example.test");
@@ -136,13 +151,15 @@ impl OrderLoad {
                 .with_context(|| format!("client {client} ({email}) right after Ready"))?;
             let (http, base) = (http.clone(), base.to_string());
             let (stop, acknowledged) = (stop.clone(), acknowledged.clone());
+            let recent = recent_failures.clone();
             handles.push(tokio::spawn(async move {
-                run_client(&http, &base, &cookie, &stop, &acknowledged).await
+                run_client(&http, &base, &cookie, &stop, &acknowledged, &recent).await
             }));
         }
         Ok(OrderLoad {
             stop,
             acknowledged,
+            recent_failures,
             clients: handles,
         })
     }
@@ -162,8 +179,10 @@ impl OrderLoad {
         let deadline = Instant::now() + timeout;
         while self.acknowledged() < since + more {
             if Instant::now() > deadline {
+                let failures = self.recent_failures.lock().expect("failures lock").clone();
                 bail!(
-                    "only {} of {more} orders acknowledged within {timeout:?}",
+                    "only {} of {more} orders acknowledged within {timeout:?}; failures so far \
+                     (kind and status: count, first answer): {failures:?}",
                     self.acknowledged() - since
                 );
             }
@@ -232,10 +251,19 @@ async fn run_client(
     cookie: &str,
     stop: &AtomicBool,
     acknowledged: &AtomicUsize,
+    failures: &Mutex<Failures>,
 ) -> LoadRecord {
+    let note = |what: String, answer: String| {
+        let mut failures = failures.lock().expect("failures lock");
+        let entry = failures.entry(what).or_insert((0, answer));
+        entry.0 += 1;
+    };
     let mut record = LoadRecord::default();
     let order = json!({"items": [{"sku": "book", "quantity": 1}], "total": 12.5});
+    let mut pace = tokio::time::interval(PACE);
+    pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     while !stop.load(Ordering::Relaxed) {
+        pace.tick().await;
         for kind in [Kind::Order, Kind::Read] {
             let sent = Instant::now();
             let request = match kind {
@@ -259,6 +287,12 @@ async fn run_client(
                             None => panic!("an acknowledged order without an id: {body}"),
                         }
                     }
+                    if !status.is_success() {
+                        note(
+                            format!("{kind:?} {status}"),
+                            body.chars().take(200).collect(),
+                        );
+                    }
                     if !status.is_success() && record.sample_failures.len() < 3 {
                         record
                             .sample_failures
@@ -267,6 +301,7 @@ async fn run_client(
                     (status.is_success(), status.as_u16())
                 }
                 Err(error) => {
+                    note(format!("{kind:?} error"), error.to_string());
                     if record.sample_failures.len() < 3 {
                         record.sample_failures.push(format!("{kind:?}: {error}"));
                     }

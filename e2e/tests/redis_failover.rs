@@ -8,9 +8,8 @@
 //! The load signs its users up and in right after the ScaledApp reports Ready, each on the first
 //! try: Ready means a signed-in write works.
 //!
-//! **Fails today** (first run 2026-12-07 23:36): the operator promoted the replica after the
-//! force-delete, but no order was acknowledged in the 30 s after it; the cause is not found yet,
-//! so `e2e/real-pods.sh` runs it only when named (`E2E_REAL_TESTS=redis_failover`).
+//! First, before the faults, a switchover on request (`scaledapp-operator switchover --redis`)
+//! moves the primary the planned way, with the same bound on the outage.
 //!
 //! Run by `e2e/real-pods.sh` (it fails without `SCALEDAPP_REAL_PODS=1`). The SIGKILL and the
 //! network cut are done from the host's side of the pod (its process and its network
@@ -177,6 +176,39 @@ async fn orders_go_on_through_every_redis_fault_and_none_is_lost() {
         .expect("orders before the faults");
     let mut primary = converged(&namespace, None, Duration::from_secs(60)).await;
     let mut faults = Vec::new();
+
+    // 0. A switchover on request: the primary pauses writes until the replica has them all.
+    let at = Instant::now();
+    let mut out = Vec::new();
+    scaledapp_operator::switchover::request_redis(
+        client.clone(),
+        &namespace.name,
+        APP,
+        None,
+        Duration::from_secs(60),
+        &mut out,
+    )
+    .await
+    .unwrap_or_else(|error| {
+        panic!(
+            "Redis switchover: {error}; it printed: {}",
+            String::from_utf8_lossy(&out)
+        )
+    });
+    let failover_after = at.elapsed();
+    eprint!("{}", String::from_utf8_lossy(&out));
+    let old = primary.clone();
+    primary = converged(&namespace, Some(&old), Duration::from_secs(60)).await;
+    let acknowledged = load.acknowledged();
+    load.wait_for_orders(acknowledged, 100, Duration::from_secs(30))
+        .await
+        .expect("orders after the switchover");
+    faults.push(Fault {
+        name: "switchover on request",
+        at,
+        settled: Instant::now(),
+        failover_after,
+    });
 
     // 1. The primary pod is force-deleted.
     let at = Instant::now();
