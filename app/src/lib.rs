@@ -10,6 +10,7 @@ pub mod cache;
 pub mod config;
 pub mod db;
 pub mod http;
+pub mod log_throttle;
 pub mod metrics;
 pub mod password_tokens;
 pub mod passwords;

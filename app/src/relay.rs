@@ -34,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     cache::UserCache,
     db::{Cluster, DbError, Shard, outbox, users},
+    log_throttle::Throttle,
     metrics::Metrics,
     queue::{PAYLOAD_FIELD, dead_letter_stream},
     redis_client::{RedisCallError, RedisClient},
@@ -311,7 +312,10 @@ impl Relay {
                 Err(error) if refused_for_good(&error) => refused.push((row, error)),
                 Err(error) => {
                     sent.not_primary |= self.redis.reconnect_if_not_primary(&error);
-                    tracing::warn!(%error, stream = row.stream, "Redis refused an outbox row for now; keeping it");
+                    static REFUSED: Throttle = Throttle::new(Duration::from_secs(5));
+                    if let Some(left_out) = REFUSED.admit() {
+                        tracing::warn!(%error, stream = row.stream, left_out, "Redis refused an outbox row for now; keeping it");
+                    }
                     sent.kept += 1;
                 }
             }

@@ -46,6 +46,7 @@ use scaled_contract::{FailureMode, RateLimitSettings};
 use sha2::{Digest, Sha256};
 
 use self::local::LocalWindows;
+use crate::log_throttle::Throttle;
 use crate::{
     config::{AttemptPolicy, RequestLimits, RoutePolicy},
     metrics::Metrics,
@@ -275,7 +276,10 @@ impl RateLimiter {
                 ("local", self.decision(limit, taken))
             }
         };
-        tracing::warn!(%error, mode, "rate limiter without Redis; applying the failure mode");
+        static WITHOUT_REDIS: Throttle = Throttle::new(Duration::from_secs(5));
+        if let Some(left_out) = WITHOUT_REDIS.admit() {
+            tracing::warn!(%error, mode, left_out, "rate limiter without Redis; applying the failure mode");
+        }
         self.metrics
             .rate_limit_degraded
             .with_label_values(&[mode])
