@@ -9,38 +9,18 @@
 
 use std::time::{Duration, Instant};
 
-use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
 
+use crate::annotation_request::{RequestError, annotate, fresh_id, read};
 use crate::crd::{ScaledApp, SessionSecretRotationPhase, SessionSecretRotationStatus};
 use crate::session_rotation::{ROTATE_SESSION_SECRET_ANNOTATION, SessionSecretRotationRequest};
-use crate::switchover::fresh_id;
 
 /// Why a rotation request failed or did not finish.
 #[derive(Debug, thiserror::Error)]
 pub enum RotateError {
-    /// Writing the request failed.
-    #[error("failed to annotate ScaledApp {namespace}/{name}: {source}")]
-    Request {
-        /// Namespace.
-        namespace: String,
-        /// ScaledApp.
-        name: String,
-        /// Cause.
-        #[source]
-        source: kube::Error,
-    },
-    /// Reading the ScaledApp failed.
-    #[error("failed to read ScaledApp {namespace}/{name}: {source}")]
-    Read {
-        /// Namespace.
-        namespace: String,
-        /// ScaledApp.
-        name: String,
-        /// Cause.
-        #[source]
-        source: kube::Error,
-    },
+    /// Writing the request or reading the ScaledApp failed.
+    #[error(transparent)]
+    Api(#[from] RequestError),
     /// The operator refused the request.
     #[error("the operator refused the rotation (see `kubectl describe scaledapp {name}` for why)")]
     Refused {
@@ -102,26 +82,19 @@ pub async fn request(
     let request = SessionSecretRotationRequest {
         id: fresh_id("rotate"),
     };
-    let value = serde_json::to_string(&request).expect("a request serialises");
-    let patch = serde_json::json!({
-        "metadata": {"annotations": {ROTATE_SESSION_SECRET_ANNOTATION: value}}
-    });
-    apps.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .map_err(|source| RotateError::Request {
-            namespace: namespace.to_string(),
-            name: name.to_string(),
-            source,
-        })?;
+    annotate(
+        &apps,
+        namespace,
+        name,
+        ROTATE_SESSION_SECRET_ANNOTATION,
+        &request,
+    )
+    .await?;
     let _ = writeln!(out, "requested {}", request.id);
     let started = Instant::now();
     let mut last_line = String::new();
     while started.elapsed() < wait {
-        let app = apps.get(name).await.map_err(|source| RotateError::Read {
-            namespace: namespace.to_string(),
-            name: name.to_string(),
-            source,
-        })?;
+        let app = read(&apps, namespace, name).await?;
         let status = app
             .status
             .as_ref()

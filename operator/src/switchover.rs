@@ -9,10 +9,9 @@
 
 use std::time::{Duration, Instant};
 
-use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
-use rand::distr::{Alphanumeric, SampleString};
 
+use crate::annotation_request::{RequestError, annotate, fresh_id, read};
 use crate::crd::SWITCHOVER;
 use crate::crd::ScaledApp;
 use crate::postgres::{SWITCHOVER_ANNOTATION, SwitchoverRequest};
@@ -21,28 +20,9 @@ use crate::redis::{REDIS_SWITCHOVER_ANNOTATION, RedisSwitchoverRequest};
 /// Why a switchover request failed or did not finish.
 #[derive(Debug, thiserror::Error)]
 pub enum SwitchoverError {
-    /// Writing the request failed.
-    #[error("failed to annotate ScaledApp {namespace}/{name}: {source}")]
-    Request {
-        /// Namespace.
-        namespace: String,
-        /// ScaledApp.
-        name: String,
-        /// Cause.
-        #[source]
-        source: kube::Error,
-    },
-    /// Reading the ScaledApp failed.
-    #[error("failed to read ScaledApp {namespace}/{name}: {source}")]
-    Read {
-        /// Namespace.
-        namespace: String,
-        /// ScaledApp.
-        name: String,
-        /// Cause.
-        #[source]
-        source: kube::Error,
-    },
+    /// Writing the request or reading the ScaledApp failed.
+    #[error(transparent)]
+    Api(#[from] RequestError),
     /// The operator refused the request.
     #[error(
         "the operator refused the switchover (see `kubectl describe scaledapp {name}` for why)"
@@ -80,7 +60,10 @@ pub async fn request(
     let started = Instant::now();
     let mut last_line = String::new();
     while started.elapsed() < wait {
-        let status = read_status(&apps, namespace, name).await?;
+        let status = read(&apps, namespace, name)
+            .await?
+            .status
+            .unwrap_or_default();
         let shard_status = status.shards.iter().find(|s| s.index == shard as i32);
         let acted_on = status.last_switchover_request.as_deref() == Some(request.id.as_str());
         let ours = |reason: &str| reason.contains(&request.id);
@@ -150,7 +133,10 @@ pub async fn request_redis(
     let started = Instant::now();
     let mut last_line = String::new();
     while started.elapsed() < wait {
-        let status = read_status(&apps, namespace, name).await?;
+        let status = read(&apps, namespace, name)
+            .await?
+            .status
+            .unwrap_or_default();
         let redis = status.redis_replication.unwrap_or_default();
         let ours = |reason: &str| reason.contains(&request.id);
         if let Some(done) = redis
@@ -192,51 +178,4 @@ pub async fn request_redis(
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     Err(SwitchoverError::Timeout(wait))
-}
-
-/// A request id nobody used before: `<kind>-` and ten random characters.
-pub(crate) fn fresh_id(kind: &str) -> String {
-    format!(
-        "{kind}-{}",
-        Alphanumeric
-            .sample_string(&mut rand::rng(), 10)
-            .to_lowercase()
-    )
-}
-
-/// Writes `request` into `annotation` on the ScaledApp.
-async fn annotate(
-    apps: &Api<ScaledApp>,
-    namespace: &str,
-    name: &str,
-    annotation: &str,
-    request: &impl serde::Serialize,
-) -> Result<(), SwitchoverError> {
-    let value = serde_json::to_string(request).expect("a request serialises");
-    let patch = serde_json::json!({"metadata": {"annotations": {annotation: value}}});
-    apps.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .map_err(|source| SwitchoverError::Request {
-            namespace: namespace.to_string(),
-            name: name.to_string(),
-            source,
-        })?;
-    Ok(())
-}
-
-/// The ScaledApp's status as the API holds it now.
-async fn read_status(
-    apps: &Api<ScaledApp>,
-    namespace: &str,
-    name: &str,
-) -> Result<crate::crd::ScaledAppStatus, SwitchoverError> {
-    let app = apps
-        .get(name)
-        .await
-        .map_err(|source| SwitchoverError::Read {
-            namespace: namespace.to_string(),
-            name: name.to_string(),
-            source,
-        })?;
-    Ok(app.status.unwrap_or_default())
 }
