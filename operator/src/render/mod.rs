@@ -198,18 +198,15 @@ pub fn secret_env(name: &str, secret: String, key: &str) -> EnvVar {
 /// An environment variable from a key of a Secret that may lack it (or not exist): then the
 /// variable is unset and the pod starts all the same.
 pub fn optional_secret_env(name: &str, secret: String, key: &str) -> EnvVar {
-    EnvVar {
-        name: name.into(),
-        value: None,
-        value_from: Some(EnvVarSource {
-            secret_key_ref: Some(SecretKeySelector {
-                name: secret,
-                key: key.into(),
-                optional: Some(true),
-            }),
-            ..EnvVarSource::default()
-        }),
+    let mut var = secret_env(name, secret, key);
+    if let Some(reference) = var
+        .value_from
+        .as_mut()
+        .and_then(|from| from.secret_key_ref.as_mut())
+    {
+        reference.optional = Some(true);
     }
+    var
 }
 
 /// An environment variable from a field of the pod itself (downward API).
